@@ -1,0 +1,48 @@
+"""VGG16 classifier: reads 0-255 RGB images (H, W, 3), writes class probabilities through the shared head.
+
+Simonyan, K. and Zisserman, A. (2015). Very Deep Convolutional Networks for Large-Scale Image
+Recognition. ICLR 2015. https://arxiv.org/abs/1409.1556
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from models import register
+from models.head import build_from_application
+
+
+@register("vgg16")
+def build_vgg16(
+    input_shape: Sequence[int],
+    num_outputs: int,
+    *,
+    task: str = "binary",
+    dropout: float = 0.3,
+    l2: float = 0.0,
+    weights: str | Path | None = None,
+    trainable_layers: int = -1,
+    output_bias: Sequence[float] | np.ndarray | None = None,
+) -> keras.Model:
+    """VGG16 convolutional base (keras.applications, caffe-style input scaling) with the shared head.
+
+    `weights`: "imagenet", None/"none" (random init) or a path to a backbone weights file
+    (include_top=False layout, as keras.applications accepts). Inputs must be at least 32x32.
+    """
+    return build_from_application(
+        keras.applications.VGG16,
+        input_shape,
+        num_outputs,
+        name="vgg16",
+        scaling_mode="caffe",
+        task=task,
+        dropout=dropout,
+        l2=l2,
+        weights=weights,
+        trainable_layers=trainable_layers,
+        output_bias=output_bias,
+    )
