@@ -1,0 +1,108 @@
+"""Configuration and command-line errors: one line, exit code 2, before any heavy work."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from train.config import ConfigError, TrainConfig, parse_bool, parse_int
+
+
+def run_cli(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "train", *arguments], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--model", "nope"], "unknown model 'nope'; valid models: densenet121, resnet50, small_cnn, vgg16"),
+        (["--dataset", "mnist"], "unknown dataset 'mnist'; valid datasets:"),
+        (["--optimizer", "rmsprop"], "valid optimizers: adam, adamw, sgd, nadam"),
+        (["--precision", "bfloat8"], "valid precisions: auto, float32, mixed_float16"),
+        (["--dataset", "imagefolder"], "imagefolder"),
+        (["--augment", "maybe"], "augment must be true or false"),
+        (["--epochs", "2.5"], "epochs must be a whole number"),
+        (["--weights", "/no/such/weights.h5", "--model", "vgg16"], "does not exist"),
+        (["--image-size", "8"], "image_size must be at least 32"),
+    ],
+)
+def test_bad_settings_exit_2_with_one_line(repo_root, arguments, expected):
+    result = run_cli("main", *arguments, cwd=repo_root)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert expected in lines[0]
+
+
+def test_validation_does_not_import_tensorflow(repo_root):
+    code = (
+        "import sys\n"
+        "from train.config import TrainConfig, ConfigError\n"
+        "try:\n    TrainConfig.from_dict({'model': 'nope'})\nexcept ConfigError:\n    pass\n"
+        "TrainConfig.from_dict({'model': 'vgg16', 'epochs': '3.0'})\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
+
+
+def test_help_lists_every_setting(repo_root):
+    result = run_cli("main", "--help", cwd=repo_root)
+    assert result.returncode == 0
+    for name in TrainConfig().to_dict():
+        assert "--" + name.replace("_", "-") in result.stdout
+
+
+def test_unknown_config_key_is_rejected():
+    with pytest.raises(ConfigError, match="unknown setting.*colour"):
+        TrainConfig.from_dict({"colour": "blue"})
+
+
+def test_values_are_parsed_from_mlflow_strings():
+    config = TrainConfig.from_dict({"epochs": "3.0", "augment": "False", "learning_rate": "0.01", "seed": "7"})
+    assert (config.epochs, config.augment, config.learning_rate, config.seed) == (3, False, 0.01, 7)
+    assert parse_bool("YES") is True and parse_bool("0") is False
+    assert parse_int("12") == 12
+    with pytest.raises(ConfigError):
+        parse_bool("")
+
+
+def test_weights_choice():
+    assert TrainConfig.from_dict({"weights": "none"}).weights_choice is None
+    assert TrainConfig.from_dict({"weights": "imagenet", "model": "vgg16"}).weights_choice == "imagenet"
+    with pytest.raises(ConfigError, match="small_cnn has no ImageNet weights"):
+        TrainConfig.from_dict({"weights": "imagenet"})
+
+
+def test_every_main_parameter_is_a_config_field_with_the_same_default(repo_root):
+    project = yaml.safe_load((repo_root / "MLproject").read_text())
+    parameters = project["entry_points"]["main"]["parameters"]
+    defaults = TrainConfig().to_dict()
+    assert set(parameters) == set(defaults)
+    for name, spec in parameters.items():
+        assert TrainConfig.from_dict({name: spec["default"]}).to_dict()[name] == defaults[name], name
+
+
+@pytest.mark.slow
+def test_mlflow_run_with_unknown_model_fails_with_one_line(repo_root, tmp_path):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    result = subprocess.run(
+        ["mlflow", "run", str(repo_root), "--env-manager", "local", "-P", "model=nope"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "error: unknown model 'nope'; valid models: densenet121, resnet50, small_cnn, vgg16" in output

@@ -1,0 +1,1 @@
+"""medimg training: datasets, input pipelines, the training loop, evaluation, promotion and tuning."""

@@ -1,0 +1,114 @@
+"""Lists image files under a folder and checks, in a thread pool, that each one decodes; reads files, writes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# Formats that tf.io.decode_image reads, as PIL names them (MPO is a multi-picture JPEG from cameras).
+DECODABLE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "GIF", "BMP"})
+# TensorFlow's BMP decoder reads 24/32-bit and 8-bit gray BMPs; it ignores palettes and fails on 1-bit files.
+DECODABLE_BMP_MODES = frozenset({"RGB", "RGBA", "L"})
+MAX_SKIP_WARNINGS = 10
+MAX_SKIPPED_EXAMPLES = 10
+
+
+class UnreadableImageWarning(UserWarning):
+    """An image file was skipped because it cannot be decoded."""
+
+
+def has_image_extension(path: str | Path) -> bool:
+    """True for .png, .jpg, .jpeg, .bmp and .gif names, in any letter case."""
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def list_image_files(folder: str | Path) -> list[Path]:
+    """Image files under `folder` (recursively), sorted; hidden files such as macOS '._x.png' are left out."""
+    found = []
+    for directory, subdirectories, names in os.walk(folder):
+        # Hidden folders (.ipynb_checkpoints, .git) hold no dataset images.
+        subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
+        found.extend(Path(directory) / name for name in names if not name.startswith(".") and has_image_extension(name))
+    return sorted(found)
+
+
+@dataclass
+class ScanResult:
+    """What a scan found: which files decode, their content hashes, and why the others were skipped."""
+
+    readable: np.ndarray
+    # Hex content hash per file ("" for unreadable files); feeds the dataset digest.
+    content_hashes: list[str]
+    # One "path: reason" line per skipped file.
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def skipped_count(self) -> int:
+        return len(self.skipped)
+
+    def readable_hashes(self) -> list[str]:
+        """Content hashes of the readable files, in scan order."""
+        return [value for value, readable in zip(self.content_hashes, self.readable, strict=True) if readable]
+
+
+def check_image(path: str | Path) -> tuple[str, str | None]:
+    """Read and fully decode one file with PIL; return (content hash, None) or ("", reason it cannot be used)."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        return "", f"cannot be read ({error.strerror or error})"
+    if not data:
+        return "", "empty file"
+    content_hash = hashlib.blake2b(data, digest_size=16).hexdigest()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image_format, mode = image.format, image.mode
+            if image_format not in DECODABLE_FORMATS:
+                return "", f"{image_format} data cannot be decoded by TensorFlow; convert it to PNG"
+            if image_format == "BMP" and mode not in DECODABLE_BMP_MODES:
+                return "", f"BMP in mode {mode} cannot be decoded by TensorFlow; convert it to PNG"
+            # load() decodes every pixel, which catches truncated files that open() accepts.
+            image.load()
+    except Exception as error:  # PIL raises many exception types (OSError, SyntaxError, struct.error) for bad bytes.
+        message = str(error).strip() or type(error).__name__
+        return "", f"not a decodable image ({message})"
+    return content_hash, None
+
+
+def scan_images(paths: Sequence[str | Path], *, description: str = "checking images", workers: int = 0) -> ScanResult:
+    """Check every file in a thread pool with a progress bar; warn once per skipped file (first 10, then a summary)."""
+    from tqdm.auto import tqdm
+
+    workers = workers or min(32, 4 * (os.cpu_count() or 1))
+    results: list[tuple[str, str | None]] = []
+    with (
+        ThreadPoolExecutor(max_workers=workers) as executor,
+        # disable=None turns the bar off when stderr is not a terminal (CI logs, MLflow runs).
+        tqdm(total=len(paths), desc=description, unit="img", disable=None) as progress,
+    ):
+        for result in executor.map(check_image, paths):
+            results.append(result)
+            progress.update(1)
+    readable = np.array([reason is None for _, reason in results], dtype=bool)
+    skipped = [f"{path}: {reason}" for path, (_, reason) in zip(paths, results, strict=True) if reason is not None]
+    for line in skipped[:MAX_SKIP_WARNINGS]:
+        warnings.warn(f"skipping unreadable image {line}", UnreadableImageWarning, stacklevel=2)
+    if len(skipped) > MAX_SKIP_WARNINGS:
+        warnings.warn(
+            f"skipped {len(skipped)} unreadable images in all ({len(skipped) - MAX_SKIP_WARNINGS} more not listed)",
+            UnreadableImageWarning,
+            stacklevel=2,
+        )
+    return ScanResult(readable=readable, content_hashes=[content_hash for content_hash, _ in results], skipped=skipped)

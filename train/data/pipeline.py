@@ -1,0 +1,157 @@
+"""Builds tf.data pipelines: files or arrays -> unbatched Splits, Splits -> cached, shuffled, augmented batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from train.data.digest import files_digest
+from train.data.files import MAX_SKIPPED_EXAMPLES
+from train.data.spec import SPLIT_NAMES, LoadedDataset, Split
+
+# Shuffling happens after cache(), so the buffer holds references to cached tensors, not copies;
+# the cap only bounds the time to fill it on very large datasets.
+SHUFFLE_BUFFER_LIMIT = 10_000
+
+
+def _label_matrix(labels: np.ndarray) -> np.ndarray:
+    labels = np.asarray(labels, dtype=np.float32)
+    if labels.ndim == 1:
+        labels = labels[:, None]
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be a [examples, outputs] matrix, got shape {labels.shape}")
+    return labels
+
+
+def files_split(paths: Sequence[str | Path], labels: np.ndarray, image_size: int) -> Split:
+    """A Split that reads each file and decodes it with serve.preprocess.decode_and_resize.
+
+    labels: float32 [N, num_outputs] (a 1-D array is taken as one binary output). The files should
+    have passed scan_images; ignore_errors() only drops files that broke after the scan.
+    """
+    import tensorflow as tf
+
+    from serve.preprocess import decode_and_resize
+
+    labels = _label_matrix(labels)
+    if len(paths) != len(labels):
+        raise ValueError(f"got {len(paths)} paths but {len(labels)} label rows; pass one label row per file")
+
+    def load(path, label):
+        return decode_and_resize(tf.io.read_file(path), image_size), label
+
+    path_tensor = tf.constant([str(path) for path in paths], dtype=tf.string, shape=[len(paths)])
+    dataset = tf.data.Dataset.from_tensor_slices((path_tensor, labels))
+    # deterministic=True keeps the file order, so the cache and the seeded shuffle repeat run to run.
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.ignore_errors(log_warning=True)
+    return Split(dataset=dataset, count=len(paths), positives=labels.sum(axis=0).astype(np.int64))
+
+
+def arrays_split(images: np.ndarray, labels: np.ndarray) -> Split:
+    """A Split over in-memory images ([N, S, S, 3], uint8 or float in 0-255), cast to float32 on the fly."""
+    import tensorflow as tf
+
+    labels = _label_matrix(labels)
+    if len(images) != len(labels):
+        raise ValueError(f"got {len(images)} images but {len(labels)} label rows; pass one label row per image")
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    dataset = dataset.map(
+        lambda image, label: (tf.cast(image, tf.float32), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    return Split(dataset=dataset, count=len(images), positives=labels.sum(axis=0).astype(np.int64))
+
+
+def make_batches(split: Split, *, batch_size: int, training: bool, augment: bool, seed: int):
+    """Batches of (images [B, S, S, 3] float32 0-255, labels [B, num_outputs]) ready for Keras.
+
+    Order: cache the decoded split, then (training only) a seeded shuffle that changes every epoch
+    and seeded augmentation, then batch and prefetch. `augment` has no effect when training is False.
+    """
+    import tensorflow as tf
+
+    from train.data.augment import augment_image
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    dataset = split.dataset.cache()
+    if training:
+        buffer_size = max(1, min(split.count, SHUFFLE_BUFFER_LIMIT))
+        dataset = dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
+        if augment:
+            # One [2]-shaped seed per element, new each epoch and reproducible from `seed`.
+            element_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+            dataset = tf.data.Dataset.zip((dataset, element_seeds)).map(
+                lambda element, element_seed: (augment_image(element[0], element_seed), element[1]),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+    dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def check_splits_not_empty(split_ids: np.ndarray, source: str | Path) -> None:
+    """Raise ValueError naming the split that ended up with no examples."""
+    for split_id, split_name in enumerate(SPLIT_NAMES):
+        if not np.any(split_ids == split_id):
+            raise ValueError(
+                f"the {split_name} split of {source} has no readable images; add images or change "
+                "validation_fraction/test_fraction"
+            )
+
+
+def loaded_from_files(
+    *,
+    name: str,
+    task: str,
+    class_names: list[str],
+    source: str | Path,
+    paths: Sequence[str | Path],
+    labels: np.ndarray,
+    split_ids: np.ndarray,
+    content_hashes: Sequence[str],
+    skipped: Sequence[str],
+    image_size: int,
+    settings: dict[str, Any],
+) -> LoadedDataset:
+    """Assemble a LoadedDataset from readable files, their labels and split ids (0 train, 1 val, 2 test).
+
+    `paths`, `labels`, `split_ids` and `content_hashes` (from scan_images) describe only the files
+    that passed the scan, in the same order; `skipped` holds the scan's "path: reason" lines.
+    """
+    labels = _label_matrix(labels)
+    split_ids = np.asarray(split_ids)
+    if not (len(paths) == len(labels) == len(split_ids) == len(content_hashes)):
+        raise ValueError(
+            f"paths ({len(paths)}), labels ({len(labels)}), split ids ({len(split_ids)}) and content hashes "
+            f"({len(content_hashes)}) must have the same length"
+        )
+    check_splits_not_empty(split_ids, source)
+    digest = files_digest(
+        {"name": name, "task": task, "class_names": class_names, "image_size": image_size, **settings},
+        root=source,
+        paths=paths,
+        content_hashes=content_hashes,
+        labels=labels,
+        split_ids=split_ids,
+    )
+    splits = {}
+    for split_id, split_name in enumerate(SPLIT_NAMES):
+        members = np.flatnonzero(split_ids == split_id)
+        splits[split_name] = files_split([paths[index] for index in members], labels[members], image_size)
+    return LoadedDataset(
+        name=name,
+        task=task,
+        class_names=list(class_names),
+        num_outputs=labels.shape[1],
+        splits=splits,
+        digest=digest,
+        source=str(source),
+        skipped_images=len(skipped),
+        skipped_examples=list(skipped[:MAX_SKIPPED_EXAMPLES]),
+    )

@@ -1,0 +1,59 @@
+"""Dataset data types shared by every loader: reads nothing, writes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+TASKS = ("binary", "multilabel", "multiclass")
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """One split: unbatched (image float32 [S, S, 3] in 0-255, label float32 [num_outputs]) elements."""
+
+    dataset: tf.data.Dataset
+    count: int
+    # Per-output count of positive labels in this split (binary: shape [1]; multiclass: per-class counts).
+    positives: np.ndarray
+
+
+@dataclass
+class LoadedDataset:
+    """A dataset ready for training: its label space, its three splits and what it was built from."""
+
+    name: str
+    task: str
+    class_names: list[str]
+    # 1 for binary, the number of classes or labels otherwise.
+    num_outputs: int
+    splits: dict[str, Split]
+    # Stable content digest: the same files, labels and settings give the same digest.
+    digest: str
+    # A folder path or "tfds:<name>".
+    source: str
+    skipped_images: int = 0
+    # Up to 10 "path: reason" lines for the skipped images.
+    skipped_examples: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DatasetSpec:
+    """A registered dataset: its name, a one-line description and its loader.
+
+    The loader is called as loader(data_dir=..., image_size=..., seed=..., max_examples=...,
+    validation_fraction=..., test_fraction=..., synthetic_task=..., synthetic_examples=...)
+    and returns a LoadedDataset; loaders ignore the keyword arguments they do not use.
+    """
+
+    name: str
+    description: str
+    requires_data_dir: bool
+    loader: Callable[..., LoadedDataset]
