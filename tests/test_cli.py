@@ -106,3 +106,13 @@ def test_mlflow_run_with_unknown_model_fails_with_one_line(repo_root, tmp_path):
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "error: unknown model 'nope'; valid models: densenet121, resnet50, small_cnn, vgg16" in output
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("''", ""), ("'a b'", "a b"), ('"x"', "x"), ("plain", "plain"), ("'", "'"), ("/data/set", "/data/set")],
+)
+def test_kubernetes_quoting_is_undone(raw, expected):
+    from train.__main__ import unquote
+
+    assert unquote(raw) == expected

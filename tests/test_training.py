@@ -200,3 +200,6 @@ def test_multilabel_run_logs_per_class_auroc(tracking_uri):
     assert len(per_class) >= 2
     assert metric_steps(client, run_id, "val_mean_auroc") == [0, 1]
     assert json.loads(run.data.params["num_outputs"]) == 3
+    table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/metrics/test_auroc.json"))
+    assert table["columns"] == ["class", "auroc"]
+    assert [row[0] for row in table["data"]] == ["dots", "ring", "stripes"]

@@ -224,6 +224,22 @@ def log_model(model, data, config: TrainConfig, example_image: np.ndarray, workd
     )
 
 
+def log_auroc_table(metrics: dict[str, float], class_names: list[str], prefix: str) -> None:
+    """Per-class AUROC of one split as an MLflow table artifact (metrics/<prefix>_auroc.json)."""
+    import mlflow
+
+    from train.callbacks import metric_safe
+
+    rows = [(name, metrics.get(f"{prefix}_auroc_{metric_safe(name)}")) for name in class_names]
+    mlflow.log_table(
+        {
+            "class": [name for name, _ in rows],
+            "auroc": [value if value is not None else float("nan") for _, value in rows],
+        },
+        artifact_file=f"metrics/{prefix}_auroc.json",
+    )
+
+
 def log_new_params(run_id: str, params: dict) -> None:
     """Log params the run does not have yet.
 
@@ -250,8 +266,19 @@ def evaluate_split(model, batches, data, prefix: str) -> dict[str, float]:
     return {f"{prefix}_{key}": float(value) for key, value in results.items() if np.isfinite(value)}
 
 
-def train(config: TrainConfig) -> str:
-    """Run one training job end to end and return the MLflow run id."""
+def train(
+    config: TrainConfig,
+    *,
+    extra_callbacks: list | None = None,
+    parent_run_id: str | None = None,
+    experiment_id: str | None = None,
+) -> str:
+    """Run one training job end to end and return the MLflow run id.
+
+    `extra_callbacks` run after the built-in ones (they see `val_auroc` in the
+    logs), which is how tuning reports and prunes trials; `parent_run_id` makes the
+    run a child run, as each tuning trial is.
+    """
     started = time.perf_counter()
     from train.cost import estimate_cost_from_environment
     from train.hardware import configure
@@ -294,7 +321,12 @@ def train(config: TrainConfig) -> str:
     )
 
     run_name = config.run_name or None
-    with mlflow.start_run(run_name=run_name, log_system_metrics=setup.log_system_metrics or None) as run:
+    with mlflow.start_run(
+        run_name=run_name,
+        parent_run_id=parent_run_id,
+        experiment_id=experiment_id,
+        log_system_metrics=setup.log_system_metrics or None,
+    ) as run:
         if run_name:
             mlflow.set_tag("mlflow.runName", run_name)
         log_new_params(run.info.run_id, config.to_dict())
@@ -389,6 +421,7 @@ def train(config: TrainConfig) -> str:
             ),
             early_stopping,
             EpochLogger(metrics_logger, counts["train"]),
+            *(extra_callbacks or []),
         ]
         fit_started = time.perf_counter()
         history = model.fit(
@@ -416,7 +449,10 @@ def train(config: TrainConfig) -> str:
             test_batches = make_batches(
                 data.splits["test"], batch_size=config.batch_size, training=False, augment=False, seed=config.seed
             )
-            summary.update(evaluate_split(model, test_batches, data, "test"))
+            test_metrics = evaluate_split(model, test_batches, data, "test")
+            summary.update(test_metrics)
+            if data.task != "binary":
+                log_auroc_table(test_metrics, data.class_names, "test")
         mlflow.log_metrics(summary)
 
         figure = curves_figure(history.history, best_epoch)

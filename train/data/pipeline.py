@@ -87,7 +87,15 @@ def make_batches(split: Split, *, batch_size: int, training: bool, augment: bool
             # One [2]-shaped seed per element, new each epoch and reproducible from `seed`.
             element_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
             dataset = tf.data.Dataset.zip((dataset, element_seeds)).map(
-                lambda element, element_seed: (augment_image(element[0], element_seed), element[1]),
+                lambda element, element_seed: (
+                    augment_image(
+                        element[0],
+                        element_seed,
+                        flip_vertical=split.orientation_free,
+                        rotate=split.orientation_free,
+                    ),
+                    element[1],
+                ),
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
