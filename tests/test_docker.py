@@ -32,6 +32,8 @@ PASSTHROUGH = [
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "AWS_DEFAULT_REGION",
+    "MEDIMG_INSTANCE_TYPE",
+    "MEDIMG_HOURLY_PRICE_USD",
 ]
 # The packages `python -m train` imports (DESIGN.md: train -> models, serve).
 CODE_PACKAGES = ("models", "serve", "train")

@@ -154,14 +154,18 @@ def curves_figure(history: dict[str, list[float]], best_epoch: int):
 
     names = ["loss", "auroc", "auc", "accuracy", "precision", "recall"]
     panels = [name for name in names if name in history or f"val_{name}" in history]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for axis, name in zip(axes[0], panels, strict=True):
-        epochs = None
+    columns = min(3, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 3.4 * rows), squeeze=False)
+    for axis in axes.flat[len(panels) :]:
+        axis.set_visible(False)
+    for axis, name in zip(axes.flat, panels, strict=False):
         for key, style in ((name, "-"), (f"val_{name}", "--")):
             if key in history:
                 epochs = np.arange(1, len(history[key]) + 1)
                 axis.plot(epochs, history[key], style, marker="o", label=key)
         axis.axvline(best_epoch + 1, color="grey", linewidth=0.8, linestyle=":")
+        axis.xaxis.get_major_locator().set_params(integer=True)
         axis.set_title(name)
         axis.set_xlabel("epoch")
         axis.legend(fontsize=8)
@@ -169,6 +173,13 @@ def curves_figure(history: dict[str, list[float]], best_epoch: int):
     figure.suptitle(f"training curves (best epoch {best_epoch + 1})")
     figure.tight_layout()
     return figure
+
+
+def matplotlib_close(figure) -> None:
+    """Free a logged figure; pyplot keeps every open figure alive otherwise."""
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
 
 
 def encode_png(image: np.ndarray) -> str:
@@ -308,6 +319,8 @@ def train(
             seed=config.seed,
             max_examples=config.max_examples,
             synthetic_task=config.synthetic_task,
+            validation_fraction=config.validation_fraction,
+            view=config.view,
         )
     except (ValueError, FileNotFoundError) as error:
         raise ConfigError(str(error)) from None
@@ -457,6 +470,7 @@ def train(
 
         figure = curves_figure(history.history, best_epoch)
         mlflow.log_figure(figure, "plots/training_curves.png")
+        matplotlib_close(figure)
         mlflow.log_dict(history.history, "metrics/history.json")
 
         example_image = next(iter(data.splits["val"].dataset.take(1)))[0].numpy()

@@ -1,0 +1,1 @@
+"""medimg on AWS: `python -m aws up|status|down|cost` provisions, lists, removes and prices a GPU training stack."""
