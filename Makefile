@@ -68,3 +68,20 @@ gpu-train: setup
 	$(foreach name,$(GPU_PASSTHROUGH),$(name)="$${$(name)-}") $(RUN) mlflow run docker \
 		$(if $(filter all,$(GPUS)),-A gpus=all,-A "gpus='\"device=$(GPUS)\"'") \
 		-A network=host -A shm-size=$(SHM_SIZE) $(ARGS)
+
+# Tracking server (docs/TRACKING_SERVER.md): `make server` needs no Docker; server-up/down use docker compose.
+SERVER_DIR ?= .mlflow_server
+SERVER_ARGS ?=
+COMPOSE := docker compose -f mlflow_server/docker-compose.yaml
+.PHONY: server server-status server-stop server-up server-down
+server: setup
+	$(BIN)/python -m mlflow_server up --data-dir $(SERVER_DIR) $(SERVER_ARGS)
+server-status: setup
+	$(BIN)/python -m mlflow_server status --data-dir $(SERVER_DIR)
+server-stop: setup
+	$(BIN)/python -m mlflow_server down --data-dir $(SERVER_DIR)
+server-up:
+	$(PYTHON) -m mlflow_server compose-init
+	$(COMPOSE) up --build --detach --wait
+server-down:
+	$(COMPOSE) down

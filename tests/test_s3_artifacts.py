@@ -1,0 +1,200 @@
+"""S3 artifact storage: the project's tracking server with `--artifacts-destination s3://bucket/prefix` on a local moto S3."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import server as moto_server
+
+from mlflow_server import launcher
+from mlflow_server.postgres import PostgresCluster, find_pg_bin_dir
+
+try:
+    find_pg_bin_dir()
+    POSTGRES_MISSING = ""
+except ValueError as missing:
+    POSTGRES_MISSING = str(missing)
+
+BUCKET = "medimg-test-artifacts"
+PREFIX = "mlflow"
+TRAINING_TIMEOUT_S = 600
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(POSTGRES_MISSING), reason=POSTGRES_MISSING or "PostgreSQL is installed"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _stop_launcher(data_dir: Path) -> None:
+    """Stop what the launcher started from `data_dir`, killing it when `down` itself fails."""
+    try:
+        launcher.down(data_dir)
+    except (OSError, RuntimeError, ValueError) as error:
+        print(f"launcher.down failed ({error}); killing the processes", file=sys.stderr)
+        state = launcher._load_state(launcher._Layout(data_dir))
+        if state.get("server_pid"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(state["server_pid"], signal.SIGKILL)
+        postgres_pid = PostgresCluster.at(data_dir / "pg").running_pid()
+        if postgres_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(postgres_pid, signal.SIGKILL)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """moto's S3 in server mode on a free loopback port, with one empty bucket; yields the endpoint URL."""
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    with pytest.MonkeyPatch.context() as patch:
+        # The tracking server subprocess inherits these: fake credentials and the local endpoint, no AWS.
+        for name, value in {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "MLFLOW_S3_ENDPOINT_URL": endpoint,
+        }.items():
+            patch.setenv(name, value)
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            patch.delenv(name, raising=False)
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket=BUCKET)
+        try:
+            yield s3
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def tracking_server(s3_server):
+    """The project's launcher: PostgreSQL plus `mlflow server` proxying artifacts to s3://BUCKET/PREFIX."""
+    # pytest's temporary root is 0700, which the `postgres` user cannot enter when tests run as root.
+    data_dir = Path(tempfile.mkdtemp(prefix="medimg-s3-"))
+    data_dir.chmod(0o755)
+    try:
+        yield launcher.up(data_dir, artifacts_destination=f"s3://{BUCKET}/{PREFIX}", workers=1)
+    finally:
+        _stop_launcher(data_dir)
+
+
+def _keys(s3, run_id: str) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{PREFIX}/")
+    return [item["Key"] for page in pages for item in page.get("Contents", []) if run_id in item["Key"]]
+
+
+def test_logged_artifact_is_stored_in_the_bucket_under_the_prefix(tracking_server, s3_server, tmp_path):
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_server.tracking_uri)
+    experiment_id = client.create_experiment(f"s3-{uuid.uuid4().hex[:8]}")
+    note = tmp_path / "hello.txt"
+    note.write_text("stored in S3\n")
+    mlflow.set_tracking_uri(tracking_server.tracking_uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            mlflow.log_artifact(str(note), artifact_path="notes")
+    finally:
+        mlflow.set_tracking_uri(None)
+    run_id = run.info.run_id
+
+    keys = _keys(s3_server, run_id)
+    assert [key for key in keys if key.endswith("/artifacts/notes/hello.txt")], keys
+    (key,) = keys
+    assert key.startswith(f"{PREFIX}/{experiment_id}/")
+    assert s3_server.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"stored in S3\n"
+    # Clients see the proxied URI, and the server never wrote a local copy.
+    assert client.get_run(run_id).info.artifact_uri.startswith("mlflow-artifacts:")
+    assert not list((tracking_server.data_dir / "artifacts").rglob("hello.txt"))
+    downloaded = mlflow.artifacts.download_artifacts(
+        run_id=run_id,
+        artifact_path="notes/hello.txt",
+        dst_path=str(tmp_path / "back"),
+        tracking_uri=tracking_server.tracking_uri,
+    )
+    assert Path(downloaded).read_text() == "stored in S3\n"
+
+
+def test_mlflow_run_training_stores_its_model_in_the_bucket(tracking_server, s3_server, repo_root, tmp_path):
+    from mlflow import MlflowClient
+
+    from aws.cost import estimate
+
+    client = MlflowClient(tracking_server.tracking_uri)
+    experiment_id = client.create_experiment(f"s3-training-{uuid.uuid4().hex[:8]}")
+    environment = dict(os.environ)
+    # `mlflow run --env-manager local` runs `python -m train ...`, which must be this interpreter.
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
+    environment["MLFLOW_TRACKING_URI"] = tracking_server.tracking_uri
+    environment["MEDIMG_INSTANCE_TYPE"] = "g5.xlarge"
+    environment.pop("MEDIMG_HOURLY_PRICE_USD", None)
+    command = [sys.executable, "-m", "mlflow", "run", str(repo_root), "--env-manager", "local"]
+    command += ["--experiment-id", experiment_id]
+    for name, value in {
+        "dataset": "synthetic",
+        "model": "small_cnn",
+        "image_size": 32,
+        "batch_size": 16,
+        "max_examples": 64,
+        "epochs": 1,
+    }.items():
+        command += ["-P", f"{name}={value}"]
+    log = tmp_path / "training.log"
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(
+            command,
+            cwd=repo_root,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        process.wait(timeout=TRAINING_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert process.returncode == 0, (
+        f"mlflow run exited with {process.returncode}:\n{log.read_text(errors='replace')[-4000:]}"
+    )
+
+    (run,) = client.search_runs([experiment_id])
+    run_keys = _keys(s3_server, run.info.run_id)
+    assert any(key.endswith("/artifacts/config/resolved_config.yaml") for key in run_keys), run_keys
+    assert all(key.startswith(f"{PREFIX}/{experiment_id}/") for key in run_keys)
+    # MLflow 3 stores logged models beside runs, under <experiment>/models/<model id>/.
+    model_id = run.data.tags["medimg.model_uri"].removeprefix("models:/")
+    model_keys = _keys(s3_server, model_id)
+    model_root = f"{PREFIX}/{experiment_id}/models/{model_id}/artifacts"
+    assert f"{model_root}/MLmodel" in model_keys, model_keys
+    assert any(key.startswith(model_root) and key.endswith(".keras") for key in model_keys), model_keys
+    # The trainer priced the run from MEDIMG_INSTANCE_TYPE; `python -m aws cost` agrees from the logged wall time.
+    wall_time_s = run.data.metrics["wall_time_s"]
+    assert run.data.metrics["cost_usd"] == pytest.approx(wall_time_s / 3600 * 1.006)
+    priced = estimate(run_id=run.info.run_id, instance_type="g5.xlarge", tracking_uri=tracking_server.tracking_uri)
+    assert priced.seconds == wall_time_s
+    assert priced.cost_usd == pytest.approx(run.data.metrics["cost_usd"])

@@ -1,0 +1,255 @@
+"""Tests of train.tracking: buffering through outages with a scripted client, and against a real `mlflow server` killed and restarted."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from mlflow.exceptions import MlflowException, RestException
+
+from train.tracking import (
+    MAX_METRICS_PER_BATCH,
+    ResilientLogger,
+    fail_fast_http,
+    is_transient_error,
+    server_is_up,
+    wait_for_server,
+)
+
+
+def connection_refused() -> MlflowException:
+    """What MLflow's REST client raises when nothing listens: a plain MlflowException raised while handling the cause."""
+    try:
+        raise requests.exceptions.ConnectionError("Connection refused")
+    except requests.exceptions.ConnectionError as error:
+        try:
+            raise MlflowException(f"API request to http://127.0.0.1:1/api failed with exception {error}")
+        except MlflowException as wrapped:
+            return wrapped
+
+
+def http_answer(status: int, body: str) -> MlflowException:
+    """The exception MLflow's REST client raises for an HTTP error answer with this status and body."""
+    from mlflow.utils.rest_utils import verify_rest_response
+
+    response = requests.Response()
+    response.status_code = status
+    response._content = body.encode()
+    try:
+        verify_rest_response(response, "/api/2.0/mlflow/runs/log-batch")
+    except MlflowException as error:
+        return error
+    raise AssertionError(f"MLflow accepted an HTTP {status} answer")
+
+
+class ScriptedClient:
+    """Stands in for MlflowClient: raises the scripted errors in turn, then stores what log_batch receives."""
+
+    def __init__(self, errors: list[BaseException] | None = None, always_fail: bool = False):
+        self.errors = list(errors or [])
+        self.always_fail = always_fail
+        self.attempts = 0
+        self.batches: list[list] = []
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=()):
+        self.attempts += 1
+        if self.always_fail:
+            raise connection_refused()
+        if self.errors:
+            raise self.errors.pop(0)
+        self.batches.append(list(metrics))
+
+    @property
+    def stored(self) -> list[tuple[str, int, float, int]]:
+        return [(metric.key, metric.step, metric.value, metric.timestamp) for batch in self.batches for metric in batch]
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def make_logger(client, clock: FakeClock, **options) -> ResilientLogger:
+    return ResilientLogger("run-1", client=client, clock=clock, sleep=clock.sleep, **options)
+
+
+def test_outage_points_are_buffered_and_sent_in_order_with_backoff():
+    clock = FakeClock()
+    client = ScriptedClient(errors=[connection_refused(), connection_refused()])
+    logger = make_logger(client, clock, initial_backoff_s=1.0)
+
+    logger.log_metrics({"loss": 0.9, "val_auroc": 0.6}, step=0, timestamp_ms=100)
+    assert (client.attempts, logger.pending_count) == (1, 2)
+    # Within the 1 s backoff no request is made; the new points join the queue.
+    clock.now += 0.5
+    logger.log_metrics({"loss": 0.8}, step=1, timestamp_ms=200)
+    assert (client.attempts, logger.pending_count) == (1, 3)
+    clock.now += 0.6
+    logger.log_metrics({"loss": 0.7}, step=2, timestamp_ms=300)
+    assert (client.attempts, logger.pending_count) == (2, 4)
+    # The second failure doubled the backoff to 2 s.
+    clock.now += 1.5
+    logger.log_metrics({"loss": 0.6}, step=3, timestamp_ms=400)
+    assert client.attempts == 2
+    clock.now += 1.0
+    logger.log_metrics({"loss": 0.5}, step=4, timestamp_ms=500)
+    assert logger.pending_count == 0
+    assert client.stored == [
+        ("loss", 0, 0.9, 100),
+        ("val_auroc", 0, 0.6, 100),
+        ("loss", 1, 0.8, 200),
+        ("loss", 2, 0.7, 300),
+        ("loss", 3, 0.6, 400),
+        ("loss", 4, 0.5, 500),
+    ]
+    assert logger.flush(timeout_s=0) is True
+
+
+def test_flush_retries_until_the_server_answers():
+    clock = FakeClock()
+    client = ScriptedClient(errors=[connection_refused() for _ in range(4)])
+    logger = make_logger(client, clock, initial_backoff_s=1.0, max_backoff_s=4.0)
+    logger.log_metrics({"loss": 1.0}, step=0, timestamp_ms=1)
+    assert logger.flush(timeout_s=60) is True
+    assert client.stored == [("loss", 0, 1.0, 1)]
+    # flush tries at once, then waits out a backoff that doubles up to max_backoff_s.
+    assert clock.sleeps == [2.0, 4.0, 4.0]
+
+
+def test_flush_gives_up_naming_the_lost_points():
+    clock = FakeClock()
+    logger = make_logger(ScriptedClient(always_fail=True), clock, retry_for_s=30)
+    logger.log_metrics({"loss": 1.0, "val_loss": 2.0}, step=0)
+    logger.log_metrics({"loss": 0.5}, step=1)
+    with pytest.raises(RuntimeError, match="3 metric point"):
+        logger.flush()
+    assert clock.now >= 1000.0 + 30
+    assert logger.pending_count == 0
+
+
+def test_errors_a_retry_cannot_fix_are_raised_at_once():
+    rejected = RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "The run must be in 'active' state"})
+    client = ScriptedClient(errors=[rejected])
+    logger = make_logger(client, FakeClock())
+    with pytest.raises(RestException, match="active"):
+        logger.log_metrics({"loss": 1.0}, step=0)
+    assert logger.pending_count == 0
+    with pytest.raises(ValueError, match="step must be an int"):
+        logger.log_metrics({"loss": 1.0}, step=1.5)
+    with pytest.raises(ValueError, match="must be a number"):
+        logger.log_metrics({"loss": "high"}, step=1)
+
+
+def test_large_steps_are_sent_in_batches_mlflow_accepts():
+    client = ScriptedClient()
+    logger = make_logger(client, FakeClock())
+    logger.log_metrics({f"auroc_{index}": float(index) for index in range(MAX_METRICS_PER_BATCH + 5)}, step=0)
+    assert [len(batch) for batch in client.batches] == [MAX_METRICS_PER_BATCH, 5]
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (connection_refused(), True),
+        (http_answer(503, '{"error_code": "TEMPORARILY_UNAVAILABLE", "message": "database down"}'), True),
+        (http_answer(500, '{"error_code": "INTERNAL_ERROR", "message": "boom"}'), True),
+        (http_answer(502, "<html>Bad Gateway</html>"), True),
+        (http_answer(429, "slow down"), True),
+        (http_answer(404, '{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"}'), False),
+        (http_answer(401, "<html>Unauthorized</html>"), False),
+        (MlflowException.invalid_parameter_value("Invalid metric name"), False),
+        (ValueError("bad"), False),
+    ],
+)
+def test_transient_errors_are_told_apart(error, transient):
+    assert is_transient_error(error) is transient
+
+
+def test_fail_fast_http_restores_the_environment(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    with fail_fast_http(max_retries=1, timeout_s=5):
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1"
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7"
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+
+
+def test_wait_for_server_passes_for_database_stores_and_times_out_on_a_dead_port():
+    wait_for_server("sqlite:///mlflow.db", timeout_s=0)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_uri = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    assert server_is_up(dead_uri, timeout_s=1) is False
+    with pytest.raises(TimeoutError, match="did not answer /health"):
+        wait_for_server(dead_uri, timeout_s=0.5, poll_s=0.1)
+
+
+@pytest.mark.slow
+def test_logger_keeps_metrics_while_a_real_server_is_killed_and_restarted():
+    from mlflow import MlflowClient
+
+    from mlflow_server import launcher
+    from mlflow_server.postgres import find_pg_bin_dir
+
+    try:
+        find_pg_bin_dir()
+    except ValueError as missing:
+        pytest.skip(str(missing))
+    # The `postgres` user must reach the folder when tests run as root; pytest's tmp root is 0700.
+    data_dir = Path(tempfile.mkdtemp(prefix="medimg-tracking-"))
+    data_dir.chmod(0o755)
+    try:
+        info = launcher.up(data_dir, workers=1)
+        client = MlflowClient(info.tracking_uri)
+        run_id = client.create_run(client.create_experiment("resilient")).info.run_id
+        logger = ResilientLogger(run_id, client=client, initial_backoff_s=0.2, max_backoff_s=1.0)
+        logger.log_metrics({"loss": 1.0, "val_auroc": 0.5}, step=0)
+        assert logger.pending_count == 0
+
+        os.killpg(info.server_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while server_is_up(info.tracking_uri, timeout_s=1) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert server_is_up(info.tracking_uri, timeout_s=1) is False
+        for step in (1, 2, 3):
+            logger.log_metrics({"loss": 1.0 / (step + 1), "val_auroc": 0.5 + step / 10}, step=step)
+        assert logger.pending_count == 6
+
+        restarted = launcher.up(data_dir, workers=1)
+        assert restarted.tracking_uri == info.tracking_uri
+        wait_for_server(info.tracking_uri, timeout_s=60)
+        logger.log_metrics({"loss": 0.2, "val_auroc": 0.9}, step=4)
+        assert logger.flush(timeout_s=60) is True
+
+        history = client.get_metric_history(run_id, "loss")
+        assert sorted((metric.step, metric.value) for metric in history) == [
+            (0, 1.0),
+            (1, 0.5),
+            (2, 1.0 / 3),
+            (3, 0.25),
+            (4, 0.2),
+        ]
+        assert sorted(metric.step for metric in client.get_metric_history(run_id, "val_auroc")) == [0, 1, 2, 3, 4]
+        client.set_terminated(run_id)
+        assert client.get_run(run_id).info.status == "FINISHED"
+    finally:
+        try:
+            launcher.down(data_dir)
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
