@@ -1,0 +1,1 @@
+"""Serving: the logged image classifier (pyfunc), its preprocessing and a REST client; reads images, writes predictions."""

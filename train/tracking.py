@@ -277,3 +277,18 @@ def wait_for_server(tracking_uri: str | None = None, timeout_s: float = 900, pol
             _logger.warning("Waiting up to %.0f s for the tracking server %s to come back.", timeout_s, tracking_uri)
             warned = True
         time.sleep(poll_s)
+
+
+def log_new_params(run_id: str, params: dict) -> None:
+    """Log the params the run does not have yet.
+
+    Under `mlflow run` MLflow has already logged the entry point's parameters as the
+    strings it received (`true`, or `''` for an empty value) and refuses to change a
+    param; the resolved values are in the run's artifacts anyway.
+    """
+    import mlflow
+
+    existing = mlflow.get_run(run_id).data.params
+    new = {key: value for key, value in params.items() if key not in existing}
+    if new:
+        mlflow.log_params(new)

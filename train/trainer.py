@@ -204,10 +204,8 @@ def log_model(model, data, config: TrainConfig, example_image: np.ndarray, workd
     """Log the Keras model wrapped in the serving pyfunc, with signature and input example; register it if asked."""
     import mlflow
     import pandas as pd
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-    from serve.pyfunc import CONFIG_ARTIFACT, MODEL_ARTIFACT, ClassifierConfig, ImageClassifier
+    from serve.pyfunc import CONFIG_ARTIFACT, MODEL_ARTIFACT, MODEL_CODE_PATH, ClassifierConfig, classifier_signature
 
     model_path = workdir / "model.keras"
     model.save(model_path)
@@ -216,16 +214,11 @@ def log_model(model, data, config: TrainConfig, example_image: np.ndarray, workd
     )
     config_path = workdir / "classifier.json"
     classifier_config.save(str(config_path))
-    outputs = [ColSpec("double", name) for name in classifier_config.output_columns]
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("string", "image")]),
-        outputs=Schema([*outputs, ColSpec("string", "predicted")]),
-        params=ParamSchema([ParamSpec("threshold", "double", classifier_config.threshold)]),
-    )
+    signature = classifier_signature(classifier_config)
     input_example = pd.DataFrame({"image": [encode_png(example_image)]})
     return mlflow.pyfunc.log_model(
         name="model",
-        python_model=ImageClassifier(),
+        python_model=str(MODEL_CODE_PATH),
         artifacts={MODEL_ARTIFACT: str(model_path), CONFIG_ARTIFACT: str(config_path)},
         code_paths=[str(REPO_ROOT / "serve"), str(REPO_ROOT / "models")],
         signature=signature,
@@ -249,21 +242,6 @@ def log_auroc_table(metrics: dict[str, float], class_names: list[str], prefix: s
         },
         artifact_file=f"metrics/{prefix}_auroc.json",
     )
-
-
-def log_new_params(run_id: str, params: dict) -> None:
-    """Log params the run does not have yet.
-
-    `mlflow run` logs the MLproject parameters itself, as the strings it was given
-    (`true`, or `''` for an empty value); MLflow refuses to change a param, and the
-    resolved values are in config/resolved_config.yaml anyway.
-    """
-    import mlflow
-
-    existing = mlflow.get_run(run_id).data.params
-    new = {key: value for key, value in params.items() if key not in existing}
-    if new:
-        mlflow.log_params(new)
 
 
 def evaluate_split(model, batches, data, prefix: str) -> dict[str, float]:
@@ -308,7 +286,7 @@ def train(
     from models import build_model
     from train.callbacks import EpochLogger, ValidationAuroc
     from train.data import load_dataset, make_batches
-    from train.tracking import ResilientLogger
+    from train.tracking import ResilientLogger, log_new_params
 
     keras.utils.set_random_seed(config.seed)
     try:

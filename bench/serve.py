@@ -1,0 +1,282 @@
+"""Benchmarks REST scoring of small_cnn: trains or loads a 224x224 model, serves it, prints latency, throughput and payload sizes.
+
+Three ways to score one 224x224 image, measured in one run:
+  1. `mlflow models serve` of the medimg pyfunc, sent the PNG file as base64 (what serve.client does);
+  2. `mlflow models serve` of a plain tensor-input pyfunc around the same Keras model, sent the decoded
+     image as a JSON float tensor {"inputs": [[[[r, g, b], ...]]]} (the common pattern in tutorials);
+  3. in-process decode + predict (ImageClassifier.predict on the same base64 PNG, no HTTP).
+Targets: the PNG payload at least 10x smaller than the tensor JSON; served p50 within 2x of in-process.
+Usage (a temporary sqlite store is used unless --model-uri and MLFLOW_TRACKING_URI are given):
+
+    .venv/bin/python bench/serve.py --requests 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+TENSOR_MODEL_CODE = '''"""Tensor-input twin of the medimg classifier for bench/serve.py: float32 [N, S, S, 3] in 0-255 -> probabilities."""
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+
+class TensorClassifier(PythonModel):
+    def load_context(self, context):
+        import keras
+
+        import models.layers  # noqa: F401
+
+        self.model = keras.models.load_model(context.artifacts["keras_model"], compile=False)
+
+    def predict(self, context, model_input, params=None):
+        return np.asarray(self.model.predict_on_batch(np.asarray(model_input, dtype=np.float32)))
+
+
+mlflow.models.set_model(TensorClassifier())
+'''
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-uri", default="", help="a medimg model URI (default: train a small_cnn at 224)")
+    parser.add_argument("--image-size", type=int, default=224, help="model input size when training one")
+    parser.add_argument("--requests", type=int, default=100, help="timed requests per measurement")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed requests before each measurement")
+    parser.add_argument("--concurrency", type=int, default=4, help="parallel clients for the throughput measurement")
+    parser.add_argument("--workdir", default="", help="folder for the tracking store and logs (default: temporary)")
+    return parser.parse_args(argv)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], share: float) -> float:
+    return float(np.percentile(np.asarray(values), share))
+
+
+def summary(latencies: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": percentile(latencies, 50) * 1000,
+        "p95_ms": percentile(latencies, 95) * 1000,
+        "mean_ms": statistics.fmean(latencies) * 1000,
+    }
+
+
+def train_model(workdir: Path, image_size: int) -> str:
+    """A quickly trained small_cnn; its accuracy does not matter for timing."""
+    import mlflow
+
+    from train.config import TrainConfig
+    from train.trainer import train
+
+    mlflow.set_experiment("bench-serve")
+    config = TrainConfig.from_dict(
+        {"image_size": image_size, "epochs": 1, "batch_size": 16, "max_examples": 64, "augment": "false"}
+    )
+    run_id = train(config)
+    return mlflow.get_run(run_id).data.tags["medimg.model_uri"]
+
+
+def log_tensor_model(classifier, workdir: Path) -> str:
+    """Log the Keras model again as a pyfunc that takes a float32 tensor [-1, S, S, 3]."""
+    import mlflow
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    size = classifier.config.image_size
+    keras_path = workdir / "tensor_model.keras"
+    classifier.model.save(keras_path)
+    code_path = workdir / "tensor_model.py"
+    code_path.write_text(TENSOR_MODEL_CODE)
+    outputs = len(classifier.config.output_columns)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, size, size, 3))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, outputs))]),
+    )
+    with mlflow.start_run(run_name="bench tensor-input model"):
+        info = mlflow.pyfunc.log_model(
+            name="tensor_model",
+            python_model=str(code_path),
+            artifacts={"keras_model": str(keras_path)},
+            code_paths=[str(REPO_ROOT / "models")],
+            signature=signature,
+            pip_requirements=["mlflow", "tensorflow", "keras", "numpy"],
+        )
+    return info.model_uri
+
+
+class Server:
+    """`mlflow models serve --env-manager local` in its own process group, stopped on exit."""
+
+    def __init__(self, model_uri: str, workdir: Path, name: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"{name}.log"
+        env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+        command = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "models", "serve", "-m", model_uri]
+        command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(self.port)]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def __enter__(self) -> Server:
+        import requests
+
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if requests.get(f"{self.url}/ping", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"server did not start: {self.log_path.read_text()[-2000:]}")
+
+    def __exit__(self, *exc_info) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def measure_server(url: str, body: bytes, requests_count: int, warmup: int, concurrency: int) -> dict[str, float]:
+    """Sequential latency percentiles, sequential requests/s and requests/s with `concurrency` clients."""
+    import requests
+
+    headers = {"Content-Type": "application/json"}
+    session = requests.Session()
+
+    def post(client) -> float:
+        started = time.perf_counter()
+        response = client.post(f"{url}/invocations", data=body, headers=headers, timeout=120)
+        elapsed = time.perf_counter() - started
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
+        return elapsed
+
+    for _ in range(warmup):
+        post(session)
+    started = time.perf_counter()
+    latencies = [post(session) for _ in range(requests_count)]
+    sequential_seconds = time.perf_counter() - started
+    sessions = [requests.Session() for _ in range(concurrency)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda index: post(sessions[index % concurrency]), range(requests_count)))
+    parallel_seconds = time.perf_counter() - started
+    return {
+        **summary(latencies),
+        "requests_per_s": requests_count / sequential_seconds,
+        f"requests_per_s_x{concurrency}": requests_count / parallel_seconds,
+    }
+
+
+def measure_in_process(classifier, encoded: str, requests_count: int, warmup: int) -> dict[str, float]:
+    import pandas as pd
+
+    frame = pd.DataFrame({"image": [encoded]})
+    for _ in range(warmup):
+        classifier.predict(None, frame)
+    latencies = []
+    for _ in range(requests_count):
+        started = time.perf_counter()
+        classifier.predict(None, frame)
+        latencies.append(time.perf_counter() - started)
+    return {**summary(latencies), "requests_per_s": 1.0 / statistics.fmean(latencies)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as temporary:
+        workdir = Path(arguments.workdir or temporary).resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        if not arguments.model_uri or not os.environ.get("MLFLOW_TRACKING_URI"):
+            os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
+        import mlflow
+        from PIL import Image
+
+        from serve.preprocess import load_image_tensor
+        from train.data.synthetic import render_cell
+
+        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+        model_uri = arguments.model_uri or train_model(workdir, arguments.image_size)
+        classifier = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+        size = classifier.config.image_size
+        tensor_uri = log_tensor_model(classifier, workdir)
+
+        image = render_cell(np.random.default_rng(0), 224, {"dots": True})
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        png = buffer.getvalue()
+        encoded = base64.b64encode(png).decode("ascii")
+        png_body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[encoded]]}}).encode()
+        tensor = np.asarray(load_image_tensor(png, size), dtype=np.float32)[None]
+        tensor_body = json.dumps({"inputs": tensor.tolist()}).encode()
+
+        counts = (arguments.requests, arguments.warmup)
+        in_process = measure_in_process(classifier, encoded, *counts)
+        with Server(model_uri, workdir, "png") as server:
+            served_png = measure_server(server.url, png_body, *counts, arguments.concurrency)
+        with Server(tensor_uri, workdir, "tensor") as server:
+            served_tensor = measure_server(server.url, tensor_body, *counts, arguments.concurrency)
+
+    rows = [
+        ("served, base64 PNG", len(png_body), served_png),
+        ("served, JSON float tensor", len(tensor_body), served_tensor),
+        ("in-process decode+predict", len(png), in_process),
+    ]
+    print(f"\nsmall_cnn at {size}x{size}, {arguments.requests} requests each, {platform.processor() or 'cpu'}")
+    print(
+        f"{'':28} {'payload bytes':>14} {'p50 ms':>8} {'p95 ms':>8} {'req/s':>8} {'req/s x' + str(arguments.concurrency):>10}"
+    )
+    for label, payload, numbers in rows:
+        parallel = numbers.get(f"requests_per_s_x{arguments.concurrency}")
+        parallel_text = "-" if parallel is None else f"{parallel:.1f}"
+        print(
+            f"{label:28} {payload:>14,} {numbers['p50_ms']:>8.1f} {numbers['p95_ms']:>8.1f} "
+            f"{numbers['requests_per_s']:>8.1f} {parallel_text:>10}"
+        )
+    payload_ratio = len(tensor_body) / len(png_body)
+    latency_ratio = served_png["p50_ms"] / in_process["p50_ms"]
+    print(f"\npayload: tensor JSON / PNG request = {payload_ratio:.1f}x (target >= 10x)")
+    # Many clients send unit-scaled float32 pixels instead, whose JSON digits are longer; size only, not served.
+    unit_bytes = len(json.dumps({"inputs": (tensor / np.float32(255.0)).tolist()}).encode())
+    print(f"payload: the same tensor scaled to 0-1 would be {unit_bytes:,} bytes ({unit_bytes / len(png_body):.1f}x)")
+    print(f"latency: served PNG p50 / in-process p50 = {latency_ratio:.2f}x (target <= 2x)")
+    print(f"latency: served tensor p50 / served PNG p50 = {served_tensor['p50_ms'] / served_png['p50_ms']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

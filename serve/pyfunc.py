@@ -1,0 +1,256 @@
+"""The image classifier that medimg logs and serves: reads base64 images from a DataFrame, writes class probabilities.
+
+`ImageClassifier` is an `mlflow.pyfunc.PythonModel`. Its artifacts are the Keras
+model file and `classifier.json` (class names, task, image size, threshold, pixel
+limit). It decodes every request image with `serve.preprocess`, the same code the
+training pipelines use, and answers one row per image: one probability column per
+output class and `predicted`, the predicted label(s).
+
+Bad input (not base64, not an image, empty, too many pixels, DICOM without pixels,
+missing column, bad threshold) raises `InvalidImageInput`, which `mlflow models serve`
+answers with HTTP 400 and a one-line message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel
+
+IMAGE_COLUMN = "image"
+PREDICTED_COLUMN = "predicted"
+CONFIG_ARTIFACT = "classifier_config"
+MODEL_ARTIFACT = "keras_model"
+DEFAULT_MAX_PIXELS = 50_000_000
+# Overrides the logged pixel limit when the model is served, e.g. MEDIMG_MAX_PIXELS=4000000.
+MAX_PIXELS_ENVIRONMENT = "MEDIMG_MAX_PIXELS"
+PREDICT_BATCH_SIZE = 32
+# The formats tf.io.decode_image reads (PIL names); PIL recognises more (TIFF, WebP) that training never sees.
+DECODABLE_FORMATS = ("PNG", "JPEG", "BMP", "GIF")
+# The models-from-code file to pass as `python_model` to mlflow.pyfunc.log_model (no cloudpickle).
+MODEL_CODE_PATH = Path(__file__).resolve().with_name("model_code.py")
+
+
+@dataclass
+class ClassifierConfig:
+    """What the served model needs besides the Keras weights."""
+
+    class_names: list[str]
+    task: str
+    image_size: int
+    threshold: float = 0.5
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def output_columns(self) -> list[str]:
+        """Probability columns of the answer: the positive class for binary tasks, every class otherwise."""
+        if self.task == "binary":
+            return [self.class_names[1]]
+        return list(self.class_names)
+
+    def save(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(asdict(self), handle, indent=2)
+
+    @classmethod
+    def load(cls, path: str) -> ClassifierConfig:
+        with open(path, encoding="utf-8") as handle:
+            return cls(**json.load(handle))
+
+
+class InvalidImageInput(MlflowException):
+    """Bad request data; `mlflow models serve` answers it with HTTP 400 and this exception's one-line message.
+
+    The scoring server rewrites the message of every MlflowException raised in predict to
+    "Failed to predict data '<the request as a DataFrame>'. Error: <message>", a multi-line text
+    that repeats the request. This class keeps the message it was created with, so the 400 answer
+    says what is wrong in one short line.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self._one_line_message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        # MlflowException.__init__ sets the message first; later assignments are the server's prefix.
+        if not hasattr(self, "_one_line_message"):
+            self._one_line_message = " ".join(str(value).split())
+
+
+def bad_input(message: str) -> InvalidImageInput:
+    """An error that the MLflow scoring server answers with HTTP 400 and this one-line message."""
+    return InvalidImageInput(message)
+
+
+def classifier_signature(config: ClassifierConfig):
+    """Model signature: column `image` (base64 string) in; a probability column per output and `predicted` out."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    outputs = [ColSpec("double", name) for name in config.output_columns]
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
+        outputs=Schema([*outputs, ColSpec("string", PREDICTED_COLUMN)]),
+        params=ParamSchema([ParamSpec("threshold", "double", config.threshold)]),
+    )
+
+
+def decode_base64(value, row: int) -> bytes:
+    """Bytes of one request cell; accepts line-wrapped base64 and `data:image/...;base64,` URLs."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", errors="replace")
+    if not isinstance(value, str) or not value.strip():
+        raise bad_input(f"row {row}: column '{IMAGE_COLUMN}' must hold a non-empty base64 string")
+    text = value.strip()
+    if text.startswith("data:") and "," in text[:100]:
+        text = text.split(",", 1)[1]
+    try:
+        # Tools such as `base64` wrap lines at 76 characters; whitespace carries no data.
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_input(f"row {row}: column '{IMAGE_COLUMN}' is not valid base64") from None
+    if not data:
+        raise bad_input(f"row {row}: column '{IMAGE_COLUMN}' decodes to no bytes")
+    return data
+
+
+def image_header(data: bytes) -> tuple[str, int, int] | None:
+    """Format, width and height from the header without decoding pixels (PIL reads headers lazily)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return str(image.format), image.size[0], image.size[1]
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def check_image(data: bytes, row: int, max_pixels: int) -> None:
+    """Reject bytes that are not a supported image or whose header announces more than max_pixels."""
+    from serve.preprocess import dicom_dimensions, is_dicom
+
+    if is_dicom(data):
+        try:
+            width, height, frames = dicom_dimensions(data)
+        except ValueError as error:
+            raise bad_input(f"row {row}: {error}") from None
+        pixels = width * height * frames
+        described = f"{width}x{height}" + (f"x{frames} frames" if frames > 1 else "")
+    else:
+        header = image_header(data)
+        if header is None:
+            raise bad_input(f"row {row}: not a PNG, JPEG, BMP, GIF or DICOM image")
+        image_format, width, height = header
+        if image_format not in DECODABLE_FORMATS:
+            raise bad_input(f"row {row}: {image_format} images are not supported; send PNG, JPEG, BMP, GIF or DICOM")
+        pixels = width * height
+        described = f"{width}x{height}"
+    if pixels > max_pixels:
+        raise bad_input(f"row {row}: image of {described} pixels exceeds the limit of {max_pixels} pixels")
+
+
+def predictions_frame(probabilities: np.ndarray, config: ClassifierConfig, threshold: float) -> pd.DataFrame:
+    """One row per image: a probability column per output class and the predicted label(s).
+
+    binary: the class at or above `threshold`; multiclass: the most probable class; multilabel:
+    every label at or above `threshold`, joined with "|" (an empty string when none is).
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(probabilities), -1)
+    frame = pd.DataFrame(probabilities, columns=config.output_columns)
+    if config.task == "binary":
+        labels = [config.class_names[int(p >= threshold)] for p in probabilities[:, 0]]
+    elif config.task == "multiclass":
+        labels = [config.class_names[int(i)] for i in probabilities.argmax(axis=1)]
+    else:
+        labels = [
+            "|".join(name for name, p in zip(config.class_names, row, strict=True) if p >= threshold)
+            for row in probabilities
+        ]
+    frame[PREDICTED_COLUMN] = labels
+    return frame
+
+
+def max_pixels_from_environment(default: int) -> int:
+    """The pixel limit: MEDIMG_MAX_PIXELS when set (a positive whole number), else the logged one."""
+    value = os.environ.get(MAX_PIXELS_ENVIRONMENT, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{MAX_PIXELS_ENVIRONMENT} must be a positive whole number of pixels, got {value!r}")
+    return int(value)
+
+
+class ImageClassifier(PythonModel):
+    """MLflow pyfunc: DataFrame column `image` (base64 PNG/JPEG/DICOM) -> class probabilities and labels."""
+
+    def load_context(self, context) -> None:
+        import keras
+
+        # Registers medimg's custom layers (ImageScaling) before deserialising the model.
+        import models.layers  # noqa: F401
+
+        self.config = ClassifierConfig.load(context.artifacts[CONFIG_ARTIFACT])
+        self.config.max_pixels = max_pixels_from_environment(self.config.max_pixels)
+        self.model = keras.models.load_model(context.artifacts[MODEL_ARTIFACT], compile=False)
+
+    def image_tensors(self, encoded: list[bytes], first_row: int) -> np.ndarray:
+        """Decode and resize checked image bytes into a float32 batch [N, S, S, 3] in 0-255."""
+        from serve.preprocess import load_image_tensor
+
+        tensors = []
+        for offset, data in enumerate(encoded):
+            row = first_row + offset
+            try:
+                tensor = load_image_tensor(data, self.config.image_size)
+            except ValueError as error:
+                raise bad_input(f"row {row}: {error}") from None
+            except Exception as error:  # TensorFlow raises InvalidArgumentError for truncated or corrupt bytes.
+                raise bad_input(f"row {row}: image cannot be decoded ({type(error).__name__})") from None
+            tensors.append(np.asarray(tensor, dtype=np.float32))
+        return np.stack(tensors)
+
+    def predict_probabilities(self, encoded: list[bytes]) -> np.ndarray:
+        """Class probabilities [N, outputs] for checked image bytes, decoded and predicted 32 at a time."""
+        chunks = []
+        for start in range(0, len(encoded), PREDICT_BATCH_SIZE):
+            batch = self.image_tensors(encoded[start : start + PREDICT_BATCH_SIZE], start)
+            # predict_on_batch skips the tf.data set-up of predict(), which dominates one-image requests.
+            chunks.append(np.asarray(self.model.predict_on_batch(batch), dtype=np.float64))
+        return np.concatenate(chunks, axis=0)
+
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
+            found = list(map(str, model_input.columns))[:10] if isinstance(model_input, pd.DataFrame) else None
+            found_text = f"columns {found}" if found is not None else type(model_input).__name__
+            raise bad_input(f"input must have a column '{IMAGE_COLUMN}' of base64 images; got {found_text}")
+        threshold = (params or {}).get("threshold")
+        try:
+            threshold = float(self.config.threshold if threshold is None else threshold)
+        except (TypeError, ValueError):
+            raise bad_input(f"threshold must be a number between 0 and 1, got {threshold!r}") from None
+        if not 0.0 <= threshold <= 1.0:
+            raise bad_input(f"threshold must be between 0 and 1, got {threshold}")
+        if len(model_input) == 0:
+            raise bad_input("input has no rows; send one row per image")
+        encoded = []
+        for row, value in enumerate(model_input[IMAGE_COLUMN].tolist()):
+            data = decode_base64(value, row)
+            check_image(data, row, self.config.max_pixels)
+            encoded.append(data)
+        return predictions_frame(self.predict_probabilities(encoded), self.config, threshold)
