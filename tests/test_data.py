@@ -427,3 +427,38 @@ def test_augment_image_is_pure_and_keeps_range():
         for value in range(6)
     ]
     assert any(changed)
+
+
+def test_splits_over_the_cache_budget_are_decoded_every_epoch_with_the_same_values(monkeypatch, caplog):
+    loaded = load_dataset("synthetic", image_size=16, seed=5, synthetic_examples=40)
+    split = loaded.splits["val"]
+    with caplog.at_level("WARNING"):
+        cached = list(make_batches(split, batch_size=8, training=False, augment=False, seed=0))
+    assert "not caching" not in caplog.text
+    monkeypatch.setenv("MEDIMG_CACHE_BUDGET_GB", "0")
+    with caplog.at_level("WARNING"):
+        streamed = list(make_batches(split, batch_size=8, training=False, augment=False, seed=0))
+    assert f"not caching {split.count} decoded images" in caplog.text
+    assert len(streamed) == len(cached)
+    for (left_images, left_labels), (right_images, right_labels) in zip(cached, streamed, strict=True):
+        np.testing.assert_array_equal(left_images.numpy(), right_images.numpy())
+        np.testing.assert_array_equal(left_labels.numpy(), right_labels.numpy())
+
+
+def test_chestxray_like_splits_never_rotate_or_flip_vertically():
+    import tensorflow as tf
+
+    from train.data.spec import Split
+
+    image = np.zeros((16, 16, 3), np.float32)
+    image[:4] = 255.0  # A bright top band: a vertical flip or a rotation would move it.
+    split = Split(
+        dataset=tf.data.Dataset.from_tensors((image, np.zeros(1, np.float32))).repeat(64),
+        count=64,
+        positives=np.zeros(1, np.int64),
+        orientation_free=False,
+    )
+    for images, _ in make_batches(split, batch_size=64, training=True, augment=True, seed=1):
+        top = images.numpy()[:, :4].mean(axis=(1, 2, 3))
+        bottom = images.numpy()[:, 4:].mean(axis=(1, 2, 3))
+        assert np.all(top > bottom + 100)

@@ -52,6 +52,25 @@ def parse_float(value: Any, name: str = "value") -> float:
         raise ConfigError(f"{name} must be a number, got {value!r}") from None
 
 
+def check_split_settings(dataset: str, validation_fraction: float, view: str) -> None:
+    """Raise ConfigError unless validation_fraction leaves room for the other splits and view fits the dataset."""
+    from train.data.chestxray14 import normalize_view
+    from train.data.splits import check_fractions
+
+    try:
+        normalized = normalize_view(view)
+        if dataset == "chestxray14":
+            if not 0.0 < validation_fraction < 1.0:
+                raise ValueError(f"validation_fraction must be between 0 and 1 (exclusive), got {validation_fraction}")
+        else:
+            # Other datasets carve a 15% test split as well.
+            check_fractions(validation_fraction, 0.15)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if normalized != "all" and dataset != "chestxray14":
+        raise ConfigError(f"view={view} filters chestxray14 images only; use view=all for dataset {dataset!r}")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run needs; field names equal the MLproject parameter names."""
@@ -71,6 +90,8 @@ class TrainConfig:
     convolutions: int = 3
     augment: bool = True
     max_examples: int = 0
+    validation_fraction: float = 0.1
+    view: str = "all"
     seed: int = 42
     precision: str = "auto"
     jit_compile: bool = False
@@ -165,6 +186,7 @@ class TrainConfig:
             raise ConfigError(f"max_examples must be 0 (all) or positive, got {self.max_examples}")
         if self.patience < 1:
             raise ConfigError(f"patience must be at least 1, got {self.patience}")
+        check_split_settings(self.dataset, self.validation_fraction, self.view)
         try:
             validate_dataset_args(self.dataset, self.data_dir or None)
         except ValueError as error:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from train.data.chestxray14 import load_chestxray14
 from train.data.imagefolder import load_imagefolder
 from train.data.malaria import load_malaria
+from train.data.prepared import check_prepared_name, is_prepared, is_unfinished
 from train.data.spec import SPLIT_NAMES, TASKS, DatasetSpec, LoadedDataset, Split
 from train.data.splits import check_fractions
 from train.data.synthetic import SYNTHETIC_TASKS, load_synthetic
@@ -60,12 +62,22 @@ def get_dataset_spec(name: str) -> DatasetSpec:
 
 
 def validate_dataset_args(name: str, data_dir: str | None) -> None:
-    """Cheap checks before heavy work: known name, data_dir given when required, and data_dir exists."""
+    """Cheap checks before heavy work: known name, data_dir given when required, data_dir exists.
+
+    A data_dir written by `python -m train prepare` must hold the same dataset, and must be finished.
+    """
     spec = get_dataset_spec(name)
     if spec.requires_data_dir and not data_dir:
         raise ValueError(f"dataset {name!r} needs data_dir: {spec.description}")
     if data_dir and not os.path.isdir(data_dir):
         raise ValueError(f"data_dir {data_dir} does not exist or is not a folder; check the path for dataset {name!r}")
+    if is_unfinished(data_dir):
+        raise ValueError(
+            f"data_dir {data_dir} holds an unfinished preparation; run `python -m train prepare` again with the "
+            "same settings to finish it"
+        )
+    if is_prepared(data_dir):
+        check_prepared_name(data_dir, name)
 
 
 def load_dataset(
@@ -79,8 +91,13 @@ def load_dataset(
     test_fraction: float = 0.15,
     synthetic_task: str = "binary",
     synthetic_examples: int = 600,
+    view: str = "all",
 ) -> LoadedDataset:
-    """Load dataset `name` into train/val/test Splits of (image float32 [S, S, 3] in 0-255, label float32)."""
+    """Load dataset `name` into train/val/test Splits of (image float32 [S, S, 3] in 0-255, label float32).
+
+    A data_dir holding a `python -m train prepare` manifest is read from its TFRecords, whatever
+    the dataset; its splits are fixed by the preparation. `view` (all, PA, AP) filters chestxray14.
+    """
     validate_dataset_args(name, data_dir)
     if image_size < MINIMUM_IMAGE_SIZE:
         raise ValueError(f"image_size must be at least {MINIMUM_IMAGE_SIZE}, got {image_size}")
@@ -91,6 +108,17 @@ def load_dataset(
     if synthetic_task not in SYNTHETIC_TASKS:
         raise ValueError(f"unknown synthetic_task {synthetic_task!r}; valid choices: {', '.join(SYNTHETIC_TASKS)}")
     check_fractions(validation_fraction, test_fraction)
+    if is_prepared(data_dir):
+        from train.data.prepared import load_prepared
+
+        return load_prepared(
+            data_dir,
+            name=name,
+            image_size=image_size,
+            max_examples=max_examples,
+            view=view,
+            validation_fraction=validation_fraction,
+        )
     loaded = get_dataset_spec(name).loader(
         data_dir=data_dir or None,
         image_size=image_size,
@@ -100,6 +128,7 @@ def load_dataset(
         test_fraction=test_fraction,
         synthetic_task=synthetic_task,
         synthetic_examples=synthetic_examples,
+        view=view,
     )
     if loaded.task not in TASKS:
         raise ValueError(f"loader for {name!r} returned task {loaded.task!r}; it must be one of {', '.join(TASKS)}")
@@ -127,6 +156,17 @@ register_dataset(
         description="NIH malaria cell images from TFDS (data_dir: optional TFDS data dir) or an extracted cell_images/ folder",
         requires_data_dir=False,
         loader=load_malaria,
+    )
+)
+register_dataset(
+    DatasetSpec(
+        name="chestxray14",
+        description=(
+            "NIH ChestX-ray14 folder (Data_Entry_2017_v2020.csv, train_val_list.txt, test_list.txt, "
+            "images_*/images/) or a folder written by `python -m train prepare`"
+        ),
+        requires_data_dir=True,
+        loader=load_chestxray14,
     )
 )
 register_dataset(

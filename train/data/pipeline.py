@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,9 +14,33 @@ from train.data.digest import files_digest
 from train.data.files import MAX_SKIPPED_EXAMPLES
 from train.data.spec import SPLIT_NAMES, LoadedDataset, Split
 
-# Shuffling happens after cache(), so the buffer holds references to cached tensors, not copies;
-# the cap only bounds the time to fill it on very large datasets.
+logger = logging.getLogger(__name__)
+
+# The shuffle buffer holds decoded images: at most this many, and at most SHUFFLE_BUFFER_BYTES of them
+# (1 GB is ~1,600 images at 224 px), so shuffling never costs more memory than the model.
 SHUFFLE_BUFFER_LIMIT = 10_000
+SHUFFLE_BUFFER_BYTES = 1e9
+# Decoded float32 images are cached in memory only while they fit this budget (GB); larger splits,
+# full ChestX-ray14 at 224 px is ~50 GB, are decoded again each epoch: `prepare` makes that cheap.
+CACHE_BUDGET_ENV = "MEDIMG_CACHE_BUDGET_GB"
+DEFAULT_CACHE_BUDGET_GB = 8.0
+
+
+def cache_budget_bytes() -> float:
+    text = os.environ.get(CACHE_BUDGET_ENV, "").strip()
+    try:
+        return float(text) * 1e9 if text else DEFAULT_CACHE_BUDGET_GB * 1e9
+    except ValueError:
+        raise ValueError(f"{CACHE_BUDGET_ENV}={text!r} is not a number of gigabytes") from None
+
+
+def split_bytes(split: Split) -> float:
+    """Bytes of the decoded split: count x H x W x C float32."""
+    shape = split.dataset.element_spec[0].shape
+    pixels = 1
+    for dimension in shape:
+        pixels *= dimension if dimension is not None else 512
+    return float(split.count) * pixels * 4
 
 
 def _label_matrix(labels: np.ndarray) -> np.ndarray:
@@ -70,7 +96,7 @@ def arrays_split(images: np.ndarray, labels: np.ndarray) -> Split:
 def make_batches(split: Split, *, batch_size: int, training: bool, augment: bool, seed: int):
     """Batches of (images [B, S, S, 3] float32 0-255, labels [B, num_outputs]) ready for Keras.
 
-    Order: cache the decoded split, then (training only) a seeded shuffle that changes every epoch
+    Order: cache the decoded split (while it fits MEDIMG_CACHE_BUDGET_GB), then (training only) a seeded shuffle that changes every epoch
     and seeded augmentation, then batch and prefetch. `augment` has no effect when training is False.
     """
     import tensorflow as tf
@@ -79,9 +105,22 @@ def make_batches(split: Split, *, batch_size: int, training: bool, augment: bool
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    dataset = split.dataset.cache()
+    dataset = split.dataset
+    needed = split_bytes(split)
+    if needed <= cache_budget_bytes():
+        dataset = dataset.cache()
+    else:
+        logger.warning(
+            "not caching %d decoded images (%.1f GB > %s budget of %.1f GB): decoding every epoch; "
+            "`python -m train prepare` makes that cheap",
+            split.count,
+            needed / 1e9,
+            CACHE_BUDGET_ENV,
+            cache_budget_bytes() / 1e9,
+        )
     if training:
-        buffer_size = max(1, min(split.count, SHUFFLE_BUFFER_LIMIT))
+        image_bytes = needed / max(split.count, 1)
+        buffer_size = max(1, min(split.count, SHUFFLE_BUFFER_LIMIT, int(SHUFFLE_BUFFER_BYTES / max(image_bytes, 1))))
         dataset = dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
         if augment:
             # One [2]-shaped seed per element, new each epoch and reproducible from `seed`.

@@ -1,0 +1,326 @@
+"""Reads a folder written by `python -m train prepare` (manifest.json + sharded TFRecords) into train/val/test Splits.
+
+Record format (one tf.train.Example per image): `image` is a lossless PNG of the image after
+`serve.preprocess.decode_and_resize` to the prepared size, rounded to uint8 (one gray channel when
+the three channels are equal, as for X-rays, else RGB); `label` is the float label vector; `id` names
+the source image. Reading decodes the PNG with `serve.preprocess.decode_image` and, when the
+training image_size differs from the prepared size, resizes with `serve.preprocess.resize`: the
+same functions the served model uses. At the prepared size a record gives the directly decoded
+tensor rounded to whole gray levels (8-bit sources at that size: bit for bit the same tensor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from train.data.spec import SPLIT_NAMES
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from train.data.spec import LoadedDataset
+
+MANIFEST_NAME = "manifest.json"
+STATE_NAME = "prepare_state.json"
+FORMAT = "medimg-prepared-tfrecord"
+FORMAT_VERSION = 1
+IMAGE_ENCODING = "png-uint8"
+IMAGE_FEATURE = "image"
+LABEL_FEATURE = "label"
+ID_FEATURE = "id"
+# Shards read at once; a fixed number keeps the interleaved record order the same on every machine.
+PARALLEL_READS = 8
+# A TFRecord is: uint64 length, uint32 CRC of the length, the data, uint32 CRC of the data.
+RECORD_HEADER_BYTES = 12
+RECORD_FOOTER_BYTES = 4
+
+
+class PreparedDataWarning(UserWarning):
+    """Training settings that a prepared folder cannot honour (its split and view are fixed)."""
+
+
+def is_prepared(data_dir: str | Path | None) -> bool:
+    """True when data_dir holds a finished preparation (manifest.json)."""
+    return bool(data_dir) and (Path(data_dir) / MANIFEST_NAME).is_file()
+
+
+def is_unfinished(data_dir: str | Path | None) -> bool:
+    """True when data_dir holds an interrupted preparation (prepare_state.json but no manifest.json)."""
+    return bool(data_dir) and (Path(data_dir) / STATE_NAME).is_file() and not is_prepared(data_dir)
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The manifest of a prepared folder, after checking its format and version."""
+    path = Path(folder) / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} cannot be read ({error}); run `python -m train prepare` again") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path} is not a medimg prepared folder of format version {FORMAT_VERSION} "
+            f"(format {manifest.get('format')!r}, version {manifest.get('format_version')!r}); prepare it again"
+        )
+    return manifest
+
+
+def check_prepared_name(folder: str | Path, name: str) -> None:
+    """Raise ValueError when the prepared folder holds another dataset than `name` (cheap: reads the manifest)."""
+    prepared_name = read_manifest(folder).get("dataset")
+    if prepared_name != name:
+        raise ValueError(
+            f"data_dir {folder} holds prepared {prepared_name!r} records, not {name!r}; use dataset={prepared_name}"
+        )
+
+
+def count_records(path: str | Path) -> int | None:
+    """Number of records in a TFRecord file, read from the length fields only; None when the file is damaged."""
+    try:
+        size = os.path.getsize(path)
+        count = 0
+        with open(path, "rb") as handle:
+            position = 0
+            while position < size:
+                header = handle.read(RECORD_HEADER_BYTES)
+                if len(header) < RECORD_HEADER_BYTES:
+                    return None
+                (length,) = struct.unpack("<Q", header[:8])
+                position += RECORD_HEADER_BYTES + length + RECORD_FOOTER_BYTES
+                if position > size:
+                    return None
+                handle.seek(position)
+                count += 1
+    except OSError:
+        return None
+    return count
+
+
+def encode_image(image) -> tf.Tensor:
+    """PNG bytes of a float 0-255 [H, W, 3] image rounded to uint8; one gray channel when all channels are equal."""
+    import tensorflow as tf
+
+    pixels = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
+    gray = pixels[..., :1]
+    return tf.cond(
+        tf.reduce_all(tf.equal(pixels, gray)),
+        lambda: tf.io.encode_png(gray),
+        lambda: tf.io.encode_png(pixels),
+    )
+
+
+def serialize_example(png: bytes, label: np.ndarray, example_id: str) -> bytes:
+    """One tf.train.Example with the image PNG, the float label vector and the source id."""
+    import tensorflow as tf
+
+    feature = {
+        IMAGE_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
+        LABEL_FEATURE: tf.train.Feature(
+            float_list=tf.train.FloatList(value=np.asarray(label, dtype=np.float32).reshape(-1).tolist())
+        ),
+        ID_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[example_id.encode()])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def parse_example(serialized, num_outputs: int) -> dict:
+    import tensorflow as tf
+
+    return tf.io.parse_single_example(
+        serialized,
+        {
+            IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string),
+            LABEL_FEATURE: tf.io.FixedLenFeature([num_outputs], tf.float32),
+            ID_FEATURE: tf.io.FixedLenFeature([], tf.string, default_value=""),
+        },
+    )
+
+
+def decode_prepared_image(png, stored_size: int, image_size: int):
+    """Stored PNG -> float32 [image_size, image_size, 3] in 0-255, through serve.preprocess."""
+    from serve.preprocess import decode_image, resize
+
+    image = decode_image(png)
+    if image_size == stored_size:
+        image.set_shape([stored_size, stored_size, 3])
+        return image
+    return resize(image, image_size)
+
+
+def shard_paths(folder: str | Path, manifest: dict[str, Any], split: str) -> list[Path]:
+    """Paths of the shards of one split, in manifest order; ValueError naming a missing one."""
+    paths = [Path(folder) / shard["file"] for shard in manifest["splits"][split]["shards"]]
+    for path in paths:
+        if not path.is_file():
+            raise ValueError(f"{path} is missing; run `python -m train prepare` again to rewrite it")
+    return paths
+
+
+def _records(paths: list[str], count: int | None, total: int):
+    """The serialized records of some shards; with `count`, `count` of the `total` records spaced evenly."""
+    import tensorflow as tf
+
+    records = tf.data.TFRecordDataset(paths, num_parallel_reads=min(PARALLEL_READS, len(paths)))
+    if count is not None and count < total:
+        # Every k-th record, then a cut: spread over the whole split, not its first shards.
+        records = records.shard(max(1, total // count), 0).take(count)
+    return records
+
+
+def split_records(
+    folder: str | Path,
+    manifest: dict[str, Any],
+    split: str,
+    image_size: int,
+    *,
+    include_ids: bool = False,
+    count: int | None = None,
+) -> tf.data.Dataset:
+    """(image float32 [S, S, 3], label) elements of one prepared split, or (id, image, label) with include_ids.
+
+    count: read only this many records, spaced evenly over the split (None = all).
+    """
+    import tensorflow as tf
+
+    paths = [str(path) for path in shard_paths(folder, manifest, split)]
+    num_outputs = int(manifest["num_outputs"])
+    stored_size = int(manifest["image_size"])
+
+    def decode(serialized):
+        example = parse_example(serialized, num_outputs)
+        image = decode_prepared_image(example[IMAGE_FEATURE], stored_size, image_size)
+        if include_ids:
+            return example[ID_FEATURE], image, example[LABEL_FEATURE]
+        return image, example[LABEL_FEATURE]
+
+    if not paths:
+        return tf.data.Dataset.from_tensor_slices(tf.constant([], tf.string)).map(decode)
+    total = int(manifest["splits"][split]["count"])
+    records = _records(paths, count, total)
+    dataset = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # The manifest knows the exact count; Keras then knows the steps per epoch from the first epoch on.
+    return dataset.apply(tf.data.experimental.assert_cardinality(min(total, count) if count is not None else total))
+
+
+def _check_settings(manifest: dict[str, Any], folder: str | Path, image_size: int, view: str, validation_fraction):
+    settings = manifest.get("settings", {})
+    prepared_view = str(settings.get("view", "all"))
+    if view and view.lower() != "all" and view.lower() != prepared_view.lower():
+        raise ValueError(
+            f"data_dir {folder} was prepared with view={prepared_view}, but view={view} was asked for; "
+            f"prepare it again with view={view} into another output_dir, or train with view=all"
+        )
+    prepared_fraction = settings.get("validation_fraction")
+    if validation_fraction is not None and prepared_fraction is not None and validation_fraction != prepared_fraction:
+        warnings.warn(
+            f"{folder} was prepared with validation_fraction={prepared_fraction}; its splits are fixed, so "
+            f"validation_fraction={validation_fraction} has no effect",
+            PreparedDataWarning,
+            stacklevel=3,
+        )
+    if image_size > int(manifest["image_size"]):
+        warnings.warn(
+            f"{folder} holds {manifest['image_size']}px images; training at image_size={image_size} upsamples them. "
+            f"Prepare again with image_size={image_size} for full detail",
+            PreparedDataWarning,
+            stacklevel=3,
+        )
+
+
+def apportion(counts: dict[str, int], cap: int) -> dict[str, int]:
+    """Split sizes summing to `cap`, in proportion to `counts` (largest remainders), each non-empty split keeping one."""
+    total = sum(counts.values())
+    shares = {name: cap * count / total for name, count in counts.items()}
+    sizes = {name: min(count, max(1 if count else 0, int(shares[name]))) for name, count in counts.items()}
+    by_remainder = sorted(counts, key=lambda name: shares[name] - int(shares[name]), reverse=True)
+    while sum(sizes.values()) < cap:
+        grew = False
+        for name in by_remainder:
+            if sum(sizes.values()) < cap and sizes[name] < counts[name]:
+                sizes[name] += 1
+                grew = True
+        if not grew:
+            break
+    return sizes
+
+
+def load_prepared(
+    folder: str | Path,
+    *,
+    name: str,
+    image_size: int,
+    max_examples: int = 0,
+    view: str = "all",
+    validation_fraction: float | None = None,
+    **_: object,
+) -> LoadedDataset:
+    """Wrap a prepared folder as a LoadedDataset; max_examples keeps an evenly spaced sample of each split, in proportion."""
+    from train.data.spec import LoadedDataset, Split
+
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    check_prepared_name(folder, name)
+    _check_settings(manifest, folder, image_size, view, validation_fraction)
+    counts = {split: int(manifest["splits"][split]["count"]) for split in SPLIT_NAMES}
+    total = sum(counts.values())
+    capped = apportion(counts, max_examples) if max_examples and max_examples < total else counts
+    splits = {}
+    for split in SPLIT_NAMES:
+        count = capped[split]
+        positives = np.array(manifest["splits"][split]["positives"], dtype=np.int64)
+        if count < counts[split]:
+            positives = _sample_positives(folder, manifest, split, count)
+        dataset = split_records(folder, manifest, split, image_size, count=count)
+        splits[split] = Split(dataset=dataset, count=count, positives=positives, orientation_free=name != "chestxray14")
+    hasher = hashlib.sha256()
+    hasher.update(
+        json.dumps(
+            {
+                "source_digest": manifest["source_digest"],
+                "prepared_size": manifest["image_size"],
+                "image_size": image_size,
+                "max_examples": max_examples,
+                "counts": {split: splits[split].count for split in SPLIT_NAMES},
+            },
+            sort_keys=True,
+        ).encode()
+    )
+    skipped = manifest.get("skipped", {})
+    return LoadedDataset(
+        name=name,
+        task=manifest["task"],
+        class_names=list(manifest["class_names"]),
+        num_outputs=int(manifest["num_outputs"]),
+        splits=splits,
+        digest=hasher.hexdigest(),
+        source=str(folder),
+        skipped_images=int(skipped.get("count", 0)),
+        skipped_examples=list(skipped.get("examples", []))[:10],
+    )
+
+
+def _sample_positives(folder: Path, manifest: dict[str, Any], split: str, count: int) -> np.ndarray:
+    """Per-output positive counts of the `count` records split_records(count=count) reads (parses labels only)."""
+    import tensorflow as tf
+
+    paths = [str(path) for path in shard_paths(folder, manifest, split)]
+    num_outputs = int(manifest["num_outputs"])
+    if not paths or count == 0:
+        return np.zeros(num_outputs, dtype=np.int64)
+    records = _records(paths, count, int(manifest["splits"][split]["count"]))
+    labels = records.map(
+        lambda serialized: tf.io.parse_single_example(
+            serialized, {LABEL_FEATURE: tf.io.FixedLenFeature([num_outputs], tf.float32)}
+        )[LABEL_FEATURE]
+    )
+    total = np.zeros(num_outputs, dtype=np.float64)
+    for batch in labels.batch(4096).as_numpy_iterator():
+        total += batch.sum(axis=0)
+    return total.astype(np.int64)

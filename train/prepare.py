@@ -1,0 +1,641 @@
+"""Turns a raw dataset into resized, sharded TFRecords plus manifest.json (`python -m train prepare`); reads the raw dataset.
+
+Usage:
+
+    python -m train prepare --dataset chestxray14 --data-dir /data/nih --output-dir /data/nih-256
+    python -m train main --dataset chestxray14 --data-dir /data/nih-256 --image-size 224
+
+Each image is decoded and resized once with `serve.preprocess.decode_and_resize` and stored as a
+lossless uint8 PNG (train.data.prepared documents the record format). chestxray14 is prepared by
+a pool of worker processes, one shard per task; the other datasets (malaria from TFDS or its
+cell_images/ folder, imagefolder, synthetic) go through their loaders, whose tf.data maps decode
+on all cores. Each shard is written to a temporary name and renamed when complete, so an
+interrupted run resumes with the shards that are missing; a run whose manifest already matches
+the source and settings does nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from train.config import ConfigError, parse_float, parse_int
+from train.data.prepared import FORMAT, FORMAT_VERSION, IMAGE_ENCODING, MANIFEST_NAME, STATE_NAME, count_records
+from train.data.spec import SPLIT_NAMES
+
+MINIMUM_IMAGE_SIZE = 32
+# Lines of skipped images kept in the manifest; the count covers all of them.
+MAX_SKIPPED_IN_MANIFEST = 100
+# Without a terminal (CI logs, `mlflow run`), progress is printed about this many times.
+PROGRESS_LINES = 10
+TEMPORARY_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Settings of one preparation; field names equal the MLproject `prepare` parameter names."""
+
+    dataset: str = "chestxray14"
+    data_dir: str = ""
+    output_dir: str = ""
+    image_size: int = 256
+    shard_size: int = 1024
+    workers: int = 0
+    seed: int = 42
+    validation_fraction: float = 0.1
+    view: str = "all"
+    max_missing_fraction: float = 0.01
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PrepareConfig:
+        """Build from raw CLI/MLflow strings (e.g. '256.0'), rejecting unknown keys, then validate."""
+        known = {item.name: item for item in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(known)}")
+        converted: dict[str, Any] = {}
+        for name, value in values.items():
+            if value is None:
+                continue
+            kind = known[name].type
+            if kind == "int":
+                converted[name] = parse_int(value, name)
+            elif kind == "float":
+                converted[name] = parse_float(value, name)
+            else:
+                converted[name] = str(value).strip()
+        config = cls(**converted)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def worker_count(self) -> int:
+        """Processes to use: `workers`, or every core this process may run on when workers is 0."""
+        if self.workers:
+            return self.workers
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:
+            # macOS and Windows have no sched_getaffinity.
+            return os.cpu_count() or 1
+
+    def validate(self) -> None:
+        """Cheap checks before TensorFlow is imported; raise ConfigError naming the fix."""
+        from train.config import check_split_settings
+        from train.data import validate_dataset_args
+        from train.data.prepared import is_prepared
+
+        if not self.output_dir:
+            raise ConfigError("output_dir is required: the folder that receives the TFRecord shards and manifest.json")
+        try:
+            validate_dataset_args(self.dataset, self.data_dir or None)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        if is_prepared(self.data_dir):
+            raise ConfigError(f"data_dir {self.data_dir} is already a prepared folder; train from it directly")
+        if self.image_size < MINIMUM_IMAGE_SIZE:
+            raise ConfigError(f"image_size must be at least {MINIMUM_IMAGE_SIZE}, got {self.image_size}")
+        if self.shard_size < 1:
+            raise ConfigError(f"shard_size must be at least 1, got {self.shard_size}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be 0 (all cores) or positive, got {self.workers}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be zero or positive, got {self.seed}")
+        if not 0.0 <= self.max_missing_fraction <= 1.0:
+            raise ConfigError(f"max_missing_fraction must be between 0 and 1, got {self.max_missing_fraction}")
+        check_split_settings(self.dataset, self.validation_fraction, self.view)
+        if self.data_dir:
+            source, output = Path(self.data_dir).resolve(), Path(self.output_dir).resolve()
+            # Loaders of class folders would read the output as one more class; chestxray14 reads listed files only.
+            if output == source or (output.is_relative_to(source) and self.dataset != "chestxray14"):
+                raise ConfigError(f"output_dir {self.output_dir} must be outside data_dir {self.data_dir}")
+
+
+@dataclass
+class ShardPlan:
+    """One output shard: its split and file name, and what goes in it."""
+
+    split: str
+    file: str
+    # Position of the shard's first example in its split, and how many examples it takes.
+    start: int
+    count: int
+    # File-backed datasets: (source path, label vector, example id) per example.
+    entries: list[tuple[str, list[float], str]] = field(default_factory=list)
+
+
+@dataclass
+class PreparedSource:
+    """What is being prepared: label space, a digest of the source, the split sizes and the shard plans."""
+
+    task: str
+    class_names: list[str]
+    source: str
+    source_digest: str
+    plans: list[ShardPlan]
+    # "path: reason" lines of images left out before writing (missing files).
+    skipped: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    # For loader-backed datasets: the LoadedDataset whose splits are written.
+    loaded: Any = None
+
+
+@dataclass
+class PrepareResult:
+    """What one `prepare` call did."""
+
+    output_dir: Path
+    manifest: dict[str, Any]
+    written_shards: list[str]
+    reused_shards: list[str]
+    seconds: float
+    # Time the writers spent on the written shards, summed over processes (start-up not included).
+    writer_seconds: float = 0.0
+
+    @property
+    def images_written(self) -> int:
+        written = set(self.written_shards)
+        return sum(
+            shard["count"]
+            for split in self.manifest["splits"].values()
+            for shard in split["shards"]
+            if shard["file"] in written
+        )
+
+
+def shard_file(split: str, index: int, total: int) -> str:
+    return f"{split}-{index:05d}-of-{total:05d}.tfrecord"
+
+
+def _plan_split(split: str, count: int, shard_size: int) -> list[ShardPlan]:
+    total = math.ceil(count / shard_size)
+    return [
+        ShardPlan(
+            split=split,
+            file=shard_file(split, index, total),
+            start=index * shard_size,
+            count=min(shard_size, count - index * shard_size),
+        )
+        for index in range(total)
+    ]
+
+
+def chestxray14_source(config: PrepareConfig) -> PreparedSource:
+    """Index the NIH folder (no pixels read) and plan shards of file paths, each split in a seeded random order."""
+    from train.data.chestxray14 import CLASS_NAMES, build_index
+
+    index = build_index(
+        config.data_dir,
+        seed=config.seed,
+        validation_fraction=config.validation_fraction,
+        view=config.view,
+        max_missing_fraction=config.max_missing_fraction,
+    )
+    plans = []
+    for split_id, split in enumerate(SPLIT_NAMES):
+        members = np.flatnonzero(index.split_ids == split_id)
+        # Shuffled once here, so shards mix patients and any prefix of a split is a random sample.
+        members = np.random.default_rng([config.seed, split_id]).permutation(members)
+        for plan in _plan_split(split, len(members), config.shard_size):
+            plan.entries = [
+                (str(index.paths[member]), index.labels[member].tolist(), index.names[member])
+                for member in members[plan.start : plan.start + plan.count]
+            ]
+            plans.append(plan)
+    return PreparedSource(
+        task="multilabel",
+        class_names=list(CLASS_NAMES),
+        source=str(index.root.resolve()),
+        source_digest=index.source_digest(),
+        plans=plans,
+        skipped=list(index.missing),
+        details={"metadata_file": index.metadata_file.name, "left_out": index.left_out},
+    )
+
+
+def loader_source(config: PrepareConfig) -> PreparedSource:
+    """Load the dataset with its registered loader at the prepared size and plan shards over its splits."""
+    from train.data import load_dataset
+
+    loaded = load_dataset(
+        config.dataset,
+        data_dir=config.data_dir or None,
+        image_size=config.image_size,
+        seed=config.seed,
+        validation_fraction=config.validation_fraction,
+        view=config.view,
+    )
+    plans = []
+    for split in SPLIT_NAMES:
+        plans.extend(_plan_split(split, loaded.splits[split].count, config.shard_size))
+    return PreparedSource(
+        task=loaded.task,
+        class_names=list(loaded.class_names),
+        source=loaded.source,
+        source_digest=loaded.digest,
+        plans=plans,
+        skipped=list(loaded.skipped_examples),
+        details={"skipped_by_loader": loaded.skipped_images},
+        loaded=loaded,
+    )
+
+
+def fingerprint(config: PrepareConfig, source: PreparedSource) -> str:
+    """Digest of everything that decides the shards' contents; a manifest with the same one needs no work."""
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "dataset": config.dataset,
+        "image_size": config.image_size,
+        "shard_size": config.shard_size,
+        "seed": config.seed,
+        "validation_fraction": config.validation_fraction,
+        "view": config.view.lower(),
+        "source_digest": source.source_digest,
+        "shards": [(plan.file, plan.count) for plan in source.plans],
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+# --- workers ----------------------------------------------------------------------------------------
+
+# One compiled encoder per image size, per process (each worker process builds its own).
+_ENCODERS: dict[int, Any] = {}
+
+
+def _encoder(image_size: int):
+    """A tf.function: encoded source bytes -> PNG of the resized uint8 image (serve.preprocess decode path)."""
+    if image_size not in _ENCODERS:
+        import tensorflow as tf
+
+        from serve.preprocess import decode_and_resize
+        from train.data.prepared import encode_image
+
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+        def encode(data):
+            return encode_image(decode_and_resize(data, image_size))
+
+        _ENCODERS[image_size] = encode
+    return _ENCODERS[image_size]
+
+
+def initialize_worker() -> None:
+    """Process-pool initializer: CPU only, one thread per process (the pool supplies the parallelism)."""
+    # Every worker would otherwise claim the memory of every GPU it sees.
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def write_file_shard(task: dict[str, Any]) -> dict[str, Any]:
+    """Read, decode, resize and encode the files of one shard; write it under a temporary name, then rename it."""
+    import tensorflow as tf
+
+    from serve.preprocess import one_line
+    from train.data.prepared import serialize_example
+
+    encode = _encoder(task["image_size"])
+    final = Path(task["output_dir"]) / task["file"]
+    temporary = final.with_name(f".{final.name}{TEMPORARY_SUFFIX}")
+    positives = np.zeros(task["num_outputs"], dtype=np.int64)
+    skipped = []
+    count = 0
+    started = time.perf_counter()
+    with tf.io.TFRecordWriter(str(temporary)) as writer:
+        for path, label, example_id in task["entries"]:
+            try:
+                with open(path, "rb") as handle:
+                    data = handle.read()
+                png = encode(tf.constant(data)).numpy()
+            except OSError as error:
+                skipped.append(f"{path}: cannot be read ({error.strerror or error})")
+                continue
+            except tf.errors.OpError as error:
+                skipped.append(f"{path}: not a decodable image ({one_line(error)})")
+                continue
+            writer.write(serialize_example(png, np.asarray(label), example_id))
+            positives += np.asarray(label) > 0.5
+            count += 1
+    os.replace(temporary, final)
+    seconds = time.perf_counter() - started
+    return {
+        "file": task["file"],
+        "count": count,
+        "positives": positives.tolist(),
+        "skipped": skipped,
+        "seconds": seconds,
+    }
+
+
+def _write_loaded_split(
+    split: str, plans: list[ShardPlan], pending: set[str], loaded, output_dir: Path
+) -> Iterator[dict[str, Any]]:
+    """Write the pending shards of one loader split in order; the loader's tf.data map decodes on all cores."""
+    import tensorflow as tf
+
+    from train.data.prepared import encode_image, serialize_example
+
+    encoded = loaded.splits[split].dataset.map(
+        lambda image, label: (encode_image(image), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    elements = encoded.as_numpy_iterator()
+    for plan in plans:
+        if plan.file not in pending:
+            # The elements of shards already written still pass through the pipeline, unwritten.
+            for _ in range(plan.count):
+                next(elements, None)
+            continue
+        final = output_dir / plan.file
+        temporary = final.with_name(f".{final.name}{TEMPORARY_SUFFIX}")
+        positives = np.zeros(loaded.num_outputs, dtype=np.int64)
+        count = 0
+        started = time.perf_counter()
+        with tf.io.TFRecordWriter(str(temporary)) as writer:
+            for position in range(plan.start, plan.start + plan.count):
+                element = next(elements, None)
+                if element is None:
+                    break
+                png, label = element
+                writer.write(serialize_example(png, label, f"{split}-{position:07d}"))
+                positives += np.asarray(label) > 0.5
+                count += 1
+        os.replace(temporary, final)
+        seconds = time.perf_counter() - started
+        yield {"file": plan.file, "count": count, "positives": positives.tolist(), "skipped": [], "seconds": seconds}
+
+
+# --- state, manifest and progress -------------------------------------------------------------------
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never half of one."""
+    temporary = path.with_name(f".{path.name}{TEMPORARY_SUFFIX}")
+    temporary.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(temporary, path)
+
+
+def _finished_shards(output_dir: Path, key: str) -> dict[str, dict[str, Any]]:
+    """Shards recorded by an earlier run with the same fingerprint; ValueError when the folder holds another preparation."""
+    finished: dict[str, dict[str, Any]] = {}
+    for name in (MANIFEST_NAME, STATE_NAME):
+        path = output_dir / name
+        if not path.is_file():
+            continue
+        try:
+            content = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            # A state file cut short by a crash only loses what it recorded; its shards get rewritten.
+            continue
+        if content.get("fingerprint") != key:
+            settings = content.get("settings", {})
+            raise ValueError(
+                f"{output_dir} already holds a different preparation (dataset {content.get('dataset')!r}, "
+                f"image_size {settings.get('image_size')}, source or settings changed); choose another output_dir "
+                "or delete that folder"
+            )
+        if name == MANIFEST_NAME:
+            for split in content.get("splits", {}).values():
+                finished.update({shard["file"]: shard for shard in split.get("shards", [])})
+        else:
+            finished.update(content.get("shards", {}))
+    return finished
+
+
+def _remove_partial_files(output_dir: Path) -> None:
+    for path in output_dir.glob(f".*{TEMPORARY_SUFFIX}"):
+        path.unlink(missing_ok=True)
+
+
+class Progress:
+    """A tqdm bar in a terminal; otherwise about PROGRESS_LINES printed lines, so logs show progress too."""
+
+    def __init__(self, total: int, description: str):
+        from tqdm.auto import tqdm
+
+        self.total = total
+        self.done = 0
+        self.started = time.perf_counter()
+        self.next_line = 1
+        self.bar = tqdm(total=total, desc=description, unit="img", disable=None, smoothing=0.1)
+        self.description = description
+
+    def update(self, images: int) -> None:
+        self.done += images
+        self.bar.update(images)
+        if self.bar.disable and self.total and self.done * PROGRESS_LINES >= self.next_line * self.total:
+            self.next_line = self.done * PROGRESS_LINES // self.total + 1
+            rate = self.done / max(time.perf_counter() - self.started, 1e-9)
+            print(f"{self.description}: {self.done}/{self.total} images ({rate:.0f} img/s)", flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def build_manifest(
+    config: PrepareConfig, source: PreparedSource, key: str, shards: dict[str, dict[str, Any]], seconds: float
+) -> dict[str, Any]:
+    """The manifest: settings, source digest, class names, task, and per split counts, prevalence and shards."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    splits = {}
+    skipped = list(source.skipped)
+    num_outputs = 1 if source.task == "binary" else len(source.class_names)
+    # A binary task has one output, the positive (second) class.
+    output_names = source.class_names[-1:] if source.task == "binary" else source.class_names
+    for split in SPLIT_NAMES:
+        split_shards = [shards[plan.file] for plan in source.plans if plan.split == split]
+        count = sum(shard["count"] for shard in split_shards)
+        positives = [0] * num_outputs
+        for shard in split_shards:
+            positives = [total + value for total, value in zip(positives, shard["positives"], strict=True)]
+            skipped.extend(shard.get("skipped", []))
+        splits[split] = {
+            "count": count,
+            "positives": positives,
+            "prevalence": {
+                name: round(value / count, 6) if count else 0.0
+                for name, value in zip(output_names, positives, strict=True)
+            },
+            "shards": [
+                {
+                    "file": shard["file"],
+                    "count": shard["count"],
+                    "positives": shard["positives"],
+                    "skipped": shard.get("skipped", []),
+                }
+                for shard in split_shards
+            ],
+        }
+    versions = {"python": platform.python_version()}
+    for package in ("tensorflow", "numpy", "tensorflow-datasets"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    total = sum(split["count"] for split in splits.values())
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dataset": config.dataset,
+        "task": source.task,
+        "class_names": source.class_names,
+        "num_outputs": num_outputs,
+        "image_size": config.image_size,
+        "image_encoding": IMAGE_ENCODING,
+        "counts": {split: splits[split]["count"] for split in SPLIT_NAMES},
+        "total": total,
+        "splits": splits,
+        "skipped": {"count": len(skipped), "examples": skipped[:MAX_SKIPPED_IN_MANIFEST]},
+        "source": source.source,
+        "source_digest": source.source_digest,
+        "fingerprint": key,
+        "settings": {
+            "dataset": config.dataset,
+            "image_size": config.image_size,
+            "shard_size": config.shard_size,
+            "seed": config.seed,
+            "validation_fraction": config.validation_fraction,
+            "view": config.view,
+            "max_missing_fraction": config.max_missing_fraction,
+        },
+        "details": source.details,
+        "versions": versions,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "prepare_seconds": round(seconds, 3),
+    }
+
+
+# --- the command ------------------------------------------------------------------------------------
+
+
+def prepare(config: PrepareConfig) -> PrepareResult:
+    """Write (or finish, or confirm) the prepared folder for `config`; return what was done."""
+    started = time.perf_counter()
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # chestxray14 is indexed without reading pixels and written by worker processes; the rest go through loaders.
+    source = chestxray14_source(config) if config.dataset == "chestxray14" else loader_source(config)
+    key = fingerprint(config, source)
+    finished = _finished_shards(output_dir, key)
+    reused = {
+        plan.file: finished[plan.file]
+        for plan in source.plans
+        if plan.file in finished and count_records(output_dir / plan.file) == finished[plan.file]["count"]
+    }
+    pending = [plan for plan in source.plans if plan.file not in reused]
+    if not pending and (output_dir / MANIFEST_NAME).is_file():
+        manifest = json.loads((output_dir / MANIFEST_NAME).read_text())
+        print(f"{output_dir} is already prepared ({manifest['counts']}); nothing to do", flush=True)
+        return PrepareResult(output_dir, manifest, [], list(reused), time.perf_counter() - started)
+
+    _remove_partial_files(output_dir)
+    # The manifest goes while shards are rewritten, so nothing trains from a half-repaired folder.
+    (output_dir / MANIFEST_NAME).unlink(missing_ok=True)
+    state = {"fingerprint": key, "dataset": config.dataset, "settings": config.to_dict(), "shards": dict(reused)}
+    _write_json(output_dir / STATE_NAME, state)
+    progress = Progress(sum(plan.count for plan in pending), f"preparing {config.dataset}")
+    writer_seconds = 0.0
+    try:
+        for result in _write_pending(config, source, pending, output_dir):
+            writer_seconds += result.pop("seconds", 0.0)
+            state["shards"][result["file"]] = result
+            _write_json(output_dir / STATE_NAME, state)
+            progress.update(result["count"] + len(result["skipped"]))
+    finally:
+        progress.close()
+    seconds = time.perf_counter() - started
+    manifest = build_manifest(config, source, key, state["shards"], seconds)
+    _write_json(output_dir / MANIFEST_NAME, manifest)
+    (output_dir / STATE_NAME).unlink(missing_ok=True)
+    result = PrepareResult(output_dir, manifest, [plan.file for plan in pending], list(reused), seconds, writer_seconds)
+    written = result.images_written
+    print(
+        f"prepared {config.dataset} into {output_dir}: {manifest['counts']}, {len(pending)} shard(s) written, "
+        f"{len(reused)} kept, {manifest['skipped']['count']} image(s) skipped, "
+        f"{written / max(seconds, 1e-9):.1f} img/s",
+        flush=True,
+    )
+    return result
+
+
+def _write_pending(
+    config: PrepareConfig, source: PreparedSource, pending: list[ShardPlan], output_dir: Path
+) -> Iterator[dict[str, Any]]:
+    """Write the pending shards, yielding each shard's summary as it completes."""
+    if source.loaded is not None:
+        names = {plan.file for plan in pending}
+        for split in SPLIT_NAMES:
+            plans = [plan for plan in source.plans if plan.split == split]
+            if any(plan.file in names for plan in plans):
+                yield from _write_loaded_split(split, plans, names, source.loaded, output_dir)
+        return
+    tasks = [
+        {
+            "file": plan.file,
+            "entries": plan.entries,
+            "image_size": config.image_size,
+            "output_dir": str(output_dir),
+            "num_outputs": len(source.class_names),
+        }
+        for plan in pending
+    ]
+    processes = min(config.worker_count, len(tasks))
+    if processes <= 1:
+        for task in tasks:
+            yield write_file_shard(task)
+        return
+    import multiprocessing
+
+    # spawn, not fork: a forked child of a process that already runs TensorFlow threads can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes=processes, initializer=initialize_worker) as pool:
+        yield from pool.imap_unordered(write_file_shard, tasks)
+
+
+def log_to_active_run(result: PrepareResult) -> None:
+    """Under `mlflow run -e prepare`, log the manifest and throughput to the run MLflow started."""
+    import mlflow
+
+    manifest = result.manifest
+    with mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"]):
+        mlflow.log_dict(manifest, "prepare/manifest.json")
+        mlflow.set_tags({"medimg.dataset": manifest["dataset"], "medimg.prepared_dir": str(result.output_dir)})
+        metrics = {f"prepared_{split}_examples": count for split, count in manifest["counts"].items()}
+        metrics.update(
+            {
+                "prepared_skipped_images": manifest["skipped"]["count"],
+                "prepare_seconds": result.seconds,
+                "prepare_images_written": result.images_written,
+                "prepare_images_per_s": result.images_written / max(result.seconds, 1e-9),
+            }
+        )
+        mlflow.log_metrics(metrics)
+
+
+def main(values: dict[str, Any]) -> int:
+    """Entry of `python -m train prepare`: validate, prepare, log to the MLflow run when there is one."""
+    config = PrepareConfig.from_dict(values)
+    try:
+        result = prepare(config)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(str(error)) from None
+    if os.environ.get("MLFLOW_RUN_ID"):
+        log_to_active_run(result)
+    sys.stdout.flush()
+    return 0
