@@ -35,3 +35,25 @@ def tracking_uri(tmp_path, monkeypatch) -> str:
     mlflow.set_tracking_uri(uri)
     yield uri
     mlflow.set_tracking_uri(None)
+
+
+# mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID so that subprocesses inherit it; a test
+# that sets an experiment in-process must not steer the `mlflow run` subprocesses of later tests.
+MLFLOW_RUN_CONTEXT = ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+SESSION_RUN_CONTEXT = {name: os.environ.get(name) for name in MLFLOW_RUN_CONTEXT}
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow_run_context():
+    """After each test, the MLflow run context of the environment is the one the session started with."""
+    saved = SESSION_RUN_CONTEXT
+    yield
+    import mlflow
+
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -289,6 +290,9 @@ def train(
     from train.tracking import ResilientLogger, log_new_params
 
     keras.utils.set_random_seed(config.seed)
+    # File-based splits skip undecodable files, so tf.data cannot know their length up front and
+    # Keras warns at the end of every epoch; the counts come from the file scan instead.
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
     try:
         data = load_dataset(
             config.dataset,

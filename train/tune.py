@@ -493,7 +493,7 @@ def summarize(study, space: SearchSpace, run_id: str) -> dict[str, Any] | None:
     import mlflow
     from optuna.trial import TrialState
 
-    from train.trainer import log_new_params
+    from train.tracking import log_new_params
 
     trials = study.get_trials(deepcopy=False)
     states = Counter(trial.state for trial in trials)
@@ -648,7 +648,7 @@ def tune(options: TuneOptions) -> dict[str, Any]:
 
     import mlflow
 
-    from train.trainer import log_new_params
+    from train.tracking import log_new_params
 
     storage = open_storage(storage_url)
     study_name = options.study_name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
