@@ -113,6 +113,6 @@ def test_mlflow_run_with_unknown_model_fails_with_one_line(repo_root, tmp_path):
     [("''", ""), ("'a b'", "a b"), ('"x"', "x"), ("plain", "plain"), ("'", "'"), ("/data/set", "/data/set")],
 )
 def test_kubernetes_quoting_is_undone(raw, expected):
-    from train.__main__ import unquote
+    from train.config import unquote
 
     assert unquote(raw) == expected

@@ -84,6 +84,21 @@ def test_mlflow_run_trains_logs_and_registers(repo_root, tmp_path):
     assert logged.source_run_id == run_id
     assert version.source == f"models:/{logged.model_id}"
 
+    # `mlflow run` logged the empty data_dir as '' : evaluation must still find the dataset settings.
+    evaluation = subprocess.run(
+        [sys.executable, "-m", "train", "evaluate", "--model-uri", "models:/smoke-classifier/1", "--run-name", "eval"],
+        capture_output=True,
+        text=True,
+        env=mlflow_env(tracking_uri),
+        cwd=repo_root,
+        timeout=600,
+    )
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    all_experiments = [item.experiment_id for item in client.search_experiments()]
+    (evaluated,) = client.search_runs(all_experiments, "attributes.run_name = 'eval'")
+    assert evaluated.data.tags["medimg.source_run_id"] == run_id
+    assert 0.0 <= evaluated.data.metrics["test_auroc"] <= 1.0
+
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):

@@ -8,10 +8,9 @@ code 2 and one line on stderr before TensorFlow is imported.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 
-from train.config import ConfigError, TrainConfig
+from train.config import ConfigError, TrainConfig, unquote
 
 
 def _flag(name: str) -> str:
@@ -45,18 +44,6 @@ def add_main_arguments(parser: argparse.ArgumentParser) -> None:
             metavar=name.upper(),
             help=f"{helps.get(name, name.replace('_', ' '))} (default: {default!r})",
         )
-
-
-def unquote(value):
-    """Undo one level of shell quoting that MLflow's Kubernetes backend leaves on values (it runs without a shell)."""
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        try:
-            parts = shlex.split(value)
-        except ValueError:
-            return value
-        if len(parts) <= 1:
-            return parts[0] if parts else ""
-    return value
 
 
 def run_main(arguments: argparse.Namespace) -> int:

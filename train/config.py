@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -20,6 +21,22 @@ FALSE_WORDS = ("false", "0", "no", "n", "off")
 
 class ConfigError(ValueError):
     """A user-facing configuration mistake; the message says how to fix it."""
+
+
+def unquote(value):
+    """Undo one level of shell quoting that MLflow leaves on values.
+
+    MLflow's Kubernetes backend quotes parameter values but runs the command without a shell,
+    and `mlflow run` logs the quoted form as the run's params (`''` for an empty value).
+    """
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        try:
+            parts = shlex.split(value)
+        except ValueError:
+            return value
+        if len(parts) <= 1:
+            return parts[0] if parts else ""
+    return value
 
 
 def parse_bool(value: Any, name: str = "value") -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from train.config import ConfigError, TrainConfig, parse_float, parse_int
+from train.config import ConfigError, TrainConfig, parse_float, parse_int, unquote
 
 logger = logging.getLogger("medimg.evaluate")
 
@@ -480,7 +480,8 @@ def evaluate(config: EvaluateConfig) -> str:
     source_params: dict[str, str] = {}
     if source.run_id:
         try:
-            source_params = client.get_run(source.run_id).data.params
+            # `mlflow run` logs empty parameters as the two characters ''.
+            source_params = {key: unquote(value) for key, value in client.get_run(source.run_id).data.params.items()}
         except MlflowException:
             logger.warning("source run %s of %s is not in this tracking store", source.run_id, config.model_uri)
     classifier = load_classifier(config.model_uri)
