@@ -23,9 +23,12 @@ from models.head import finish_model, resolve_weights, scaled_input, validate_he
 def conv_bn_relu(inputs: keras.KerasTensor, filters: int, *, name: str) -> keras.KerasTensor:
     """3x3 convolution, batch normalization, ReLU. The convolution has no bias: BN's beta replaces it."""
     x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(inputs)
-    # Momentum 0.9 instead of Keras' 0.99: small datasets give few steps per epoch, and with 0.99 the
-    # moving statistics used at inference lag far behind the batch statistics for several epochs.
-    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    # Momentum 0.7 instead of Keras' 0.99: the weights of a small CNN move fast, and slower moving
+    # statistics lag behind the batch statistics, so inference-mode outputs are miscalibrated for
+    # several epochs. Measured on synthetic cells (64 px, 15 steps/epoch, 3 epochs): with 0.9 every
+    # validation image was called negative until epoch 3 (test accuracy 0.71 at AUROC 1.0); with 0.8
+    # validation was right from epoch 2 and with 0.7 from epoch 1.
+    x = keras.layers.BatchNormalization(momentum=0.7, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
