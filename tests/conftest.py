@@ -25,6 +25,20 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
+@pytest.fixture(scope="session")
+def postgres_bin() -> Path:
+    """The PostgreSQL server binaries. Missing ones skip the test on a developer machine but fail it in CI
+    (CI set), so the PostgreSQL, tracking-server and shared-study tests can never be skipped there silently."""
+    from mlflow_server.postgres import find_pg_bin_dir
+
+    try:
+        return Path(find_pg_bin_dir())
+    except ValueError as missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {missing}")
+        pytest.skip(str(missing))
+
+
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch) -> str:
     """A fresh embedded sqlite tracking store for one test, also exported to subprocesses."""

@@ -19,15 +19,9 @@ import requests
 import yaml
 
 from mlflow_server import launcher
-from mlflow_server.postgres import PostgresCluster, find_pg_bin_dir, process_is_running
+from mlflow_server.postgres import PostgresCluster, process_is_running
 
-try:
-    find_pg_bin_dir()
-    POSTGRES_MISSING = ""
-except ValueError as missing:
-    POSTGRES_MISSING = str(missing)
-
-requires_postgres = pytest.mark.skipif(bool(POSTGRES_MISSING), reason=POSTGRES_MISSING or "PostgreSQL is installed")
+requires_postgres = pytest.mark.usefixtures("postgres_bin")
 
 EPOCHS = 2
 # Keys the training loop logs once per epoch (Keras logs plus the epoch logger's own).
@@ -157,10 +151,8 @@ def experiment(info: launcher.ServerInfo, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(postgres_bin):
     """One Postgres-backed server shared by this module's tests; stopped and deleted at the end, also on failure."""
-    if POSTGRES_MISSING:
-        pytest.skip(POSTGRES_MISSING)
     data_dir = make_data_dir("medimg-mlflow-")
     try:
         yield launcher.up(data_dir, workers=2)

@@ -18,13 +18,7 @@ import pytest
 from moto import server as moto_server
 
 from mlflow_server import launcher
-from mlflow_server.postgres import PostgresCluster, find_pg_bin_dir
-
-try:
-    find_pg_bin_dir()
-    POSTGRES_MISSING = ""
-except ValueError as missing:
-    POSTGRES_MISSING = str(missing)
+from mlflow_server.postgres import PostgresCluster
 
 BUCKET = "medimg-test-artifacts"
 PREFIX = "mlflow"
@@ -32,7 +26,7 @@ TRAINING_TIMEOUT_S = 600
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(bool(POSTGRES_MISSING), reason=POSTGRES_MISSING or "PostgreSQL is installed"),
+    pytest.mark.usefixtures("postgres_bin"),
 ]
 
 

@@ -201,16 +201,11 @@ def test_wait_for_server_passes_for_database_stores_and_times_out_on_a_dead_port
 
 
 @pytest.mark.slow
-def test_logger_keeps_metrics_while_a_real_server_is_killed_and_restarted():
+def test_logger_keeps_metrics_while_a_real_server_is_killed_and_restarted(postgres_bin):
     from mlflow import MlflowClient
 
     from mlflow_server import launcher
-    from mlflow_server.postgres import find_pg_bin_dir
 
-    try:
-        find_pg_bin_dir()
-    except ValueError as missing:
-        pytest.skip(str(missing))
     # The `postgres` user must reach the folder when tests run as root; pytest's tmp root is 0700.
     data_dir = Path(tempfile.mkdtemp(prefix="medimg-tracking-"))
     data_dir.chmod(0o755)

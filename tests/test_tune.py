@@ -432,14 +432,10 @@ class Database:
 
 
 @pytest.fixture(scope="module")
-def postgres():
+def postgres(postgres_bin):
     """A throwaway PostgreSQL cluster with an `optuna` database; the URL names the psycopg2 driver."""
-    from mlflow_server.postgres import PostgresCluster, find_pg_bin_dir
+    from mlflow_server.postgres import PostgresCluster
 
-    try:
-        find_pg_bin_dir()
-    except ValueError as missing:
-        pytest.skip(str(missing))
     # pytest's tmp folders are 0700, which the postgres user (running PostgreSQL for root) cannot enter.
     folder = Path(tempfile.mkdtemp(prefix="medimg-tune-pg-"))
     folder.chmod(0o755)
