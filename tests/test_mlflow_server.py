@@ -298,6 +298,9 @@ def test_four_concurrent_runs_finish_with_one_point_per_epoch_and_key(server, co
     runs = concurrent_runs["runs"]
     assert len(runs) == 4
     assert {run.info.status for run in runs} == {"FINISHED"}
+    assert {(run.inputs.dataset_inputs[0].dataset.name, len(run.inputs.dataset_inputs)) for run in runs} == {
+        ("synthetic", 1)
+    }
     for run in runs:
         counts = query(
             server, "SELECT key, step, count(*) FROM metrics WHERE run_uuid = %s GROUP BY key, step", run.info.run_id
@@ -309,6 +312,56 @@ def test_four_concurrent_runs_finish_with_one_point_per_epoch_and_key(server, co
             steps_by_key.setdefault(key, set()).add(step)
         for key in PER_EPOCH_KEYS:
             assert steps_by_key.get(key) == set(range(EPOCHS)), f"{key}: {steps_by_key.get(key)}"
+
+
+@pytest.mark.slow
+@requires_postgres
+def test_runs_logging_one_dataset_at_once_all_link_its_single_row(server, monkeypatch):
+    """MLflow's store looks for the dataset row, then inserts it: runs racing there collide on its unique key."""
+    import threading
+    from types import SimpleNamespace
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from train.config import TrainConfig
+    from train.trainer import log_dataset
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.tracking_uri)
+    mlflow.set_tracking_uri(server.tracking_uri)
+    client = MlflowClient(server.tracking_uri)
+    experiment_id = experiment(server, "dataset-race")
+    data = SimpleNamespace(name="synthetic", source="synthetic", digest=uuid.uuid4().hex)
+    config = TrainConfig(dataset="synthetic")
+    run_ids = [client.create_run(experiment_id).info.run_id for _ in range(8)]
+    start = threading.Barrier(len(run_ids))
+    errors: list[BaseException] = []
+
+    def log(run_id: str) -> None:
+        try:
+            with mlflow.start_run(run_id=run_id):
+                start.wait(timeout=60)
+                log_dataset(data, config)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=log, args=(run_id,)) for run_id in run_ids]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert errors == []
+    rows = query(server, "SELECT dataset_uuid FROM datasets WHERE experiment_id = %s", int(experiment_id))
+    assert len(rows) == 1
+    for run_id in run_ids:
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        [dataset_input] = run.inputs.dataset_inputs
+        assert (dataset_input.dataset.name, dataset_input.dataset.digest) == ("synthetic", data.digest[:36])
+        assert {tag.key: tag.value for tag in dataset_input.tags} == {"mlflow.data.context": "training"}
 
 
 @pytest.mark.slow

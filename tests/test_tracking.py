@@ -19,6 +19,8 @@ from train.tracking import (
     ResilientLogger,
     fail_fast_http,
     is_transient_error,
+    is_unique_key_conflict,
+    retry_conflicts,
     server_is_up,
     wait_for_server,
 )
@@ -178,6 +180,64 @@ def test_large_steps_are_sent_in_batches_mlflow_accepts():
 )
 def test_transient_errors_are_told_apart(error, transient):
     assert is_transient_error(error) is transient
+
+
+# What a Postgres-backed `mlflow server` answered when four runs logged one dataset at once (CI, 2026-12-01).
+POSTGRES_DATASET_CONFLICT = (
+    '{"error_code": "BAD_REQUEST", "message": "(psycopg2.errors.UniqueViolation) duplicate key value violates'
+    ' unique constraint \\"dataset_pk\\"\\nDETAIL:  Key (experiment_id, name, digest)=(1, synthetic, b08f)'
+    ' already exists."}'
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "conflict"),
+    [
+        (http_answer(400, POSTGRES_DATASET_CONFLICT), True),
+        (MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id"), True),
+        (http_answer(400, '{"error_code": "INVALID_PARAMETER_VALUE", "message": "Invalid dataset name"}'), False),
+        (http_answer(404, '{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"}'), False),
+        (ValueError("bad"), False),
+    ],
+)
+def test_unique_key_conflicts_are_recognised(error, conflict):
+    assert is_unique_key_conflict(error) is conflict
+
+
+class Flaky:
+    """A call that raises the scripted errors in turn, then returns how many times it was called."""
+
+    def __init__(self, *errors: BaseException):
+        self.errors = list(errors)
+        self.calls = 0
+
+    def __call__(self) -> int:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.calls
+
+
+def test_retry_conflicts_calls_again_after_a_lost_race_or_an_outage():
+    clock = FakeClock()
+    call = Flaky(http_answer(400, POSTGRES_DATASET_CONFLICT), connection_refused())
+    assert retry_conflicts(call, "log the dataset input", sleep=clock.sleep) == 3
+    assert clock.sleeps == [0.2, 0.4]
+
+
+def test_retry_conflicts_raises_other_errors_at_once_and_gives_up_after_its_attempts():
+    clock = FakeClock()
+    not_found = Flaky(http_answer(404, '{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"}'))
+    with pytest.raises(RestException, match="no run"):
+        retry_conflicts(not_found, "log the dataset input", sleep=clock.sleep)
+    assert not_found.calls == 1
+    assert clock.sleeps == []
+    always = Flaky(*[http_answer(400, POSTGRES_DATASET_CONFLICT) for _ in range(5)])
+    with pytest.raises(RestException, match="dataset_pk"):
+        retry_conflicts(always, "log the dataset input", attempts=3, sleep=clock.sleep)
+    assert always.calls == 3
+    with pytest.raises(ValueError, match="attempts"):
+        retry_conflicts(always, "log the dataset input", attempts=0)
 
 
 def test_fail_fast_http_restores_the_environment(monkeypatch):

@@ -13,7 +13,7 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -27,6 +27,16 @@ MAX_METRICS_PER_BATCH = 1000
 _TRANSIENT_ERROR_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"})
 # os.environ is process-wide, so concurrent loggers take turns while they narrow MLflow's HTTP retries.
 _environment_lock = threading.Lock()
+# What SQL databases answer when a concurrent writer inserted the same unique key first
+# (PostgreSQL, SQLite, MySQL); MLflow's store checks for a row and then inserts it, so two runs racing
+# to record the same dataset or tag can both miss the row and one insert fails.
+_UNIQUE_KEY_CONFLICT_MARKERS = (
+    "UniqueViolation",
+    "duplicate key value violates unique constraint",
+    "UNIQUE constraint failed",
+    "Duplicate entry",
+)
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -88,6 +98,39 @@ def is_transient_error(error: BaseException) -> bool:
             status = error.get_http_status_code()
             return status == 429 or status >= 500
     return False
+
+
+def is_unique_key_conflict(error: BaseException) -> bool:
+    """True when the store refused an insert because a concurrent writer stored the same unique key first."""
+    return any(marker in str(cause) for cause in _causes(error) for marker in _UNIQUE_KEY_CONFLICT_MARKERS)
+
+
+def retry_conflicts(
+    call: Callable[[], T],
+    what: str,
+    *,
+    attempts: int = 5,
+    initial_backoff_s: float = 0.2,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Return `call()`, calling it again after a unique-key conflict or a transient error, `attempts` times at most.
+
+    A conflicting insert is rolled back whole, and the row the other writer stored is found on the next
+    attempt, so the retry records the same thing the first call meant to. Other errors are raised at once.
+    """
+    if attempts < 1:
+        raise ValueError(f"attempts must be 1 or more, got {attempts}.")
+    backoff_s = initial_backoff_s
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as error:
+            if attempt == attempts or not (is_unique_key_conflict(error) or is_transient_error(error)):
+                raise
+            _logger.warning("Could not %s (attempt %d of %d, %s); trying again.", what, attempt, attempts, error)
+            sleep(backoff_s)
+            backoff_s *= 2
+    raise AssertionError("unreachable")
 
 
 class ResilientLogger:

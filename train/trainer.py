@@ -196,9 +196,12 @@ def log_dataset(data, config: TrainConfig) -> None:
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
 
+    from train.tracking import retry_conflicts
+
     source = CodeDatasetSource(tags={"source": data.source, "dataset": data.name, "seed": str(config.seed)})
     dataset = MetaDataset(source=source, name=data.name, digest=data.digest[:36])
-    mlflow.log_input(dataset, context="training")
+    # Runs started together on one dataset race to insert its row; the loser retries and links the winner's.
+    retry_conflicts(lambda: mlflow.log_input(dataset, context="training"), "log the dataset input")
 
 
 def log_model(model, data, config: TrainConfig, example_image: np.ndarray, workdir: Path):
