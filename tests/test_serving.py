@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -174,11 +175,9 @@ def server(registered_model, tmp_path_factory):
         while True:
             if process.poll() is not None:
                 pytest.fail(f"mlflow models serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
+            with contextlib.suppress(requests.RequestException):
                 if requests.get(f"{url}/ping", timeout=2).status_code == 200:
                     break
-            except requests.RequestException:
-                pass
             if time.monotonic() > deadline:
                 pytest.fail(f"mlflow models serve did not answer /ping in time:\n{log_path.read_text()[-3000:]}")
             time.sleep(1)

@@ -29,7 +29,7 @@ _TRANSIENT_ERROR_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EX
 _environment_lock = threading.Lock()
 # What SQL databases answer when a concurrent writer inserted the same unique key first
 # (PostgreSQL, SQLite, MySQL); MLflow's store checks for a row and then inserts it, so two runs racing
-# to record the same dataset or tag can both miss the row and one insert fails.
+# to record the same dataset can both miss the row and one insert fails.
 _UNIQUE_KEY_CONFLICT_MARKERS = (
     "UniqueViolation",
     "duplicate key value violates unique constraint",
@@ -121,16 +121,16 @@ def retry_conflicts(
     if attempts < 1:
         raise ValueError(f"attempts must be 1 or more, got {attempts}.")
     backoff_s = initial_backoff_s
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, attempts):
         try:
             return call()
         except Exception as error:
-            if attempt == attempts or not (is_unique_key_conflict(error) or is_transient_error(error)):
+            if not (is_unique_key_conflict(error) or is_transient_error(error)):
                 raise
             _logger.warning("Could not %s (attempt %d of %d, %s); trying again.", what, attempt, attempts, error)
             sleep(backoff_s)
             backoff_s *= 2
-    raise AssertionError("unreachable")
+    return call()
 
 
 class ResilientLogger:
