@@ -16,6 +16,7 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from aws.cost import ON_DEMAND_HOURLY_USD
 from aws.stack import (
     DEFAULT_INSTANCE_TYPE,
     DEFAULT_STACK_ID,
@@ -26,7 +27,6 @@ from aws.stack import (
     status,
     up,
 )
-from train.cost import ON_DEMAND_HOURLY_USD
 
 
 def _local_git(*arguments: str) -> str | None:

@@ -38,6 +38,10 @@ PREDICT_BATCH_SIZE = 32
 DECODABLE_FORMATS = ("PNG", "JPEG", "BMP", "GIF")
 # The models-from-code file to pass as `python_model` to mlflow.pyfunc.log_model (no cloudpickle).
 MODEL_CODE_PATH = Path(__file__).resolve().with_name("model_code.py")
+REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "requirements.txt"
+# Packages (requirements.txt names) the served model imports; their pinned lines become its pip requirements,
+# so `mlflow models serve --env-manager virtualenv` and a built serving image decode what training decoded.
+SERVING_PACKAGES = ("tensorflow", "keras", "mlflow", "numpy", "pandas", "pillow", "pydicom")
 
 
 @dataclass
@@ -66,6 +70,16 @@ class ClassifierConfig:
     def load(cls, path: str) -> ClassifierConfig:
         with open(path, encoding="utf-8") as handle:
             return cls(**json.load(handle))
+
+
+def serving_requirements() -> list[str]:
+    """Pinned lines of requirements.txt that the served model needs."""
+    pins = []
+    for line in REQUIREMENTS_FILE.read_text().splitlines():
+        name = line.split("==")[0].strip().lower()
+        if name in SERVING_PACKAGES:
+            pins.append(line.strip())
+    return pins
 
 
 class InvalidImageInput(MlflowException):

@@ -19,7 +19,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from aws import __main__ as aws_cli
-from aws.cost import estimate
+from aws.cost import ON_DEMAND_HOURLY_USD, estimate, estimate_cost_from_environment, estimate_cost_usd
 from aws.stack import (
     DLAMI_PARAMETER,
     STACK_TAG,
@@ -38,7 +38,6 @@ from aws.userdata import (
     HostSettings,
     render_user_data,
 )
-from train.cost import ON_DEMAND_HOURLY_USD, estimate_cost_from_environment, estimate_cost_usd
 
 REGION = "us-east-1"
 STACK_ID = "ci"

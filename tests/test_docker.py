@@ -36,7 +36,7 @@ PASSTHROUGH = [
     "MEDIMG_HOURLY_PRICE_USD",
 ]
 # The packages `python -m train` imports (DESIGN.md: train -> models, serve).
-CODE_PACKAGES = ("models", "serve", "train")
+CODE_PACKAGES = ("models", "serve", "train", "aws")
 # Folders never searched for Dockerfiles: environments, caches, tracking stores, datasets.
 SKIPPED_FOLDERS = {"node_modules", "mlruns", "mlartifacts", "__pycache__", "outputs"}
 

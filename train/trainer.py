@@ -27,7 +27,6 @@ from train.config import ConfigError, TrainConfig
 logger = logging.getLogger("medimg.train")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SERVING_REQUIREMENTS = ("tensorflow", "keras", "mlflow", "numpy", "pandas", "pillow", "pydicom")
 
 
 def git_state() -> dict[str, str]:
@@ -61,16 +60,6 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return versions
-
-
-def serving_requirements() -> list[str]:
-    """Pinned lines of requirements.txt that the served model needs."""
-    pins = []
-    for line in (REPO_ROOT / "requirements.txt").read_text().splitlines():
-        name = line.split("==")[0].strip().lower()
-        if name in SERVING_REQUIREMENTS:
-            pins.append(line.strip())
-    return pins
 
 
 def imbalance_settings(data) -> tuple[dict | None, np.ndarray | None, list[float]]:
@@ -209,7 +198,14 @@ def log_model(model, data, config: TrainConfig, example_image: np.ndarray, workd
     import mlflow
     import pandas as pd
 
-    from serve.pyfunc import CONFIG_ARTIFACT, MODEL_ARTIFACT, MODEL_CODE_PATH, ClassifierConfig, classifier_signature
+    from serve.pyfunc import (
+        CONFIG_ARTIFACT,
+        MODEL_ARTIFACT,
+        MODEL_CODE_PATH,
+        ClassifierConfig,
+        classifier_signature,
+        serving_requirements,
+    )
 
     model_path = workdir / "model.keras"
     model.save(model_path)
@@ -273,7 +269,7 @@ def train(
     run a child run, as each tuning trial is.
     """
     started = time.perf_counter()
-    from train.cost import estimate_cost_from_environment
+    from aws.cost import estimate_cost_from_environment
     from train.hardware import configure
 
     try:
