@@ -129,13 +129,14 @@ def main(argv: list[str] | None = None) -> None:
         import tensorflow as tf
 
         from train.data import load_dataset
-        from train.prepare import PrepareConfig, prepare
+        from train.prepare import prepare
+        from train.settings import PrepareSettings
 
         common = {"seed": arguments.seed, "validation_fraction": 0.1}
         direct = load_dataset("chestxray14", data_dir=str(raw), image_size=arguments.image_size, **common)
         direct_rate, direct_count = read_rate(direct.splits, arguments.batch_size)
 
-        config = PrepareConfig.from_dict(
+        config = PrepareSettings.from_dict(
             {
                 "dataset": "chestxray14",
                 "data_dir": str(raw),

@@ -133,14 +133,14 @@ def train_model(workdir: Path, image_size: int) -> str:
     """A quickly trained small_cnn; its accuracy does not matter for timing."""
     import mlflow
 
-    from train.config import TrainConfig
+    from train.settings import MainSettings
     from train.trainer import train
 
     mlflow.set_experiment("bench-serve")
-    config = TrainConfig.from_dict(
+    config = MainSettings.from_dict(
         {"image_size": image_size, "epochs": 1, "batch_size": 16, "max_examples": 64, "augment": "false"}
     )
-    run_id = train(config)
+    run_id = train(config).run_id
     return mlflow.get_run(run_id).data.tags["medimg.model_uri"]
 
 

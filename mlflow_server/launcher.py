@@ -444,6 +444,53 @@ def _stop_process_group(group_id: int, timeout_s: float = STOP_TIMEOUT_S) -> Non
             time.sleep(0.1)
 
 
+def _reuse_running_server(layout, cluster, state, port, auth, wanted_destination, host) -> ServerInfo | None:
+    """The running server of this data folder when it has the asked settings and answers; None to start one.
+
+    Raises ValueError when it runs with other settings; stops a server that does not answer or left workers behind.
+    """
+    server_pid = state.get("server_pid")
+    if server_pid and _is_mlflow_server(server_pid) and cluster.running_pid() is not None:
+        differences = []
+        if port is not None and int(port) != state["port"]:
+            differences.append(f"port {state['port']} (asked {port})")
+        if bool(auth) != bool(state.get("auth")):
+            differences.append("auth on" if state.get("auth") else "auth off")
+        if wanted_destination != state["artifacts_destination"]:
+            differences.append(f"artifacts at {state['artifacts_destination']}")
+        if host != state["host"]:
+            differences.append(f"host {state['host']}")
+        if differences:
+            raise ValueError(
+                f"A server from {layout.root} is already running with {', '.join(differences)}: "
+                f"run `python -m mlflow_server down --data-dir {layout.root}` first, or call up with its settings."
+            )
+        info = _server_info(layout, state, cluster)
+        if _health_ok(info.tracking_uri):
+            _say(f"Reusing the running MLflow server at {info.tracking_uri} (pid {server_pid})")
+            return info
+        _say(f"The MLflow server (pid {server_pid}) does not answer /health; restarting it")
+        _stop_process_group(server_pid)
+    elif server_pid:
+        # A server from an earlier `up` that crashed or was killed may have left workers behind.
+        _stop_process_group(server_pid)
+    return None
+
+
+def _choose_port(host: str, port: int | None, remembered_port: int | None) -> int:
+    """The asked port (it must be free), else the remembered one when free, else any free port."""
+    if port is not None:
+        if not _port_is_free(host, int(port)):
+            raise ValueError(f"Port {port} on {host} is in use: choose another --port or stop what uses it.")
+        return int(port)
+    if remembered_port and _port_is_free(host, remembered_port):
+        return remembered_port
+    chosen_port = _free_port(DEFAULT_HOST if host in ("0.0.0.0", "") else host)
+    if remembered_port:
+        _say(f"Port {remembered_port} is taken now; using {chosen_port}")
+    return chosen_port
+
+
 # Public API.
 
 
@@ -477,49 +524,15 @@ def up(
             if artifacts_destination is not None
             else state.get("artifacts_destination") or _normalise_artifacts_destination(None, layout)
         )
-        server_pid = state.get("server_pid")
-        if server_pid and _is_mlflow_server(server_pid) and cluster.running_pid() is not None:
-            differences = []
-            if port is not None and int(port) != state["port"]:
-                differences.append(f"port {state['port']} (asked {port})")
-            if bool(auth) != bool(state.get("auth")):
-                differences.append("auth on" if state.get("auth") else "auth off")
-            if wanted_destination != state["artifacts_destination"]:
-                differences.append(f"artifacts at {state['artifacts_destination']}")
-            if host != state["host"]:
-                differences.append(f"host {state['host']}")
-            if differences:
-                raise ValueError(
-                    f"A server from {layout.root} is already running with {', '.join(differences)}: "
-                    f"run `python -m mlflow_server down --data-dir {layout.root}` first, or call up with its settings."
-                )
-            info = _server_info(layout, state, cluster)
-            if _health_ok(info.tracking_uri):
-                _say(f"Reusing the running MLflow server at {info.tracking_uri} (pid {server_pid})")
-                return info
-            _say(f"The MLflow server (pid {server_pid}) does not answer /health; restarting it")
-            _stop_process_group(server_pid)
-        elif server_pid:
-            # A server from an earlier `up` that crashed or was killed may have left workers behind.
-            _stop_process_group(server_pid)
-
+        running = _reuse_running_server(layout, cluster, state, port, auth, wanted_destination, host)
+        if running is not None:
+            return running
         if wanted_destination.startswith("/"):
             Path(wanted_destination).mkdir(parents=True, exist_ok=True)
         postgres_port = _start_postgres(layout, cluster, state)
         _ensure_database(layout, cluster, auth)
 
-        remembered_port = state.get("port")
-        if port is not None:
-            chosen_port = int(port)
-            if not _port_is_free(host, chosen_port):
-                raise ValueError(f"Port {chosen_port} on {host} is in use: choose another --port or stop what uses it.")
-        elif remembered_port and _port_is_free(host, remembered_port):
-            chosen_port = remembered_port
-        else:
-            chosen_port = _free_port(DEFAULT_HOST if host in ("0.0.0.0", "") else host)
-            if remembered_port:
-                _say(f"Port {remembered_port} is taken now; using {chosen_port}")
-
+        chosen_port = _choose_port(host, port, state.get("port"))
         state = {
             "host": host,
             "port": chosen_port,

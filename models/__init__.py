@@ -124,3 +124,27 @@ def last_conv_layer_name(model: keras.Model) -> str:
         if output is not None and len(output.shape) == 4:
             return layer.name
     raise ValueError(f"model {model.name!r} has no layer with a 4D output; Grad-CAM needs a convolutional model.")
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """The same model computing in float32: a model trained under mixed_float16 keeps that dtype policy when
+    saved and loaded, and would run float16 math on a CPU-only server. Returns `model` itself when it is float32.
+    """
+    import keras
+
+    policies = {layer.dtype_policy.name for layer in model.layers}
+    if policies <= {"float32"}:
+        return model
+
+    def to_float32(config):
+        if isinstance(config, dict):
+            if config.get("class_name") == "DTypePolicy" or config.get("class_name") == "FloatDTypePolicy":
+                return {**config, "config": {**config.get("config", {}), "name": "float32"}}
+            return {key: to_float32(value) for key, value in config.items()}
+        if isinstance(config, list):
+            return [to_float32(value) for value in config]
+        return "float32" if config in ("mixed_float16", "mixed_bfloat16") else config
+
+    copy = model.__class__.from_config(to_float32(model.get_config()))
+    copy.set_weights([keras.ops.convert_to_numpy(weight).astype("float32") for weight in model.weights])
+    return copy

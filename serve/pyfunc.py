@@ -28,6 +28,8 @@ from mlflow.pyfunc import PythonModel
 
 IMAGE_COLUMN = "image"
 PREDICTED_COLUMN = "predicted"
+# Answer columns named threshold_<output column> carry the decision threshold each prediction used.
+THRESHOLD_PREFIX = "threshold_"
 CONFIG_ARTIFACT = "classifier_config"
 MODEL_ARTIFACT = "keras_model"
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -46,7 +48,12 @@ SERVING_PACKAGES = ("tensorflow", "keras", "mlflow", "numpy", "pandas", "pillow"
 
 @dataclass
 class ClassifierConfig:
-    """What the served model needs besides the Keras weights."""
+    """What the served model needs besides the Keras weights.
+
+    `thresholds` (one per output column) and `calibration` are chosen on the validation split after
+    training; `operating_point` is the rule that chose the thresholds. `threshold` is the fallback for
+    models logged without them.
+    """
 
     class_names: list[str]
     task: str
@@ -54,6 +61,9 @@ class ClassifierConfig:
     threshold: float = 0.5
     max_pixels: int = DEFAULT_MAX_PIXELS
     extra: dict = field(default_factory=dict)
+    thresholds: list[float] | None = None
+    operating_point: str = ""
+    calibration: dict | None = None
 
     @property
     def output_columns(self) -> list[str]:
@@ -61,6 +71,12 @@ class ClassifierConfig:
         if self.task == "binary":
             return [self.class_names[1]]
         return list(self.class_names)
+
+    def output_thresholds(self) -> list[float]:
+        """The decision threshold of each output column: the stored operating point, else `threshold`."""
+        if self.thresholds is not None:
+            return [float(value) for value in self.thresholds]
+        return [float(self.threshold)] * len(self.output_columns)
 
     def save(self, path: str) -> None:
         with open(path, "w", encoding="utf-8") as handle:
@@ -111,15 +127,19 @@ def bad_input(message: str) -> InvalidImageInput:
 
 
 def classifier_signature(config: ClassifierConfig):
-    """Model signature: column `image` (base64 string) in; a probability column per output and `predicted` out."""
+    """Model signature: column `image` (base64 string) in; a probability column per output, `predicted` and the thresholds out."""
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     outputs = [ColSpec("double", name) for name in config.output_columns]
+    outputs.append(ColSpec("string", PREDICTED_COLUMN))
+    if config.task != "multiclass":
+        outputs += [ColSpec("double", f"{THRESHOLD_PREFIX}{name}") for name in config.output_columns]
     return ModelSignature(
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
-        outputs=Schema([*outputs, ColSpec("string", PREDICTED_COLUMN)]),
-        params=ParamSchema([ParamSpec("threshold", "double", config.threshold)]),
+        outputs=Schema(outputs),
+        # No default threshold: without one, the stored per-class operating points decide.
+        params=ParamSchema([ParamSpec("threshold", "double", None)]),
     )
 
 
@@ -179,24 +199,32 @@ def check_image(data: bytes, row: int, max_pixels: int) -> None:
         raise bad_input(f"row {row}: image of {described} pixels exceeds the limit of {max_pixels} pixels")
 
 
-def predictions_frame(probabilities: np.ndarray, config: ClassifierConfig, threshold: float) -> pd.DataFrame:
-    """One row per image: a probability column per output class and the predicted label(s).
+def predictions_frame(
+    probabilities: np.ndarray, config: ClassifierConfig, threshold: float | None = None
+) -> pd.DataFrame:
+    """One row per image: a probability column per output class, the predicted label(s) and the thresholds used.
 
-    binary: the class at or above `threshold`; multiclass: the most probable class; multilabel:
-    every label at or above `threshold`, joined with "|" (an empty string when none is).
+    binary: the class at or above its threshold; multiclass: the most probable class; multilabel:
+    every label at or above its threshold, joined with "|" (an empty string when none is). The
+    thresholds are the stored operating points unless `threshold` overrides all of them; binary and
+    multilabel answers carry them as `threshold_<column>`.
     """
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(probabilities), -1)
     frame = pd.DataFrame(probabilities, columns=config.output_columns)
+    thresholds = np.asarray(
+        config.output_thresholds() if threshold is None else [threshold] * len(config.output_columns)
+    )
+    called = probabilities >= thresholds
     if config.task == "binary":
-        labels = [config.class_names[int(p >= threshold)] for p in probabilities[:, 0]]
+        labels = [config.class_names[int(flag)] for flag in called[:, 0]]
     elif config.task == "multiclass":
         labels = [config.class_names[int(i)] for i in probabilities.argmax(axis=1)]
     else:
-        labels = [
-            "|".join(name for name, p in zip(config.class_names, row, strict=True) if p >= threshold)
-            for row in probabilities
-        ]
+        labels = ["|".join(name for name, flag in zip(config.class_names, row, strict=True) if flag) for row in called]
     frame[PREDICTED_COLUMN] = labels
+    if config.task != "multiclass":
+        for column, value in zip(config.output_columns, thresholds, strict=True):
+            frame[f"{THRESHOLD_PREFIX}{column}"] = float(value)
     return frame
 
 
@@ -246,7 +274,13 @@ class ImageClassifier(PythonModel):
             batch = self.image_tensors(encoded[start : start + PREDICT_BATCH_SIZE], start)
             # predict_on_batch skips the tf.data set-up of predict(), which dominates one-image requests.
             chunks.append(np.asarray(self.model.predict_on_batch(batch), dtype=np.float64))
-        return np.concatenate(chunks, axis=0)
+        return self.calibrated(np.concatenate(chunks, axis=0))
+
+    def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
+        """The model's raw outputs mapped through the calibration fitted on the validation split."""
+        from serve.calibration import apply_calibration
+
+        return apply_calibration(probabilities, self.config.calibration)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
@@ -254,12 +288,13 @@ class ImageClassifier(PythonModel):
             found_text = f"columns {found}" if found is not None else type(model_input).__name__
             raise bad_input(f"input must have a column '{IMAGE_COLUMN}' of base64 images; got {found_text}")
         threshold = (params or {}).get("threshold")
-        try:
-            threshold = float(self.config.threshold if threshold is None else threshold)
-        except (TypeError, ValueError):
-            raise bad_input(f"threshold must be a number between 0 and 1, got {threshold!r}") from None
-        if not 0.0 <= threshold <= 1.0:
-            raise bad_input(f"threshold must be between 0 and 1, got {threshold}")
+        if threshold is not None:
+            try:
+                threshold = float(threshold)
+            except (TypeError, ValueError):
+                raise bad_input(f"threshold must be a number between 0 and 1, got {threshold!r}") from None
+            if not 0.0 <= threshold <= 1.0:
+                raise bad_input(f"threshold must be between 0 and 1, got {threshold}")
         if len(model_input) == 0:
             raise bad_input("input has no rows; send one row per image")
         encoded = []

@@ -236,15 +236,15 @@ def test_load_dataset_decodes_rgba_and_16_bit_and_counts_skips(nih_folder):
 
 
 def test_config_checks_view_and_validation_fraction():
-    from train.config import ConfigError, TrainConfig
+    from train.settings import ConfigError, MainSettings
 
-    assert TrainConfig.from_dict({"dataset": "synthetic", "validation_fraction": "0.2"}).validation_fraction == 0.2
+    assert MainSettings.from_dict({"dataset": "synthetic", "validation_fraction": "0.2"}).validation_fraction == 0.2
     with pytest.raises(ConfigError, match="view=PA filters chestxray14 images only"):
-        TrainConfig.from_dict({"view": "PA"})
+        MainSettings.from_dict({"view": "PA"})
     with pytest.raises(ConfigError, match="valid views: all, PA, AP"):
-        TrainConfig.from_dict({"view": "LL"})
+        MainSettings.from_dict({"view": "LL"})
     with pytest.raises(ConfigError, match="validation_fraction"):
-        TrainConfig.from_dict({"validation_fraction": "0.9"})
+        MainSettings.from_dict({"validation_fraction": "0.9"})
 
 
 @pytest.mark.slow
@@ -285,6 +285,6 @@ def test_mlflow_run_trains_chestxray14_and_logs_per_class_auroc(repo_root, nih_f
     assert metrics["val_mean_auroc"] == pytest.approx(np.mean([metrics[f"val_auroc_{name}"] for name in CLASS_NAMES]))
     assert 0.0 <= metrics["test_mean_auroc"] <= 1.0
     mlflow.set_tracking_uri(tracking_uri)
-    table = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/metrics/test_auroc.json"))
+    table = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/metrics/test_classes.json"))
     assert [row[0] for row in table["data"]] == list(CLASS_NAMES)
     mlflow.set_tracking_uri(None)

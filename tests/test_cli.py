@@ -7,9 +7,8 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
-from train.config import ConfigError, TrainConfig, parse_bool, parse_int
+from train.settings import ConfigError, MainSettings, coerce, parse_bool
 
 
 def run_cli(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
@@ -30,6 +29,8 @@ def run_cli(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
         (["--epochs", "2.5"], "epochs must be a whole number"),
         (["--weights", "/no/such/weights.h5", "--model", "vgg16"], "does not exist"),
         (["--image-size", "8"], "image_size must be at least 32"),
+        (["--nope", "1"], "unknown flag '--nope' for main; valid flags: --model, --dataset"),
+        (["--dropout", "1.5"], "dropout must be in [0, 1), got 1.5"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(repo_root, arguments, expected):
@@ -44,9 +45,9 @@ def test_bad_settings_exit_2_with_one_line(repo_root, arguments, expected):
 def test_validation_does_not_import_tensorflow(repo_root):
     code = (
         "import sys\n"
-        "from train.config import TrainConfig, ConfigError\n"
-        "try:\n    TrainConfig.from_dict({'model': 'nope'})\nexcept ConfigError:\n    pass\n"
-        "TrainConfig.from_dict({'model': 'vgg16', 'epochs': '3.0'})\n"
+        "from train.settings import MainSettings, ConfigError\n"
+        "try:\n    MainSettings.from_dict({'model': 'nope'})\nexcept ConfigError:\n    pass\n"
+        "MainSettings.from_dict({'model': 'vgg16', 'epochs': '3.0'})\n"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo_root, timeout=60)
@@ -57,38 +58,29 @@ def test_validation_does_not_import_tensorflow(repo_root):
 def test_help_lists_every_setting(repo_root):
     result = run_cli("main", "--help", cwd=repo_root)
     assert result.returncode == 0
-    for name in TrainConfig().to_dict():
+    for name in MainSettings.defaults():
         assert "--" + name.replace("_", "-") in result.stdout
 
 
 def test_unknown_config_key_is_rejected():
-    with pytest.raises(ConfigError, match="unknown setting.*colour"):
-        TrainConfig.from_dict({"colour": "blue"})
+    with pytest.raises(ConfigError, match="unknown setting 'colour'; valid settings: model, dataset"):
+        MainSettings.from_dict({"colour": "blue"})
 
 
 def test_values_are_parsed_from_mlflow_strings():
-    config = TrainConfig.from_dict({"epochs": "3.0", "augment": "False", "learning_rate": "0.01", "seed": "7"})
+    config = MainSettings.from_dict({"epochs": "3.0", "augment": "False", "learning_rate": "0.01", "seed": "7"})
     assert (config.epochs, config.augment, config.learning_rate, config.seed) == (3, False, 0.01, 7)
     assert parse_bool("YES") is True and parse_bool("0") is False
-    assert parse_int("12") == 12
-    with pytest.raises(ConfigError):
+    assert coerce(MainSettings, "epochs", "12") == 12
+    with pytest.raises(ValueError):
         parse_bool("")
 
 
 def test_weights_choice():
-    assert TrainConfig.from_dict({"weights": "none"}).weights_choice is None
-    assert TrainConfig.from_dict({"weights": "imagenet", "model": "vgg16"}).weights_choice == "imagenet"
+    assert MainSettings.from_dict({"weights": "none"}).weights_choice is None
+    assert MainSettings.from_dict({"weights": "imagenet", "model": "vgg16"}).weights_choice == "imagenet"
     with pytest.raises(ConfigError, match="small_cnn has no ImageNet weights"):
-        TrainConfig.from_dict({"weights": "imagenet"})
-
-
-def test_every_main_parameter_is_a_config_field_with_the_same_default(repo_root):
-    project = yaml.safe_load((repo_root / "MLproject").read_text())
-    parameters = project["entry_points"]["main"]["parameters"]
-    defaults = TrainConfig().to_dict()
-    assert set(parameters) == set(defaults)
-    for name, spec in parameters.items():
-        assert TrainConfig.from_dict({name: spec["default"]}).to_dict()[name] == defaults[name], name
+        MainSettings.from_dict({"weights": "imagenet"})
 
 
 @pytest.mark.slow
@@ -113,6 +105,6 @@ def test_mlflow_run_with_unknown_model_fails_with_one_line(repo_root, tmp_path):
     [("''", ""), ("'a b'", "a b"), ('"x"', "x"), ("plain", "plain"), ("'", "'"), ("/data/set", "/data/set")],
 )
 def test_kubernetes_quoting_is_undone(raw, expected):
-    from train.config import unquote
+    from train.settings import unquote
 
     assert unquote(raw) == expected

@@ -12,14 +12,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from train.__main__ import main as train_cli
-from train.config import ConfigError
-from train.evaluate import (
-    EvaluateConfig,
-    classification_metrics,
-    confusion_matrices,
-    data_settings,
-    sensitivity_at_specificity,
-)
+from train.evaluate import data_settings
+from train.metrics import classification_metrics, confusion_matrices, sensitivity_at_specificity
+from train.settings import ConfigError, EvaluateSettings
 
 PLOTS = {"plots/roc_curves.png", "plots/confusion_matrix.png", "plots/samples.png", "plots/gradcam.png"}
 
@@ -82,7 +77,7 @@ def test_multilabel_metrics_are_per_label_with_means_and_exact_match():
 
 def test_data_settings_default_to_the_training_run():
     source = {"dataset": "synthetic", "data_dir": "", "seed": "7", "max_examples": "300", "validation_fraction": "0.2"}
-    config = EvaluateConfig.from_dict({"model_uri": "models:/x@champion"})
+    config = EvaluateSettings.from_dict({"model_uri": "models:/x@champion"})
     assert data_settings(config, source, "multilabel") == {
         "name": "synthetic",
         "data_dir": None,
@@ -92,7 +87,7 @@ def test_data_settings_default_to_the_training_run():
         "view": "all",
         "synthetic_task": "multilabel",
     }
-    explicit = EvaluateConfig.from_dict({"model_uri": "models:/x@champion", "seed": "3", "max_examples": "0"})
+    explicit = EvaluateSettings.from_dict({"model_uri": "models:/x@champion", "seed": "3", "max_examples": "0"})
     assert data_settings(explicit, source, "binary")["seed"] == 3
     assert data_settings(explicit, source, "binary")["max_examples"] == 0
     with pytest.raises(ConfigError, match="dataset is required"):
@@ -105,7 +100,7 @@ def test_data_settings_default_to_the_training_run():
         ([], "model_uri is required"),
         (["--model-uri", "no-such-thing"], "is not a model URI"),
         (["--model-uri", "models:/x@champion", "--split", "holdout"], "unknown split 'holdout'"),
-        (["--model-uri", "models:/x@champion", "--specificity", "1.0"], "specificity must be between 0 and 1"),
+        (["--model-uri", "models:/x@champion", "--specificity", "1.0"], "specificity must be in (0, 1)"),
         (["--model-uri", "models:/x@champion", "--dataset", "mnist"], "unknown dataset 'mnist'"),
     ],
 )
@@ -130,7 +125,7 @@ def tracking(tmp_path_factory):
     """A module-wide sqlite tracking store with one binary and one multilabel model trained on synthetic data."""
     import mlflow
 
-    from train.config import TrainConfig
+    from train.settings import MainSettings
     from train.trainer import train
 
     directory = tmp_path_factory.mktemp("evaluate")
@@ -140,7 +135,7 @@ def tracking(tmp_path_factory):
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("evaluate")
     binary = train(
-        TrainConfig.from_dict(
+        MainSettings.from_dict(
             {
                 "image_size": "32",
                 "epochs": "4",
@@ -152,11 +147,11 @@ def tracking(tmp_path_factory):
                 "register_as": "evaluated",
             }
         )
-    )
+    ).run_id
     client = MlflowClient(tracking_uri)
     client.set_registered_model_alias("evaluated", "champion", "1")
     multilabel = train(
-        TrainConfig.from_dict(
+        MainSettings.from_dict(
             {
                 "image_size": "32",
                 "epochs": "1",
@@ -165,7 +160,7 @@ def tracking(tmp_path_factory):
                 "synthetic_task": "multilabel",
             }
         )
-    )
+    ).run_id
     yield {"uri": tracking_uri, "client": client, "binary": binary, "multilabel": multilabel}
     mlflow.set_tracking_uri(None)
     if previous is None:

@@ -324,15 +324,13 @@ def test_runs_logging_one_dataset_at_once_all_link_its_single_row(server, monkey
     import mlflow
     from mlflow import MlflowClient
 
-    from train.config import TrainConfig
-    from train.trainer import log_dataset
+    from train.stages import log_dataset
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.tracking_uri)
     mlflow.set_tracking_uri(server.tracking_uri)
     client = MlflowClient(server.tracking_uri)
     experiment_id = experiment(server, "dataset-race")
     data = SimpleNamespace(name="synthetic", source="synthetic", digest=uuid.uuid4().hex)
-    config = TrainConfig(dataset="synthetic")
     run_ids = [client.create_run(experiment_id).info.run_id for _ in range(8)]
     start = threading.Barrier(len(run_ids))
     errors: list[BaseException] = []
@@ -341,7 +339,7 @@ def test_runs_logging_one_dataset_at_once_all_link_its_single_row(server, monkey
         try:
             with mlflow.start_run(run_id=run_id):
                 start.wait(timeout=60)
-                log_dataset(data, config)
+                log_dataset(data, seed=42)
         except BaseException as error:
             errors.append(error)
 

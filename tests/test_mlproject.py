@@ -57,6 +57,26 @@ def test_docker_entry_point_matches_root_parameters_defaults_and_command(name):
     assert docker["command"] == root["command"], f"docker/MLproject command of {name!r} drifted from MLproject"
 
 
+@pytest.mark.parametrize("label", sorted(PROJECTS))
+def test_entry_points_declare_exactly_the_settings_fields_with_their_types_and_defaults(label):
+    """train/settings.py is the one place a parameter is declared; the MLproject files must agree with it."""
+    from train.settings import ENTRY_POINT_SETTINGS, coerce, mlproject_snippet
+
+    declared = entry_points(PROJECTS[label])
+    for name, settings in ENTRY_POINT_SETTINGS.items():
+        assert name in declared, f"{label} MLproject lacks entry point {name}; add:\n{mlproject_snippet(settings)}"
+        parameters = declared[name].parameters
+        expected = settings.mlproject_parameters()
+        hint = f"{label} MLproject entry point {name} drifted from {settings.__name__}; use:\n{mlproject_snippet(settings)}"
+        assert list(parameters) == list(expected), hint
+        for parameter_name, (kind, default) in expected.items():
+            parameter = parameters[parameter_name]
+            assert parameter.type == kind, hint
+            assert coerce(settings, parameter_name, parameter.default) == coerce(settings, parameter_name, default), (
+                hint
+            )
+
+
 @pytest.mark.parametrize(("label", "name", "entry_point"), all_entry_points())
 def test_every_parameter_is_typed_defaulted_and_used_in_the_command(label, name, entry_point):
     placeholders = set(re.findall(r"{(\w+)}", entry_point.command))

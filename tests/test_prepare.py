@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from test_chestxray14 import CLASS_NAMES, IMAGE_SIZE, write_nih_folder
 
-from train.config import ConfigError
 from train.data import load_dataset, validate_dataset_args
 from train.data.prepared import MANIFEST_NAME, STATE_NAME, count_records, read_manifest, split_records
-from train.prepare import PrepareConfig, prepare
+from train.prepare import prepare
+from train.settings import ConfigError, PrepareSettings
 
 SHARD_SIZE = 16
 
@@ -26,7 +26,7 @@ def nih_raw(tmp_path_factory) -> tuple[Path, dict[str, dict]]:
     return root, write_nih_folder(root)
 
 
-def nih_config(root: Path, output: Path, **overrides) -> PrepareConfig:
+def nih_config(root: Path, output: Path, **overrides) -> PrepareSettings:
     settings = {
         "dataset": "chestxray14",
         "data_dir": str(root),
@@ -38,7 +38,7 @@ def nih_config(root: Path, output: Path, **overrides) -> PrepareConfig:
         "seed": "0",
     }
     settings.update({key: str(value) for key, value in overrides.items()})
-    return PrepareConfig.from_dict(settings)
+    return PrepareSettings.from_dict(settings)
 
 
 def shard_mtimes(folder: Path) -> dict[str, int]:
@@ -200,7 +200,7 @@ def test_prepare_downloads_and_prepares_tfds_malaria(tmp_path):
     tfds_dir = tmp_path / "tfds"
     tfds_dir.mkdir()
     output = tmp_path / "malaria-32"
-    config = PrepareConfig.from_dict(
+    config = PrepareSettings.from_dict(
         {"dataset": "malaria", "data_dir": str(tfds_dir), "output_dir": str(output), "image_size": "32"}
     )
     with tfds.testing.mock_data(num_examples=40, data_dir=str(tfds_dir)):
@@ -236,7 +236,7 @@ def test_prepare_command_line(repo_root, tmp_path):
         "error: output_dir is required: the folder that receives the TFRecord shards and manifest.json"
     ]
     with pytest.raises(ConfigError, match="valid views: all, PA, AP"):
-        PrepareConfig.from_dict({"output_dir": str(output), "data_dir": str(tmp_path), "view": "LL"})
+        PrepareSettings.from_dict({"output_dir": str(output), "data_dir": str(tmp_path), "view": "LL"})
     arguments = ["--dataset", "synthetic", "--output-dir", str(output), "--image-size", "32.0", "--shard-size", "200"]
     result = subprocess.run(
         [sys.executable, "-m", "train", "prepare", *arguments],

@@ -14,7 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from train.__main__ import main as train_cli
-from train.promote import PromoteConfig, promote
+from train.promote import promote
+from train.settings import PromoteSettings
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def test_best_finished_run_across_experiments_becomes_champion_once(client):
     fake_run("beta", {"test_auroc": 0.99})
     fake_run("gamma", {"best_val_auroc": 0.97})
 
-    result = promote(PromoteConfig.from_dict({"experiment": "alpha, beta", "registered_model": "selector"}))
+    result = promote(PromoteSettings.from_dict({"experiment": "alpha, beta", "registered_model": "selector"}))
     assert (result.run_id, result.value, result.action, result.new_version) == (winner, 0.90, "champion", True)
     (version,) = client.search_model_versions("name='selector'")
     assert version.run_id == winner
@@ -75,7 +76,7 @@ def test_best_finished_run_across_experiments_becomes_champion_once(client):
     assert float(version.tags["medimg.metric.best_val_auroc"]) == 0.90
     assert aliases(client, "selector") == {"champion": str(version.version)}
 
-    again = promote(PromoteConfig.from_dict({"experiment": "alpha,beta", "registered_model": "selector"}))
+    again = promote(PromoteSettings.from_dict({"experiment": "alpha,beta", "registered_model": "selector"}))
     assert (again.action, again.new_version, again.version) == ("unchanged", False, str(version.version))
     assert len(client.search_model_versions("name='selector'")) == 1
     assert aliases(client, "selector") == {"champion": str(version.version)}
@@ -84,13 +85,13 @@ def test_best_finished_run_across_experiments_becomes_champion_once(client):
 def test_a_worse_best_run_becomes_challenger_and_a_better_one_takes_over(client):
     strong = fake_run("delta", {"test_auroc": 0.93})
     first = promote(
-        PromoteConfig.from_dict({"experiment": "delta", "registered_model": "arena", "metric": "test_auroc"})
+        PromoteSettings.from_dict({"experiment": "delta", "registered_model": "arena", "metric": "test_auroc"})
     )
     assert first.action == "champion" and first.run_id == strong
 
     weaker = fake_run("epsilon", {"test_auroc": 0.88})
     second = promote(
-        PromoteConfig.from_dict({"experiment": "epsilon", "registered_model": "arena", "metric": "test_auroc"})
+        PromoteSettings.from_dict({"experiment": "epsilon", "registered_model": "arena", "metric": "test_auroc"})
     )
     assert (second.run_id, second.action, second.champion_version, second.champion_value) == (
         weaker,
@@ -101,17 +102,60 @@ def test_a_worse_best_run_becomes_challenger_and_a_better_one_takes_over(client)
     assert aliases(client, "arena") == {"champion": first.version, "challenger": second.version}
     # Twice changes nothing.
     repeat = promote(
-        PromoteConfig.from_dict({"experiment": "epsilon", "registered_model": "arena", "metric": "test_auroc"})
+        PromoteSettings.from_dict({"experiment": "epsilon", "registered_model": "arena", "metric": "test_auroc"})
     )
     assert (repeat.action, repeat.new_version) == ("unchanged", False)
     assert len(client.search_model_versions("name='arena'")) == 2
 
     best = fake_run("epsilon", {"test_auroc": 0.96})
     third = promote(
-        PromoteConfig.from_dict({"experiment": "epsilon", "registered_model": "arena", "metric": "test_auroc"})
+        PromoteSettings.from_dict({"experiment": "epsilon", "registered_model": "arena", "metric": "test_auroc"})
     )
     assert (third.run_id, third.action) == (best, "champion")
-    assert aliases(client, "arena") == {"champion": third.version, "challenger": second.version}
+    # The replaced champion is kept as `previous`: one command rolls back.
+    assert aliases(client, "arena") == {
+        "champion": third.version,
+        "challenger": second.version,
+        "previous": first.version,
+    }
+    assert train_cli(["promote", "--rollback", "arena"]) == 0
+    assert aliases(client, "arena") == {
+        "champion": first.version,
+        "challenger": second.version,
+        "previous": third.version,
+    }
+
+
+def test_only_runs_on_the_champions_data_compete_and_test_metrics_are_preferred(client, capsys):
+    import mlflow
+
+    def run_on(dataset: str, digest: str, metrics: dict[str, float]) -> str:
+        run_id = fake_run("eta", metrics)
+        MlflowClient().set_tag(run_id, "medimg.dataset", dataset)
+        MlflowClient().set_tag(run_id, "medimg.task", "binary")
+        MlflowClient().set_tag(run_id, "medimg.dataset_digest", digest)
+        return run_id
+
+    mlflow.set_experiment("eta")
+    chest = run_on("chestxray14", "a" * 64, {"best_val_auroc": 0.80, "test_auroc": 0.78})
+    first = promote(PromoteSettings.from_dict({"experiment": "eta", "registered_model": "chest"}))
+    assert (first.run_id, first.metric) == (chest, "test_auroc")
+    # A demo run on synthetic data scores higher but must never become the chest model's champion.
+    run_on("synthetic", "b" * 64, {"best_val_auroc": 0.99, "test_auroc": 0.99})
+    better = run_on("chestxray14", "a" * 64, {"best_val_auroc": 0.79, "test_auroc": 0.85})
+    capsys.readouterr()
+    second = promote(PromoteSettings.from_dict({"experiment": "eta", "registered_model": "chest"}))
+    assert (second.run_id, second.action, second.metric) == (better, "champion", "test_auroc")
+    assert "excluded 1 run(s) trained on other data: synthetic/binary (digest bbbbbbbbbbbb)" in capsys.readouterr().out
+
+
+def test_rollback_without_a_previous_version_is_one_line(client, capsys):
+    fake_run("theta", {"test_auroc": 0.9})
+    promote(PromoteSettings.from_dict({"experiment": "theta", "registered_model": "lonely"}))
+    capsys.readouterr()
+    assert train_cli(["promote", "--rollback", "lonely"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "has no @previous version to roll back to" in error[0]
 
 
 def test_mode_min_prefers_the_lowest_value(client):
@@ -119,7 +163,9 @@ def test_mode_min_prefers_the_lowest_value(client):
     lowest = fake_run("zeta", {"val_loss": 0.20})
     fake_run("zeta", {"val_loss": 0.30})
     result = promote(
-        PromoteConfig.from_dict({"experiment": "zeta", "metric": "val_loss", "mode": "min", "registered_model": "lows"})
+        PromoteSettings.from_dict(
+            {"experiment": "zeta", "metric": "val_loss", "mode": "min", "registered_model": "lows"}
+        )
     )
     assert result.run_id == lowest and result.action == "champion"
 
@@ -146,15 +192,15 @@ def test_mlflow_run_promote_names_a_real_trained_model_champion(client, repo_roo
     import pandas as pd
     from PIL import Image
 
-    from train.config import TrainConfig
+    from train.settings import MainSettings
     from train.trainer import train
 
     mlflow.set_experiment("real")
     run_id = train(
-        TrainConfig.from_dict(
+        MainSettings.from_dict(
             {"image_size": "32", "epochs": "1", "batch_size": "16", "max_examples": "120", "register_as": "real-model"}
         )
-    )
+    ).run_id
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     # mlflow.set_experiment in this process exported the active experiment; the command names its own.
     env.pop("MLFLOW_EXPERIMENT_ID", None)
@@ -177,4 +223,5 @@ def test_mlflow_run_promote_names_a_real_trained_model_champion(client, repo_roo
     buffer = io.BytesIO()
     Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(buffer, format="PNG")
     output = champion.predict(pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode()]}))
-    assert list(output.columns) == ["parasitized", "predicted"] and 0.0 <= output["parasitized"][0] <= 1.0
+    assert list(output.columns) == ["parasitized", "predicted", "threshold_parasitized"]
+    assert 0.0 <= output["parasitized"][0] <= 1.0

@@ -106,7 +106,7 @@ def registered_model(tmp_path_factory):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from train.config import TrainConfig
+    from train.settings import MainSettings
     from train.trainer import train
 
     directory = tmp_path_factory.mktemp("tracking")
@@ -115,10 +115,10 @@ def registered_model(tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("serving")
-    config = TrainConfig.from_dict(
+    config = MainSettings.from_dict(
         {"image_size": "32", "epochs": "1", "batch_size": "16", "max_examples": "120", "register_as": MODEL_NAME}
     )
-    run_id = train(config)
+    run_id = train(config).run_id
     client = MlflowClient(tracking_uri)
     (version,) = client.search_model_versions(f"name='{MODEL_NAME}'")
     client.set_registered_model_alias(MODEL_NAME, "champion", version.version)
@@ -248,10 +248,11 @@ def test_dicom_without_pixel_data_is_a_one_line_value_error(tmp_path):
 def test_in_process_model_matches_keras_on_each_file(loaded_model, image_files):
     frame = pd.DataFrame({"image": [encode(path) for path in image_files.values()]})
     output = loaded_model.predict(frame)
-    assert list(output.columns) == ["parasitized", "predicted"]
-    keras_model = loaded_model.unwrap_python_model().model
+    assert list(output.columns) == ["parasitized", "predicted", "threshold_parasitized"]
+    classifier = loaded_model.unwrap_python_model()
     tensors = np.stack([np.asarray(load_image_tensor(path.read_bytes(), 32)) for path in image_files.values()])
-    expected = keras_model.predict(tensors, verbose=0)[:, 0]
+    # Served probabilities are the Keras outputs through the calibration stored with the model.
+    expected = classifier.calibrated(classifier.model.predict(tensors, verbose=0))[:, 0]
     np.testing.assert_allclose(output["parasitized"].to_numpy(), expected, atol=TOLERANCE)
     # MONOCHROME1 and MONOCHROME2 storage of one picture give one answer.
     assert abs(output["parasitized"][2] - output["parasitized"][3]) < 1e-4
@@ -298,16 +299,24 @@ def test_server_scores_png_jpeg_and_dicom_like_the_in_process_model(server, load
 
 
 @pytest.mark.slow
-def test_server_accepts_records_and_applies_the_threshold_param(server, image_files):
+def test_server_answers_with_the_stored_operating_point_and_a_request_threshold_overrides_it(
+    server, loaded_model, image_files
+):
     images = [encode(path) for path in image_files.values()]
     records = invoke(server, {"dataframe_records": [{"image": image} for image in images]})
     assert records.status_code == 200, records.text
-    probabilities = np.array([row["parasitized"] for row in records.json()["predictions"]])
+    rows = records.json()["predictions"]
+    probabilities = np.array([row["parasitized"] for row in rows])
+    stored = loaded_model.unwrap_python_model().config.thresholds[0]
+    assert [row["threshold_parasitized"] for row in rows] == pytest.approx([stored] * len(rows))
+    assert [row["predicted"] for row in rows] == ["parasitized" if p >= stored else "uninfected" for p in probabilities]
     for threshold in (0.0, 0.5, 1.0):
         response = invoke(server, split_body(images, {"threshold": threshold}))
         assert response.status_code == 200, response.text
-        labels = [row["predicted"] for row in response.json()["predictions"]]
+        answer = response.json()["predictions"]
+        labels = [row["predicted"] for row in answer]
         assert labels == ["parasitized" if p >= threshold else "uninfected" for p in probabilities], threshold
+        assert {row["threshold_parasitized"] for row in answer} == {threshold}
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -405,7 +414,7 @@ def test_server_keeps_serving_after_bad_requests(server, bad_requests, image_fil
         assert invoke(server, body).status_code == 400
     response = invoke(server, split_body([encode(image_files["png"])]))
     assert response.status_code == 200
-    assert set(response.json()["predictions"][0]) == {"parasitized", "predicted"}
+    assert set(response.json()["predictions"][0]) == {"parasitized", "predicted", "threshold_parasitized"}
 
 
 # The command-line client.
@@ -463,5 +472,5 @@ def test_signature_describes_the_served_columns():
 
     signature = classifier_signature(ClassifierConfig(class_names=["a", "b", "c"], task="multilabel", image_size=32))
     assert signature.inputs.input_names() == ["image"]
-    assert signature.outputs.input_names() == ["a", "b", "c", "predicted"]
+    assert signature.outputs.input_names() == ["a", "b", "c", "predicted", "threshold_a", "threshold_b", "threshold_c"]
     assert json.loads(signature.params.to_json())[0]["name"] == "threshold"

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from train.config import TrainConfig
+from train.settings import MainSettings
 
 TINY = {"image_size": "32", "epochs": "2", "batch_size": "16", "max_examples": "160", "seed": "3"}
 
@@ -67,7 +67,7 @@ def test_mlflow_run_trains_logs_and_registers(repo_root, tmp_path):
         assert metric_steps(client, run_id, key) == [0, 1], key
     params = run.data.params
     assert params["model"] == "small_cnn" and params["image_size"] == "32" and params["task"] == "binary"
-    assert set(TrainConfig().to_dict()) <= set(params)
+    assert set(MainSettings.defaults()) <= set(params)
     tags = run.data.tags
     assert tags["medimg.dataset"] == "synthetic" and tags["medimg.task"] == "binary"
     assert tags["medimg.version.tensorflow"].startswith("2.21")
@@ -113,7 +113,7 @@ def trained_run(tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment("learnability")
-    config = TrainConfig.from_dict(
+    config = MainSettings.from_dict(
         {
             "image_size": "48",
             "epochs": "6",
@@ -123,7 +123,7 @@ def trained_run(tmp_path_factory):
             "augment": "false",
         }
     )
-    run_id = train(config)
+    run_id = train(config).run_id
     yield tracking_uri, run_id
     mlflow.set_tracking_uri(None)
     if previous is None:
@@ -156,13 +156,17 @@ def test_logged_model_predicts_like_keras(trained_run, tmp_path):
     Image.fromarray(rng.integers(0, 255, (60, 70, 3), dtype=np.uint8)).save(path)
     frame = pd.DataFrame({"image": [base64.b64encode(path.read_bytes()).decode()]})
     output = served.predict(frame)
-    assert list(output.columns) == ["parasitized", "predicted"]
-    keras_model = served.unwrap_python_model().model
+    assert list(output.columns) == ["parasitized", "predicted", "threshold_parasitized"]
+    classifier = served.unwrap_python_model()
     from serve.preprocess import load_image_tensor
 
-    expected = keras_model.predict(np.asarray(load_image_tensor(path.read_bytes(), 48))[None], verbose=0)
+    raw = classifier.model.predict(np.asarray(load_image_tensor(path.read_bytes(), 48))[None], verbose=0)
+    # The served probability is the Keras output mapped through the calibration stored with the model.
+    expected = classifier.calibrated(raw)
     assert abs(float(output["parasitized"][0]) - float(expected[0, 0])) < 1e-5
-    assert output["predicted"][0] == ("parasitized" if expected[0, 0] >= 0.5 else "uninfected")
+    threshold = classifier.config.thresholds[0]
+    assert output["threshold_parasitized"][0] == pytest.approx(threshold)
+    assert output["predicted"][0] == ("parasitized" if expected[0, 0] >= threshold else "uninfected")
 
 
 @pytest.mark.slow
@@ -188,8 +192,8 @@ def test_imagefolder_with_unreadable_files_completes_and_reports_skips(tracking_
     import mlflow
 
     mlflow.set_experiment("imagefolder")
-    config = TrainConfig.from_dict({"dataset": "imagefolder", "data_dir": str(root), **TINY, "epochs": "1"})
-    run_id = train(config)
+    config = MainSettings.from_dict({"dataset": "imagefolder", "data_dir": str(root), **TINY, "epochs": "1"})
+    run_id = train(config).run_id
     run = MlflowClient(tracking_uri).get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.metrics["data.skipped_images"] == 3
@@ -205,8 +209,8 @@ def test_multilabel_run_logs_per_class_auroc(tracking_uri):
     from train.trainer import train
 
     mlflow.set_experiment("multilabel")
-    config = TrainConfig.from_dict({**TINY, "synthetic_task": "multilabel"})
-    run_id = train(config)
+    config = MainSettings.from_dict({**TINY, "synthetic_task": "multilabel"})
+    run_id = train(config).run_id
     client = MlflowClient(tracking_uri)
     run = client.get_run(run_id)
     resolved = mlflow.artifacts.load_text(f"runs:/{run_id}/config/resolved_config.yaml")
@@ -215,6 +219,6 @@ def test_multilabel_run_logs_per_class_auroc(tracking_uri):
     assert len(per_class) >= 2
     assert metric_steps(client, run_id, "val_mean_auroc") == [0, 1]
     assert json.loads(run.data.params["num_outputs"]) == 3
-    table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/metrics/test_auroc.json"))
-    assert table["columns"] == ["class", "auroc"]
+    table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/metrics/test_classes.json"))
+    assert table["columns"][0] == "class" and {"auroc", "auroc_ci_low", "auroc_ci_high"} <= set(table["columns"])
     assert [row[0] for row in table["data"]] == ["dots", "ring", "stripes"]

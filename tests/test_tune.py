@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from train.config import ConfigError, TrainConfig
-from train.search_space import SearchSpace
-from train.tune import TuneOptions, WorkerOptions, visible_gpus, worker_environment
+from train.settings import ConfigError, MainSettings, TuneSettings, TuneWorkerSettings
+from train.tuning.processes import visible_gpus, worker_environment
+from train.tuning.space import SearchSpace
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SEARCH_SPACES = REPO_ROOT / "configs" / "search_spaces"
@@ -108,7 +108,7 @@ BAD_SPACES = [
     ({"space": {"dataset": {"choices": ["synthetic", "malaria"]}}}, "space.dataset: dataset cannot be tuned"),
     (
         {"fixed": {"epoch": 3}, "space": {"dropout": {"low": 0.1, "high": 0.4}}},
-        "fixed.epoch: not a TrainConfig setting",
+        "fixed.epoch: not a setting of main",
     ),
     (
         {"fixed": {"optimizer": "rmsprop"}, "space": {"dropout": {"low": 0.1, "high": 0.4}}},
@@ -221,8 +221,8 @@ def test_sampled_values_stay_in_the_space_and_make_a_trial_config(tmp_path):
         assert 1e-5 <= params["learning_rate"] <= 1e-2
         assert params["optimizer"] in ("adam", "sgd")
         assert params["trainable_layers"] in (-1, 3, 7)
-        config = space.trial_config(params, run_name=f"trial-{trial.number}")
-        assert isinstance(config, TrainConfig)
+        config = space.trial_settings(params, run_name=f"trial-{trial.number}")
+        assert isinstance(config, MainSettings)
         assert (
             config.run_name == f"trial-{trial.number}"
             and config.image_size == 32
@@ -248,7 +248,7 @@ def test_grid_covers_every_combination_of_choices(tmp_path):
 
 
 def test_tune_options_read_mlflow_strings():
-    options = TuneOptions.from_dict(
+    options = TuneSettings.from_dict(
         {"n_trials": "4.0", "n_workers": "2", "timeout": "0", "sampler": "Random", "seed": "7"}
     )
     assert (options.n_trials, options.n_workers, options.timeout, options.sampler, options.seed) == (
@@ -258,14 +258,14 @@ def test_tune_options_read_mlflow_strings():
         "random",
         7,
     )
-    with pytest.raises(ConfigError, match="unknown tune setting"):
-        TuneOptions.from_dict({"trials": "4"})
+    with pytest.raises(ConfigError, match="unknown setting 'trials'"):
+        TuneSettings.from_dict({"trials": "4"})
     with pytest.raises(ConfigError, match="n_trials must be a whole number"):
-        TuneOptions.from_dict({"n_trials": "2.5"})
+        TuneSettings.from_dict({"n_trials": "2.5"})
 
 
 def test_worker_options_survive_the_command_line():
-    options = WorkerOptions(
+    options = TuneWorkerSettings(
         space="/abs/space.yaml",
         storage="postgresql+psycopg2://tuner@db:5432/optuna",
         study_name="study",
@@ -274,14 +274,14 @@ def test_worker_options_survive_the_command_line():
         experiment_id="3",
         timeout=60.0,
         sampler="random",
-        seed=None,
+        seed=-1,
         worker_index=1,
     )
     from train.__main__ import build_parser
 
     parsed = vars(build_parser().parse_args(["tune-worker", *options.to_arguments()]))
     parsed.pop("command")
-    assert WorkerOptions.from_dict({key: value for key, value in parsed.items() if value is not None}) == options
+    assert TuneWorkerSettings.from_dict(parsed) == options
 
 
 # Workers and GPUs.
@@ -324,8 +324,8 @@ def test_each_worker_gets_its_own_gpu_round_robin_and_no_parent_run_id(monkeypat
 def test_budgeted_storage_never_creates_more_than_n_trials_under_contention(backend, tmp_path, request):
     import optuna
 
-    from train.tune import open_storage
-    from train.tune_worker import BudgetedRDBStorage, TrialBudgetSpent
+    from train.tuning.budget import BudgetedRDBStorage, TrialBudgetSpent
+    from train.tuning.study import open_storage
 
     url = f"sqlite:///{tmp_path / 'tune.db'}" if backend == "sqlite" else request.getfixturevalue("postgres").url
     study_name = f"budget-{secrets.token_hex(4)}"
@@ -387,7 +387,7 @@ def fit_with(callback, epochs: int = 5):
 
 
 def test_pruning_callback_reports_every_epoch_and_stops_training_when_told():
-    from train.tune_worker import TrialPruningCallback
+    from train.tuning.worker import TrialPruningCallback
 
     trial = FakeTrial(prune_from_epoch=1)
     callback = TrialPruningCallback(trial, "val_loss", "minimize")
@@ -400,7 +400,7 @@ def test_pruning_callback_reports_every_epoch_and_stops_training_when_told():
 
 
 def test_pruning_callback_lets_a_good_trial_finish_and_names_a_missing_metric():
-    from train.tune_worker import TrialPruningCallback
+    from train.tuning.worker import TrialPruningCallback
 
     trial = FakeTrial(prune_from_epoch=None)
     callback = TrialPruningCallback(trial, "val_loss", "minimize")
@@ -583,7 +583,7 @@ def test_a_second_command_joins_a_running_study_and_adds_child_runs_to_its_lead(
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from train.tune import EXPERIMENT_ATTR, LEAD_HEARTBEAT_ATTR, PARENT_RUN_ATTR
+    from train.tuning.study import EXPERIMENT_ATTR, LEAD_HEARTBEAT_ATTR, PARENT_RUN_ATTR
 
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(tracking_uri)

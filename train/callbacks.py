@@ -7,39 +7,16 @@ import time
 
 import keras
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
-
-def metric_safe(name: str) -> str:
-    """Class names become metric key suffixes; MLflow keys allow letters, digits, _ - . / and spaces."""
-    return "".join(character if character.isalnum() or character in "_-." else "_" for character in name)
-
-
-def auroc_scores(labels: np.ndarray, probabilities: np.ndarray, task: str, class_names: list[str]) -> dict[str, float]:
-    """AUROC by task: binary -> auroc; multilabel/multiclass -> auroc_<class> per class and auroc (their mean).
-
-    Classes with only one label value in `labels` have no defined AUROC and are left out.
-    """
-    labels = np.asarray(labels).reshape(len(labels), -1)
-    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(probabilities), -1)
-    if task == "binary":
-        if len(np.unique(labels[:, 0])) < 2:
-            return {}
-        return {"auroc": float(roc_auc_score(labels[:, 0], probabilities[:, 0]))}
-    scores: dict[str, float] = {}
-    for index, name in enumerate(class_names):
-        column = labels[:, index]
-        if len(np.unique(column)) == 2:
-            scores[f"auroc_{metric_safe(name)}"] = float(roc_auc_score(column, probabilities[:, index]))
-    if scores:
-        scores["auroc"] = float(np.mean(list(scores.values())))
-        if task == "multilabel":
-            scores["mean_auroc"] = scores["auroc"]
-    return scores
+from train.metrics import auroc_scores, scored_classes
 
 
 class ValidationAuroc(keras.callbacks.Callback):
     """Adds exact (sklearn) validation AUROC to the epoch logs, so later callbacks can monitor `val_auroc`.
+
+    A class without both label values in the validation split has no AUROC: it is left out, never
+    given an invented value, and `val_n_classes_scored` says over how many classes the mean runs.
+    Training with monitor=val_auroc refuses such a split before fitting (train.stages.check_monitor).
 
     Keras' streaming AUC approximates with 200 thresholds; the best epoch and the
     reported numbers use the exact value instead.
@@ -51,6 +28,8 @@ class ValidationAuroc(keras.callbacks.Callback):
         self.task = task
         self.class_names = class_names
         self.labels = np.concatenate([np.asarray(labels) for _, labels in validation_batches], axis=0)
+        # Classes with both label values in the validation split: the fixed set every epoch's mean runs over.
+        self.scored = scored_classes(self.labels)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -59,8 +38,8 @@ class ValidationAuroc(keras.callbacks.Callback):
         scores = auroc_scores(self.labels, probabilities, self.task, self.class_names)
         for key, value in scores.items():
             logs[f"val_{key}"] = value
-        # A validation split without both label values still needs a monitored number.
-        logs.setdefault("val_auroc", 0.5)
+        # The mean runs over this fixed set of scored classes; the count says how many it holds.
+        logs["val_n_classes_scored"] = float(self.scored.sum())
 
 
 class EpochLogger(keras.callbacks.Callback):

@@ -15,101 +15,21 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
-import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from train.config import ConfigError, TrainConfig, parse_float, parse_int, unquote
+from train.data import load_dataset
+from train.data.spec import LoadedDataset
+from train.figures import SAMPLE_GRID, close_figures, confusion_figure, gradcam_figure, roc_figure, samples_figure
+from train.metrics import confusion_matrices, label_text
+from train.settings import ConfigError, EvaluateSettings, MainSettings, coerce, first_line, unquote
+from train.stages import Predictions, SplitScores, log_scores, predict_split, score_predictions
 
 logger = logging.getLogger("medimg.evaluate")
 
-SPLITS = ("train", "val", "test")
-SAMPLE_GRID = 3
 GRADCAM_SAMPLES = 4
-MODEL_URI_PATTERN = re.compile(r"^(runs:/[0-9a-f]{32}(/.*)?|models:/[^/@]+(@[^/]+|/[^/]+)?)$")
-
-
-def from_strings(cls, values: dict[str, Any]):
-    """Build dataclass `cls` from raw CLI/MLflow strings, converting by field type and rejecting unknown keys."""
-    known = {field.name: field for field in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(known)}")
-    converted: dict[str, Any] = {}
-    for name, value in values.items():
-        if value is None:
-            continue
-        kind = known[name].type
-        if kind == "int":
-            converted[name] = parse_int(value, name)
-        elif kind == "float":
-            converted[name] = parse_float(value, name)
-        else:
-            converted[name] = str(value).strip()
-    instance = cls(**converted)
-    instance.validate()
-    return instance
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """Settings of one evaluation; field names equal the MLproject `evaluate` parameter names."""
-
-    model_uri: str = ""
-    dataset: str = ""
-    data_dir: str = ""
-    split: str = "test"
-    threshold: float = 0.5
-    specificity: float = 0.9
-    max_examples: int = -1
-    seed: int = -1
-    batch_size: int = 32
-    run_name: str = ""
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> EvaluateConfig:
-        return from_strings(cls, values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def validate(self) -> None:
-        """Cheap checks before TensorFlow is imported; raise ConfigError naming the fix."""
-        if not self.model_uri:
-            raise ConfigError("model_uri is required, e.g. models:/<name>@champion or runs:/<run_id>/model")
-        is_uri = "://" in self.model_uri or MODEL_URI_PATTERN.match(self.model_uri)
-        if not is_uri and not os.path.isdir(self.model_uri):
-            raise ConfigError(
-                f"model_uri {self.model_uri!r} is not a model URI; use models:/<name>@<alias>, "
-                "models:/<name>/<version>, models:/<model_id>, runs:/<run_id>/model or a model folder"
-            )
-        if self.split not in SPLITS:
-            raise ConfigError(f"unknown split {self.split!r}; valid splits: {', '.join(SPLITS)}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"threshold must be between 0 and 1, got {self.threshold}")
-        if not 0.0 < self.specificity < 1.0:
-            raise ConfigError(f"specificity must be between 0 and 1 (exclusive), e.g. 0.9, got {self.specificity}")
-        if self.max_examples < -1:
-            raise ConfigError(f"max_examples must be -1 (as in training), 0 (all) or positive, got {self.max_examples}")
-        if self.seed < -1:
-            raise ConfigError(f"seed must be -1 (as in training) or zero or positive, got {self.seed}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.dataset:
-            from train.data import available_datasets, validate_dataset_args
-
-            if self.dataset not in available_datasets():
-                raise ConfigError(
-                    f"unknown dataset {self.dataset!r}; valid datasets: {', '.join(available_datasets())}"
-                )
-            try:
-                validate_dataset_args(self.dataset, self.data_dir or None)
-            except ValueError as error:
-                raise ConfigError(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -159,277 +79,47 @@ def resolve_model_source(model_uri: str, client) -> ModelSource:
     )
 
 
-def first_line(text: str) -> str:
-    stripped = str(text).strip()
-    return stripped.splitlines()[0] if stripped else ""
+def training_params(source: ModelSource, client) -> tuple[dict[str, str], dict[str, str]]:
+    """The params and tags of the run that trained the model (empty when it is not in this tracking store)."""
+    from mlflow.exceptions import MlflowException
+
+    if not source.run_id:
+        return {}, {}
+    try:
+        run = client.get_run(source.run_id)
+    except MlflowException:
+        logger.warning("source run %s of %s is not in this tracking store", source.run_id, source.model_uri)
+        return {}, {}
+    # `mlflow run` logs empty parameters as the two characters ''.
+    return {key: unquote(value) for key, value in run.data.params.items()}, dict(run.data.tags)
 
 
-def data_settings(config: EvaluateConfig, source_params: dict[str, str], task: str) -> dict[str, Any]:
+def data_settings(config: EvaluateSettings, source_params: dict[str, str], task: str) -> dict[str, Any]:
     """The load_dataset arguments: explicit settings first, then the training run's, then medimg's defaults."""
     dataset = config.dataset or source_params.get("dataset", "")
     if not dataset:
         raise ConfigError("dataset is required: the model has no medimg training run to take it from")
     same_dataset = dataset == source_params.get("dataset")
-    data_dir = config.data_dir or (source_params.get("data_dir", "") if same_dataset else "")
-    seed = config.seed if config.seed >= 0 else parse_int(source_params.get("seed", 42), "seed")
-    if config.max_examples >= 0:
-        max_examples = config.max_examples
-    else:
-        max_examples = parse_int(source_params.get("max_examples", 0), "max_examples") if same_dataset else 0
     # The split fractions and the view filter decide which images land in which split, so they follow
     # the training run whenever the dataset is the same; otherwise training's defaults apply.
-    defaults = TrainConfig().to_dict()
     inherited = source_params if same_dataset else {}
+
+    def training_value(name: str):
+        return coerce(MainSettings, name, inherited.get(name, MainSettings.defaults()[name]))
+
     settings = {
         "name": dataset,
-        "data_dir": data_dir or None,
-        "seed": seed,
-        "max_examples": max_examples,
-        "validation_fraction": parse_float(
-            inherited.get("validation_fraction", defaults["validation_fraction"]), "validation_fraction"
-        ),
-        "view": str(inherited.get("view", defaults["view"])),
+        "data_dir": config.data_dir or training_value("data_dir") or None,
+        "seed": config.seed if config.seed >= 0 else coerce(MainSettings, "seed", source_params.get("seed", 42)),
+        "max_examples": config.max_examples if config.max_examples >= 0 else training_value("max_examples"),
+        "validation_fraction": training_value("validation_fraction"),
+        "view": training_value("view"),
     }
     if dataset == "synthetic":
         if task not in ("binary", "multilabel"):
             raise ConfigError(f"the synthetic dataset is binary or multilabel; this model's task is {task}")
         settings["synthetic_task"] = task
     return settings
-
-
-# Metrics: pure NumPy/scikit-learn, no model needed.
-
-
-def sensitivity_at_specificity(labels: np.ndarray, scores: np.ndarray, specificity: float) -> tuple[float, float]:
-    """Highest sensitivity whose specificity is at least `specificity`, and the score threshold that gives it."""
-    from sklearn.metrics import roc_curve
-
-    false_positive_rate, true_positive_rate, thresholds = roc_curve(labels, scores)
-    allowed = false_positive_rate <= (1.0 - specificity) + 1e-12
-    index = int(np.argmax(np.where(allowed, true_positive_rate, -1.0)))
-    return float(true_positive_rate[index]), float(np.clip(thresholds[index], 0.0, 1.0))
-
-
-def threshold_metrics(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """Accuracy, precision, recall (sensitivity), specificity and F1 of binary decisions."""
-    truth = truth.astype(bool)
-    predicted = predicted.astype(bool)
-    true_positive = float(np.sum(truth & predicted))
-    false_positive = float(np.sum(~truth & predicted))
-    false_negative = float(np.sum(truth & ~predicted))
-    true_negative = float(np.sum(~truth & ~predicted))
-    precision = true_positive / (true_positive + false_positive) if true_positive + false_positive else 0.0
-    recall = true_positive / (true_positive + false_negative) if true_positive + false_negative else 0.0
-    specificity = true_negative / (true_negative + false_positive) if true_negative + false_positive else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "accuracy": float(np.mean(truth == predicted)) if len(truth) else 0.0,
-        "precision": precision,
-        "recall": recall,
-        "specificity": specificity,
-        "f1": f1,
-    }
-
-
-def decisions(probabilities: np.ndarray, task: str, threshold: float) -> np.ndarray:
-    """Predicted 0/1 matrix [N, outputs]: thresholded for binary and multilabel, one-hot argmax for multiclass."""
-    if task == "multiclass":
-        return np.eye(probabilities.shape[1], dtype=int)[probabilities.argmax(axis=1)]
-    return (probabilities >= threshold).astype(int)
-
-
-def classification_metrics(
-    labels: np.ndarray,
-    probabilities: np.ndarray,
-    task: str,
-    class_names: list[str],
-    *,
-    threshold: float = 0.5,
-    specificity: float = 0.9,
-) -> dict[str, float]:
-    """Every evaluation metric, unprefixed.
-
-    binary: auroc, accuracy, precision, recall, specificity, f1 (at threshold), sensitivity_at_specificity
-    and threshold_at_specificity. multilabel and multiclass: the same per class as <name>_<class>
-    (one-vs-rest), their unweighted means under the plain names, and for multilabel `exact_match`
-    (every label right) and `mean_auroc`. Multiclass decisions are the most probable class.
-    """
-    from train.callbacks import auroc_scores, metric_safe
-
-    labels = np.asarray(labels, dtype=np.float64).reshape(len(labels), -1)
-    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(len(probabilities), -1)
-    if labels.shape != probabilities.shape:
-        raise ValueError(f"labels {labels.shape} and probabilities {probabilities.shape} must have the same shape")
-    metrics = dict(auroc_scores(labels, probabilities, task, class_names))
-    predicted = decisions(probabilities, task, threshold)
-    truth = labels >= 0.5
-    if task == "binary":
-        metrics.update(threshold_metrics(truth[:, 0], predicted[:, 0]))
-        if len(np.unique(truth[:, 0])) == 2:
-            sensitivity, at = sensitivity_at_specificity(truth[:, 0], probabilities[:, 0], specificity)
-            metrics.update({"sensitivity_at_specificity": sensitivity, "threshold_at_specificity": at})
-        return metrics
-    per_class: dict[str, list[float]] = {}
-    for index, name in enumerate(class_names):
-        suffix = metric_safe(name)
-        values = threshold_metrics(truth[:, index], predicted[:, index])
-        if len(np.unique(truth[:, index])) == 2:
-            sensitivity, at = sensitivity_at_specificity(truth[:, index], probabilities[:, index], specificity)
-            values.update({"sensitivity_at_specificity": sensitivity, "threshold_at_specificity": at})
-        for key, value in values.items():
-            metrics[f"{key}_{suffix}"] = value
-            per_class.setdefault(key, []).append(value)
-    for key, values in per_class.items():
-        if key != "threshold_at_specificity":
-            metrics[key] = float(np.mean(values))
-    if task == "multiclass":
-        metrics["accuracy"] = float(np.mean(probabilities.argmax(axis=1) == labels.argmax(axis=1)))
-    else:
-        metrics["exact_match"] = float(np.mean(np.all(truth == predicted.astype(bool), axis=1)))
-    return metrics
-
-
-def confusion_matrices(labels: np.ndarray, probabilities: np.ndarray, task: str, threshold: float) -> list[np.ndarray]:
-    """binary: one 2x2 [[TN, FP], [FN, TP]]; multiclass: one KxK (rows truth, columns prediction); multilabel: a 2x2 per label."""
-    from sklearn.metrics import confusion_matrix
-
-    labels = np.asarray(labels).reshape(len(labels), -1)
-    predicted = decisions(np.asarray(probabilities).reshape(len(probabilities), -1), task, threshold)
-    if task == "multiclass":
-        classes = list(range(labels.shape[1]))
-        return [confusion_matrix(labels.argmax(axis=1), predicted.argmax(axis=1), labels=classes)]
-    truth = (labels >= 0.5).astype(int)
-    return [confusion_matrix(truth[:, index], predicted[:, index], labels=[0, 1]) for index in range(labels.shape[1])]
-
-
-def label_text(row: np.ndarray, task: str, class_names: list[str]) -> str:
-    """Human-readable label(s) of one 0/1 (or probability, thresholded at 0.5) row."""
-    row = np.asarray(row).reshape(-1)
-    if task == "binary":
-        return class_names[int(row[0] >= 0.5)]
-    if task == "multiclass":
-        return class_names[int(row.argmax())]
-    present = [name for name, value in zip(class_names, row, strict=True) if value >= 0.5]
-    return "+".join(present) if present else "none"
-
-
-# Figures.
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def roc_figure(labels, probabilities, task: str, class_names: list[str], threshold: float, specificity: float):
-    """ROC curve per output with its AUROC, the operating point at `threshold` (x) and at `specificity` (o)."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    plt = _pyplot()
-    labels = np.asarray(labels).reshape(len(labels), -1)
-    probabilities = np.asarray(probabilities).reshape(len(probabilities), -1)
-    names = [class_names[1]] if task == "binary" else list(class_names)
-    figure, axis = plt.subplots(figsize=(5.5, 5.0))
-    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
-    axis.axvline(1.0 - specificity, color="grey", linestyle="--", linewidth=0.6)
-    for index, name in enumerate(names):
-        truth = labels[:, index] >= 0.5
-        if len(np.unique(truth)) < 2:
-            continue
-        false_positive_rate, true_positive_rate, _ = roc_curve(truth, probabilities[:, index])
-        auroc = roc_auc_score(truth, probabilities[:, index])
-        (line,) = axis.plot(false_positive_rate, true_positive_rate, label=f"{name} (AUROC {auroc:.3f})")
-        if task != "multiclass":
-            point = threshold_metrics(truth, probabilities[:, index] >= threshold)
-            axis.plot(1.0 - point["specificity"], point["recall"], "x", color=line.get_color(), markersize=8)
-        # The operating point of sensitivity_at_specificity: the best sensitivity left of the dashed line.
-        allowed = false_positive_rate <= (1.0 - specificity) + 1e-12
-        point = int(np.argmax(np.where(allowed, true_positive_rate, -1.0)))
-        axis.plot(false_positive_rate[point], true_positive_rate[point], "o", color=line.get_color(), fillstyle="none")
-    axis.set_xlabel("1 - specificity (false positive rate)")
-    axis.set_ylabel("sensitivity (true positive rate)")
-    axis.set_title(f"ROC (x: threshold {threshold:g}, o: specificity {specificity:g})", fontsize=10)
-    axis.set_xlim(-0.01, 1.01)
-    axis.set_ylim(-0.01, 1.01)
-    axis.grid(alpha=0.3)
-    axis.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    return figure
-
-
-def confusion_figure(matrices: list[np.ndarray], task: str, class_names: list[str], threshold: float):
-    """Confusion matrices with counts: one panel (binary, multiclass) or one 2x2 panel per label (multilabel)."""
-    plt = _pyplot()
-    if task == "multilabel":
-        titles = list(class_names)
-        ticks = [["absent", "present"]] * len(matrices)
-    elif task == "binary":
-        titles = [f"threshold {threshold:g}"]
-        ticks = [list(class_names)]
-    else:
-        titles = ["most probable class"]
-        ticks = [list(class_names)]
-    size = max(3.6, 0.55 * len(ticks[0]) + 2.4)
-    figure, axes = plt.subplots(1, len(matrices), figsize=(size * len(matrices), size), squeeze=False)
-    for axis, matrix, title, names in zip(axes[0], matrices, titles, ticks, strict=True):
-        axis.imshow(matrix, cmap="Blues")
-        for (row, column), count in np.ndenumerate(matrix):
-            color = "white" if count > matrix.max() / 2 else "black"
-            axis.text(column, row, str(int(count)), ha="center", va="center", color=color)
-        axis.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-        axis.set_yticks(range(len(names)), names, fontsize=8)
-        axis.set_xlabel("predicted")
-        axis.set_ylabel("true")
-        axis.set_title(title, fontsize=10)
-    figure.tight_layout()
-    return figure
-
-
-def samples_figure(images: np.ndarray, labels, probabilities, task: str, class_names: list[str], threshold: float):
-    """A 3x3 grid of images titled with prediction (and its probability) and truth; green right, red wrong."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(SAMPLE_GRID, SAMPLE_GRID, figsize=(9, 9.6))
-    predicted = decisions(np.asarray(probabilities).reshape(len(probabilities), -1), task, threshold)
-    for index, axis in enumerate(axes.flat):
-        axis.axis("off")
-        if index >= len(images):
-            continue
-        axis.imshow(np.clip(images[index], 0, 255).astype(np.uint8))
-        truth_text = label_text(labels[index], task, class_names)
-        predicted_text = label_text(predicted[index], task, class_names)
-        score = float(np.max(probabilities[index])) if task != "binary" else float(probabilities[index][0])
-        correct = truth_text == predicted_text
-        axis.set_title(
-            f"pred: {predicted_text} ({score:.2f})\ntrue: {truth_text}",
-            fontsize=9,
-            color="green" if correct else "red",
-        )
-    figure.tight_layout()
-    return figure
-
-
-def gradcam_figure(images: np.ndarray, heatmaps: np.ndarray, titles: list[str]):
-    """Each image above its Grad-CAM heatmap overlay."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(2, len(images), figsize=(3.0 * len(images), 6.4), squeeze=False)
-    for column, (image, heatmap, title) in enumerate(zip(images, heatmaps, titles, strict=True)):
-        picture = np.clip(image, 0, 255).astype(np.uint8)
-        axes[0, column].imshow(picture)
-        axes[0, column].set_title(title, fontsize=8)
-        # Opacity follows the heatmap, so regions without evidence show the image untinted.
-        overlay = plt.get_cmap("jet")(np.clip(heatmap, 0.0, 1.0))
-        overlay[..., 3] = 0.6 * np.clip(heatmap, 0.0, 1.0)
-        axes[1, column].imshow(picture)
-        axes[1, column].imshow(overlay)
-        axes[1, column].set_title("Grad-CAM", fontsize=8)
-        for axis in axes[:, column]:
-            axis.axis("off")
-    figure.tight_layout()
-    return figure
 
 
 def predictions_csv(labels: np.ndarray, probabilities: np.ndarray, task: str, class_names: list[str]) -> str:
@@ -464,123 +154,206 @@ def load_classifier(model_uri: str):
     return classifier
 
 
-def evaluate(config: EvaluateConfig) -> str:
-    """Evaluate config.model_uri on one split and return the MLflow run id of the evaluation."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
+@dataclass
+class Evaluation:
+    """One scored split: where the model and data came from, its predictions and scores (keys <split>_*)."""
+
+    source: ModelSource
+    data: LoadedDataset
+    data_settings: dict[str, Any]
+    predictions: Predictions
+    # Calibrated probabilities [N, outputs], as the served model answers, and the thresholds used.
+    probabilities: np.ndarray
+    thresholds: Any
+    scores: SplitScores
+    keras_model: Any = None
+    # The served model's ClassifierConfig: classes, calibration, operating points.
+    classifier_config: Any = None
+    run_id: str = ""
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.scores.metrics
+
+
+def check_same_data(data: LoadedDataset, params: dict[str, str], tags: dict[str, str], allow: bool) -> None:
+    """Refuse data whose name, task or content digest differs from the training run's, unless allowed.
+
+    A changed folder or other split settings can put training images into the "test" split.
+    """
+    trained = {"dataset": tags.get("medimg.dataset") or params.get("dataset", ""), "task": tags.get("medimg.task", "")}
+    trained["digest"] = tags.get("medimg.dataset_digest", "")
+    found = {"dataset": data.name, "task": data.task, "digest": data.digest}
+    differences = [
+        f"{key} {found[key][:12] if key == 'digest' else found[key]!r} (trained on "
+        f"{trained[key][:12] if key == 'digest' else trained[key]!r})"
+        for key in ("dataset", "task", "digest")
+        if trained[key] and trained[key] != found[key]
+    ]
+    if differences and not allow:
+        raise ConfigError(
+            f"the evaluation data differs from the training run's: {'; '.join(differences)}; its test split may hold "
+            "training images. Evaluate with the training run's data settings, or pass allow_different_data=true "
+            "for an external test set"
+        )
+
+
+def score_model(settings: EvaluateSettings) -> Evaluation:
+    """Load the model and its evaluation data, predict the split and compute every score; logs nothing."""
     from mlflow.tracking import MlflowClient
 
-    from train.data import load_dataset, make_batches
     from train.hardware import enable_memory_growth
-    from train.tracking import log_new_params
 
     client = MlflowClient()
-    source = resolve_model_source(config.model_uri, client)
+    source = resolve_model_source(settings.model_uri, client)
     enable_memory_growth()
-    source_params: dict[str, str] = {}
-    if source.run_id:
-        try:
-            # `mlflow run` logs empty parameters as the two characters ''.
-            source_params = {key: unquote(value) for key, value in client.get_run(source.run_id).data.params.items()}
-        except MlflowException:
-            logger.warning("source run %s of %s is not in this tracking store", source.run_id, config.model_uri)
-    classifier = load_classifier(config.model_uri)
+    params, tags = training_params(source, client)
+    classifier = load_classifier(settings.model_uri)
     classifier_config = classifier.config
-    task = classifier_config.task
-    settings = data_settings(config, source_params, task)
+    chosen = data_settings(settings, params, classifier_config.task)
     try:
-        data = load_dataset(image_size=classifier_config.image_size, **settings)
+        data = load_dataset(image_size=classifier_config.image_size, **chosen)
     except (ValueError, FileNotFoundError) as error:
         raise ConfigError(str(error)) from None
-    if list(data.class_names) != list(classifier_config.class_names) or data.task != task:
+    if list(data.class_names) != list(classifier_config.class_names) or data.task != classifier_config.task:
         raise ConfigError(
             f"dataset {data.name!r} has {data.task} classes {data.class_names}, but the model predicts "
-            f"{task} classes {classifier_config.class_names}; evaluate on the dataset it was trained for"
+            f"{classifier_config.task} classes {classifier_config.class_names}; evaluate on the dataset it was trained for"
         )
-    split = data.splits[config.split]
+    check_same_data(data, params, tags, settings.allow_different_data)
+    split = data.splits[settings.split]
     if split.count == 0:
-        raise ConfigError(f"the {config.split} split of {data.name!r} has no examples; choose another split")
-    print(f"evaluating {config.model_uri} on {data.name}/{config.split}: {split.count} examples", flush=True)
-
-    keras_model = classifier.model
-    labels_batches, probability_batches, sample_images = [], [], []
-    sample_count = max(SAMPLE_GRID * SAMPLE_GRID, GRADCAM_SAMPLES)
-    batches = make_batches(split, batch_size=config.batch_size, training=False, augment=False, seed=settings["seed"])
-    for images, labels in batches:
-        probability_batches.append(np.asarray(keras_model.predict_on_batch(images), dtype=np.float64))
-        labels_batches.append(np.asarray(labels))
-        if sum(len(batch) for batch in sample_images) < sample_count:
-            sample_images.append(np.asarray(images))
-    labels = np.concatenate(labels_batches).reshape(-1, data.num_outputs)
-    probabilities = np.concatenate(probability_batches).reshape(-1, data.num_outputs)
-    samples = np.concatenate(sample_images)[:sample_count]
-
-    metrics = classification_metrics(
-        labels,
-        probabilities,
-        task,
-        list(data.class_names),
-        threshold=config.threshold,
-        specificity=config.specificity,
+        raise ConfigError(f"the {settings.split} split of {data.name!r} has no examples; choose another split")
+    print(f"evaluating {settings.model_uri} on {data.name}/{settings.split}: {split.count} examples", flush=True)
+    keep = max(SAMPLE_GRID * SAMPLE_GRID, GRADCAM_SAMPLES)
+    predictions = predict_split(
+        classifier.model, split, batch_size=settings.batch_size, seed=chosen["seed"], keep_images=keep
     )
-    prefixed = {f"{config.split}_{key}": value for key, value in metrics.items() if math.isfinite(value)}
-    prefixed[f"{config.split}_examples"] = float(len(labels))
+    probabilities = classifier.calibrated(predictions.probabilities)
+    thresholds = classifier_config.output_thresholds() if settings.threshold < 0 else settings.threshold
+    if data.task == "multiclass":
+        thresholds = 0.5
+    scores = score_predictions(
+        predictions.labels,
+        predictions.probabilities,
+        probabilities,
+        thresholds,
+        data,
+        settings.split,
+        seed=chosen["seed"],
+        specificity=settings.specificity,
+    )
+    return Evaluation(
+        source,
+        data,
+        chosen,
+        predictions,
+        probabilities,
+        thresholds,
+        scores,
+        keras_model=classifier.model,
+        classifier_config=classifier_config,
+    )
 
-    run_name = config.run_name or f"evaluate {config.model_uri} on {data.name}/{config.split}"
+
+def evaluate(settings: EvaluateSettings) -> Evaluation:
+    """Evaluate settings.model_uri on one split and log it as an evaluation run; return what was scored."""
+    import mlflow
+
+    evaluation = score_model(settings)
+    data = evaluation.data
+    run_name = settings.run_name or f"evaluate {settings.model_uri} on {data.name}/{settings.split}"
     with mlflow.start_run(run_name=run_name) as run:
-        mlflow.set_tags(
-            {
-                "medimg.kind": "evaluation",
-                "medimg.evaluated_model_uri": config.model_uri,
-                "medimg.source_run_id": source.run_id or "",
-                "medimg.evaluated_model_id": source.model_id or "",
-                "medimg.registered_model_version": source.registered or "",
-                "medimg.dataset": data.name,
-                "medimg.dataset_digest": data.digest,
-                "medimg.split": config.split,
-                "medimg.task": task,
-            }
-        )
-        log_new_params(
-            run.info.run_id,
-            {
-                **config.to_dict(),
-                "resolved_dataset": data.name,
-                "resolved_data_dir": settings["data_dir"] or "",
-                "resolved_seed": settings["seed"],
-                "resolved_max_examples": settings["max_examples"],
-                "resolved_validation_fraction": settings["validation_fraction"],
-                "resolved_view": settings["view"],
-                "image_size": classifier_config.image_size,
-                "task": task,
-            },
-        )
-        mlflow.log_metrics(prefixed)
-        if source.model_id:
-            # MLflow 3 shows metrics logged with model_id on the model's own page as well.
-            try:
-                mlflow.log_metrics(prefixed, model_id=source.model_id)
-            except MlflowException as error:
-                logger.warning("could not link metrics to logged model %s: %s", source.model_id, error)
-        class_names = list(data.class_names)
-        mlflow.log_figure(
-            roc_figure(labels, probabilities, task, class_names, config.threshold, config.specificity),
-            "plots/roc_curves.png",
-        )
-        matrices = confusion_matrices(labels, probabilities, task, config.threshold)
-        mlflow.log_figure(confusion_figure(matrices, task, class_names, config.threshold), "plots/confusion_matrix.png")
-        mlflow.log_dict({"matrices": [matrix.tolist() for matrix in matrices]}, "metrics/confusion_matrix.json")
-        grid = SAMPLE_GRID * SAMPLE_GRID
-        mlflow.log_figure(
-            samples_figure(samples[:grid], labels[:grid], probabilities[:grid], task, class_names, config.threshold),
-            "plots/samples.png",
-        )
-        log_gradcam(keras_model, samples[:GRADCAM_SAMPLES], labels, probabilities, task, class_names)
-        mlflow.log_text(predictions_csv(labels, probabilities, task, class_names), "predictions/predictions.csv")
-        _pyplot().close("all")
-        summary = {key: round(value, 4) for key, value in prefixed.items() if key.endswith(("auroc", "accuracy", "f1"))}
-        print(json.dumps({"run_id": run.info.run_id, "model_uri": config.model_uri, **summary}), flush=True)
-        return run.info.run_id
+        evaluation.run_id = run.info.run_id
+        record_evaluation(run.info.run_id, settings, evaluation)
+        log_evaluation_pictures(settings, evaluation)
+        summary = {
+            key: round(value, 4)
+            for key, value in evaluation.metrics.items()
+            if key.endswith(("auroc", "accuracy", "f1"))
+        }
+        print(json.dumps({"run_id": run.info.run_id, "model_uri": settings.model_uri, **summary}), flush=True)
+    return evaluation
+
+
+def record_evaluation(run_id: str, settings: EvaluateSettings, evaluation: Evaluation) -> None:
+    """Tags, params and metrics of an evaluation run; the metrics are linked to the logged model too."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from train.tracking import log_new_params
+
+    source, data, chosen = evaluation.source, evaluation.data, evaluation.data_settings
+    mlflow.set_tags(
+        {
+            "medimg.kind": "evaluation",
+            "medimg.evaluated_model_uri": settings.model_uri,
+            "medimg.source_run_id": source.run_id or "",
+            "medimg.evaluated_model_id": source.model_id or "",
+            "medimg.registered_model_version": source.registered or "",
+            "medimg.dataset": data.name,
+            "medimg.dataset_digest": data.digest,
+            "medimg.split": settings.split,
+            "medimg.task": data.task,
+        }
+    )
+    resolved = {f"resolved_{key}": value for key, value in chosen.items() if key != "name"}
+    resolved["resolved_data_dir"] = chosen["data_dir"] or ""
+    log_new_params(
+        run_id,
+        {
+            **settings.to_dict(),
+            "resolved_dataset": data.name,
+            **resolved,
+            "image_size": data_image_size(data),
+            "task": data.task,
+        },
+    )
+    if settings.allow_different_data:
+        mlflow.set_tag("medimg.allow_different_data", "true")
+    predictions = evaluation.predictions
+    log_scores(
+        evaluation.scores, predictions.labels, predictions.probabilities, evaluation.probabilities, data, settings.split
+    )
+    if source.model_id:
+        # MLflow 3 shows metrics logged with model_id on the model's own page as well.
+        try:
+            mlflow.log_metrics(evaluation.metrics, model_id=source.model_id)
+        except MlflowException as error:
+            logger.warning("could not link metrics to logged model %s: %s", source.model_id, error)
+
+
+def data_image_size(data: LoadedDataset) -> int:
+    return int(data.splits["val"].dataset.element_spec[0].shape[0])
+
+
+def log_evaluation_pictures(settings: EvaluateSettings, evaluation: Evaluation) -> None:
+    """ROC curves, confusion matrices, a sample grid, Grad-CAM overlays and the predictions table."""
+    import mlflow
+
+    data, predictions = evaluation.data, evaluation.predictions
+    labels, probabilities, samples = predictions.labels, evaluation.probabilities, predictions.images
+    task, class_names, threshold = data.task, list(data.class_names), evaluation.thresholds
+    mlflow.log_figure(
+        roc_figure(labels, probabilities, task, class_names, threshold, settings.specificity), "plots/roc_curves.png"
+    )
+    matrices = confusion_matrices(labels, probabilities, task, threshold)
+    mlflow.log_figure(confusion_figure(matrices, task, class_names, threshold), "plots/confusion_matrix.png")
+    mlflow.log_dict({"matrices": [matrix.tolist() for matrix in matrices]}, "metrics/confusion_matrix.json")
+    grid = SAMPLE_GRID * SAMPLE_GRID
+    mlflow.log_figure(
+        samples_figure(samples[:grid], labels[:grid], probabilities[:grid], task, class_names, threshold),
+        "plots/samples.png",
+    )
+    log_gradcam(evaluation.keras_model, samples[:GRADCAM_SAMPLES], labels, probabilities, task, class_names)
+    mlflow.log_text(predictions_csv(labels, probabilities, task, class_names), "predictions/predictions.csv")
+    close_figures()
+
+
+def run(settings: EvaluateSettings) -> int:
+    """`python -m train evaluate`."""
+    evaluate(settings)
+    return 0
 
 
 def log_gradcam(keras_model, images, labels, probabilities, task: str, class_names: list[str]) -> None:

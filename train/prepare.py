@@ -24,105 +24,21 @@ import platform
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from train.config import ConfigError, parse_float, parse_int
 from train.data.prepared import FORMAT, FORMAT_VERSION, IMAGE_ENCODING, MANIFEST_NAME, STATE_NAME, count_records
 from train.data.spec import SPLIT_NAMES
+from train.settings import ConfigError, PrepareSettings
 
-MINIMUM_IMAGE_SIZE = 32
 # Lines of skipped images kept in the manifest; the count covers all of them.
 MAX_SKIPPED_IN_MANIFEST = 100
 # Without a terminal (CI logs, `mlflow run`), progress is printed about this many times.
 PROGRESS_LINES = 10
 TEMPORARY_SUFFIX = ".partial"
-
-
-@dataclass(frozen=True)
-class PrepareConfig:
-    """Settings of one preparation; field names equal the MLproject `prepare` parameter names."""
-
-    dataset: str = "chestxray14"
-    data_dir: str = ""
-    output_dir: str = ""
-    image_size: int = 256
-    shard_size: int = 1024
-    workers: int = 0
-    seed: int = 42
-    validation_fraction: float = 0.1
-    view: str = "all"
-    max_missing_fraction: float = 0.01
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PrepareConfig:
-        """Build from raw CLI/MLflow strings (e.g. '256.0'), rejecting unknown keys, then validate."""
-        known = {item.name: item for item in fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(known)}")
-        converted: dict[str, Any] = {}
-        for name, value in values.items():
-            if value is None:
-                continue
-            kind = known[name].type
-            if kind == "int":
-                converted[name] = parse_int(value, name)
-            elif kind == "float":
-                converted[name] = parse_float(value, name)
-            else:
-                converted[name] = str(value).strip()
-        config = cls(**converted)
-        config.validate()
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def worker_count(self) -> int:
-        """Processes to use: `workers`, or every core this process may run on when workers is 0."""
-        if self.workers:
-            return self.workers
-        try:
-            return len(os.sched_getaffinity(0))
-        except AttributeError:
-            # macOS and Windows have no sched_getaffinity.
-            return os.cpu_count() or 1
-
-    def validate(self) -> None:
-        """Cheap checks before TensorFlow is imported; raise ConfigError naming the fix."""
-        from train.config import check_split_settings
-        from train.data import validate_dataset_args
-        from train.data.prepared import is_prepared
-
-        if not self.output_dir:
-            raise ConfigError("output_dir is required: the folder that receives the TFRecord shards and manifest.json")
-        try:
-            validate_dataset_args(self.dataset, self.data_dir or None)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
-        if is_prepared(self.data_dir):
-            raise ConfigError(f"data_dir {self.data_dir} is already a prepared folder; train from it directly")
-        if self.image_size < MINIMUM_IMAGE_SIZE:
-            raise ConfigError(f"image_size must be at least {MINIMUM_IMAGE_SIZE}, got {self.image_size}")
-        if self.shard_size < 1:
-            raise ConfigError(f"shard_size must be at least 1, got {self.shard_size}")
-        if self.workers < 0:
-            raise ConfigError(f"workers must be 0 (all cores) or positive, got {self.workers}")
-        if self.seed < 0:
-            raise ConfigError(f"seed must be zero or positive, got {self.seed}")
-        if not 0.0 <= self.max_missing_fraction <= 1.0:
-            raise ConfigError(f"max_missing_fraction must be between 0 and 1, got {self.max_missing_fraction}")
-        check_split_settings(self.dataset, self.validation_fraction, self.view)
-        if self.data_dir:
-            source, output = Path(self.data_dir).resolve(), Path(self.output_dir).resolve()
-            # Loaders of class folders would read the output as one more class; chestxray14 reads listed files only.
-            if output == source or (output.is_relative_to(source) and self.dataset != "chestxray14"):
-                raise ConfigError(f"output_dir {self.output_dir} must be outside data_dir {self.data_dir}")
 
 
 @dataclass
@@ -194,7 +110,7 @@ def _plan_split(split: str, count: int, shard_size: int) -> list[ShardPlan]:
     ]
 
 
-def chestxray14_source(config: PrepareConfig) -> PreparedSource:
+def chestxray14_source(config: PrepareSettings) -> PreparedSource:
     """Index the NIH folder (no pixels read) and plan shards of file paths, each split in a seeded random order."""
     from train.data.chestxray14 import CLASS_NAMES, build_index
 
@@ -227,7 +143,7 @@ def chestxray14_source(config: PrepareConfig) -> PreparedSource:
     )
 
 
-def loader_source(config: PrepareConfig) -> PreparedSource:
+def loader_source(config: PrepareSettings) -> PreparedSource:
     """Load the dataset with its registered loader at the prepared size and plan shards over its splits."""
     from train.data import load_dataset
 
@@ -254,7 +170,7 @@ def loader_source(config: PrepareConfig) -> PreparedSource:
     )
 
 
-def fingerprint(config: PrepareConfig, source: PreparedSource) -> str:
+def fingerprint(config: PrepareSettings, source: PreparedSource) -> str:
     """Digest of everything that decides the shards' contents; a manifest with the same one needs no work."""
     settings = {
         "format_version": FORMAT_VERSION,
@@ -448,7 +364,7 @@ class Progress:
 
 
 def build_manifest(
-    config: PrepareConfig, source: PreparedSource, key: str, shards: dict[str, dict[str, Any]], seconds: float
+    config: PrepareSettings, source: PreparedSource, key: str, shards: dict[str, dict[str, Any]], seconds: float
 ) -> dict[str, Any]:
     """The manifest: settings, source digest, class names, task, and per split counts, prevalence and shards."""
     from importlib.metadata import PackageNotFoundError, version
@@ -524,7 +440,7 @@ def build_manifest(
 # --- the command ------------------------------------------------------------------------------------
 
 
-def prepare(config: PrepareConfig) -> PrepareResult:
+def prepare(config: PrepareSettings) -> PrepareResult:
     """Write (or finish, or confirm) the prepared folder for `config`; return what was done."""
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
@@ -575,7 +491,7 @@ def prepare(config: PrepareConfig) -> PrepareResult:
 
 
 def _write_pending(
-    config: PrepareConfig, source: PreparedSource, pending: list[ShardPlan], output_dir: Path
+    config: PrepareSettings, source: PreparedSource, pending: list[ShardPlan], output_dir: Path
 ) -> Iterator[dict[str, Any]]:
     """Write the pending shards, yielding each shard's summary as it completes."""
     if source.loaded is not None:
@@ -628,9 +544,8 @@ def log_to_active_run(result: PrepareResult) -> None:
         mlflow.log_metrics(metrics)
 
 
-def main(values: dict[str, Any]) -> int:
-    """Entry of `python -m train prepare`: validate, prepare, log to the MLflow run when there is one."""
-    config = PrepareConfig.from_dict(values)
+def main(config: PrepareSettings) -> int:
+    """Entry of `python -m train prepare`: prepare, log to the MLflow run when there is one."""
     try:
         result = prepare(config)
     except (ValueError, FileNotFoundError) as error:

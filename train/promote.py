@@ -1,12 +1,15 @@
 """Picks the best finished training run by a metric and registers its model; reads runs, writes registry versions and aliases.
 
 `python -m train promote --experiment medimg --registered-model chest-classifier` finds the
-FINISHED runs of the experiment(s) that logged a model (tag `medimg.model_uri`) and the metric
-(default `best_val_auroc`: model selection on validation data, never on the test split),
-registers the best run's logged model (or reuses the version that already holds it), tags the
-version with the metric and its source run, and moves the alias `champion` to it only when it
-beats the current champion on that metric; otherwise the alias `challenger` points at it.
-Registry aliases only, never stages. Running it again with nothing new changes nothing.
+FINISHED runs of the experiment(s) that logged a model (tag `medimg.model_uri`), keeps only those
+trained on the same data as the current champion (dataset name, task and content digest; without a
+champion, the newest run's data), and ranks them by a metric: by default the test-set AUROC when every
+such run has one, else `best_val_auroc`. It registers the best run's logged model (or reuses the version
+that already holds it), tags the version with the metric and its source run, and moves the alias
+`champion` to it only when it beats the current champion on that metric (the old champion becomes
+`previous`); otherwise the alias `challenger` points at it. `--rollback NAME` moves `champion` back to
+`previous`. Registry aliases only, never stages. Running it again with nothing new changes nothing.
+The eval-and-deploy flow with a paired test on one frozen test split is `python -m train pipeline`.
 """
 
 from __future__ import annotations
@@ -18,42 +21,15 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from train.config import ConfigError
-from train.evaluate import first_line, from_strings
+from train.settings import ConfigError, PromoteSettings, first_line
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+PREVIOUS = "previous"
 MODEL_URI_TAG = "medimg.model_uri"
-MODES = ("max", "min")
-
-
-@dataclass(frozen=True)
-class PromoteConfig:
-    """Settings of one promotion; field names equal the MLproject `promote` parameter names."""
-
-    experiment: str = ""
-    metric: str = "best_val_auroc"
-    mode: str = "max"
-    registered_model: str = ""
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> PromoteConfig:
-        return from_strings(cls, values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def experiment_names(self) -> list[str]:
-        return [name.strip() for name in self.experiment.split(",") if name.strip()]
-
-    def validate(self) -> None:
-        if not self.registered_model:
-            raise ConfigError("registered_model is required: the registered model name to promote into")
-        if not self.metric:
-            raise ConfigError("metric is required, e.g. best_val_auroc, test_auroc or test_mean_auroc")
-        if self.mode not in MODES:
-            raise ConfigError(f"unknown mode {self.mode!r}; valid modes: max (higher is better), min")
+DATA_TAGS = ("medimg.dataset", "medimg.task", "medimg.dataset_digest")
+# Without --metric: the first of these that every comparable run has.
+AUTOMATIC_METRICS = ("test_mean_auroc", "test_auroc", "best_val_auroc")
 
 
 @dataclass(frozen=True)
@@ -62,6 +38,9 @@ class Candidate:
     model_uri: str
     value: float
     start_time: int
+    # (dataset, task, dataset digest) of the run's training data.
+    data: tuple[str, str, str] = ("", "", "")
+    metrics: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -71,10 +50,12 @@ class PromotionResult:
     registered_model: str
     metric: str
     run_id: str
-    value: float
+    # The chosen run's metric value (None for a rollback, which compares nothing).
+    value: float | None
     version: str
     new_version: bool
-    # "champion": the alias moved to this version; "challenger": the champion stayed; "unchanged": nothing moved.
+    # "champion": the alias moved to this version; "challenger": the champion stayed; "unchanged": nothing moved;
+    # "rollback": champion moved back to the previous version.
     action: str
     champion_version: str
     champion_value: float | None
@@ -103,8 +84,17 @@ def is_better(value: float, than: float, mode: str) -> bool:
     return value > than if mode == "max" else value < than
 
 
-def candidates(client, ids: list[str], metric: str) -> list[Candidate]:
-    """FINISHED runs that logged a model and a finite value of `metric`."""
+def data_key(tags: dict[str, str]) -> tuple[str, str, str]:
+    return tuple(tags.get(name, "") for name in DATA_TAGS)
+
+
+def describe_data(key: tuple[str, str, str]) -> str:
+    dataset, task, digest = key
+    return f"{dataset or 'unknown dataset'}/{task or 'unknown task'} (digest {digest[:12] or 'none'})"
+
+
+def candidates(client, ids: list[str]) -> list[Candidate]:
+    """FINISHED runs that logged a model, with their metrics and training data (value filled in later)."""
     found = []
     page_token = None
     while True:
@@ -113,12 +103,46 @@ def candidates(client, ids: list[str], metric: str) -> list[Candidate]:
         )
         for run in page:
             model_uri = run.data.tags.get(MODEL_URI_TAG, "")
-            value = run.data.metrics.get(metric)
-            if model_uri and value is not None and math.isfinite(value):
-                found.append(Candidate(run.info.run_id, model_uri, float(value), int(run.info.start_time or 0)))
+            if model_uri:
+                metrics = {key: value for key, value in run.data.metrics.items() if math.isfinite(value)}
+                start = int(run.info.start_time or 0)
+                found.append(Candidate(run.info.run_id, model_uri, math.nan, start, data_key(run.data.tags), metrics))
         page_token = page.token
         if not page_token:
             return found
+
+
+def comparable(found: list[Candidate], reference: tuple[str, str, str] | None) -> list[Candidate]:
+    """The candidates trained on the reference data (the champion's, else the newest run's); one line on the rest."""
+    if not found:
+        return []
+    if reference is None:
+        reference = max(found, key=lambda candidate: candidate.start_time).data
+    kept = [candidate for candidate in found if candidate.data == reference]
+    excluded = [candidate for candidate in found if candidate.data != reference]
+    if excluded:
+        kinds = sorted({describe_data(candidate.data) for candidate in excluded})
+        print(
+            f"promote compares runs on {describe_data(reference)} only; excluded {len(excluded)} run(s) trained on "
+            f"other data: {', '.join(kinds)}",
+            flush=True,
+        )
+    return kept
+
+
+def with_metric(found: list[Candidate], metric: str) -> tuple[str, list[Candidate]]:
+    """The metric to rank by (given, or the first automatic one all candidates have) and the candidates having it."""
+    if not metric:
+        metric = next(
+            (name for name in AUTOMATIC_METRICS if found and all(name in candidate.metrics for candidate in found)),
+            AUTOMATIC_METRICS[-1],
+        )
+    ranked = [
+        Candidate(item.run_id, item.model_uri, float(item.metrics[metric]), item.start_time, item.data, item.metrics)
+        for item in found
+        if metric in item.metrics
+    ]
+    return metric, ranked
 
 
 def best_candidate(found: list[Candidate], mode: str) -> Candidate:
@@ -174,74 +198,130 @@ def champion_value(client, champion, metric: str) -> float | None:
         return None
 
 
-def promote(config: PromoteConfig) -> PromotionResult:
-    """Register the best run's model under config.registered_model and move `champion` if it wins."""
+def champion_data(client, champion) -> tuple[str, str, str] | None:
+    """The training data of the current champion's source run (None when there is no champion or no run)."""
+    from mlflow.exceptions import MlflowException
+
+    if champion is None or not champion.run_id:
+        return None
+    try:
+        return data_key(client.get_run(champion.run_id).data.tags)
+    except MlflowException:
+        return None
+
+
+def move_champion(client, name: str, version: str) -> None:
+    """Point `champion` at `version`; the version it leaves becomes `previous`, so one command rolls back."""
+    champion = current_champion(client, name)
+    if champion is not None and str(champion.version) != str(version):
+        client.set_registered_model_alias(name, PREVIOUS, champion.version)
+    client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def promote(config: PromoteSettings) -> PromotionResult:
+    """Register the best comparable run's model under config.registered_model and move `champion` if it wins."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    if config.rollback:
+        return rollback(config.rollback)
     client = MlflowClient()
-    ids = experiment_ids(client, config.experiment_names)
-    found = candidates(client, ids, config.metric)
+    name = config.registered_model
+    champion = current_champion(client, name)
+    found = comparable(
+        candidates(client, experiment_ids(client, config.experiment_names)), champion_data(client, champion)
+    )
+    metric, found = with_metric(found, config.metric)
     if not found:
         raise ConfigError(
-            f"no FINISHED run with a logged model and metric {config.metric!r} in experiment(s) "
+            f"no FINISHED run with a logged model and metric {metric!r} in experiment(s) "
             f"{config.experiment or 'the active one'}; train one first or pick another metric"
         )
     best = best_candidate(found, config.mode)
-    name = config.registered_model
     try:
         version, created = find_or_register(client, name, best)
     except MlflowException as error:
         raise ConfigError(f"cannot register {best.model_uri} as {name!r}: {first_line(error.message)}") from None
     tags = {
         "medimg.source_run_id": best.run_id,
-        "medimg.promotion_metric": config.metric,
-        f"medimg.metric.{config.metric}": repr(best.value),
+        "medimg.promotion_metric": metric,
+        f"medimg.metric.{metric}": repr(best.value),
+        "medimg.dataset_digest": best.data[2],
     }
     for key, value in tags.items():
-        if (version.tags or {}).get(key) != value:
+        if value and (version.tags or {}).get(key) != value:
             client.set_model_version_tag(name, version.version, key, value)
-
-    champion = current_champion(client, name)
-    # Version search results leave `aliases` empty; the registered model lists them (alias -> version).
-    aliases = {alias: str(number) for alias, number in client.get_registered_model(name).aliases.items()}
-    is_challenger = aliases.get(CHALLENGER) == str(version.version)
-    best_value = best.value
-    if champion is not None and str(champion.version) == str(version.version):
-        action, champion_version, value_of_champion = "unchanged", champion.version, best_value
-    else:
-        value_of_champion = champion_value(client, champion, config.metric) if champion is not None else None
-        wins = champion is None or (
-            value_of_champion is not None and is_better(best_value, value_of_champion, config.mode)
-        )
-        if wins:
-            client.set_registered_model_alias(name, CHAMPION, version.version)
-            action, champion_version = CHAMPION, version.version
-            if is_challenger:
-                client.delete_registered_model_alias(name, CHALLENGER)
-        else:
-            champion_version = champion.version
-            if is_challenger:
-                action = "unchanged"
-            else:
-                client.set_registered_model_alias(name, CHALLENGER, version.version)
-                action = CHALLENGER
-            if value_of_champion is None:
-                print(
-                    f"champion {name}/{champion.version} has no {config.metric}; it stays champion. Move the alias "
-                    f"yourself if version {version.version} should replace it.",
-                    file=sys.stderr,
-                )
+    action, champion_version, value_of_champion = decide(
+        client, name, version, champion, best.value, metric, config.mode
+    )
     result = PromotionResult(
         registered_model=name,
-        metric=config.metric,
+        metric=metric,
         run_id=best.run_id,
-        value=best_value,
+        value=best.value,
         version=str(version.version),
         new_version=created,
         action=action,
         champion_version=str(champion_version),
         champion_value=value_of_champion,
+    )
+    print(json.dumps(result.to_dict()), flush=True)
+    log_to_active_run(result)
+    return result
+
+
+def decide(client, name: str, version, champion, best_value: float, metric: str, mode: str):
+    """Move `champion` when the version wins, else point `challenger` at it; return (action, champion version, its value)."""
+    # Version search results leave `aliases` empty; the registered model lists them (alias -> version).
+    aliases = {alias: str(number) for alias, number in client.get_registered_model(name).aliases.items()}
+    is_challenger = aliases.get(CHALLENGER) == str(version.version)
+    if champion is not None and str(champion.version) == str(version.version):
+        return "unchanged", champion.version, best_value
+    value_of_champion = champion_value(client, champion, metric) if champion is not None else None
+    if champion is None or (value_of_champion is not None and is_better(best_value, value_of_champion, mode)):
+        move_champion(client, name, version.version)
+        if is_challenger:
+            client.delete_registered_model_alias(name, CHALLENGER)
+        return CHAMPION, version.version, value_of_champion
+    if value_of_champion is None:
+        print(
+            f"champion {name}/{champion.version} has no {metric}; it stays champion. Move the alias "
+            f"yourself if version {version.version} should replace it.",
+            file=sys.stderr,
+        )
+    if is_challenger:
+        return "unchanged", champion.version, value_of_champion
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    return CHALLENGER, champion.version, value_of_champion
+
+
+def rollback(name: str) -> PromotionResult:
+    """Move `champion` back to `previous`; the demoted version becomes `previous`, so a second rollback undoes it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        previous = client.get_model_version_by_alias(name, PREVIOUS)
+    except MlflowException:
+        raise ConfigError(
+            f"registered model {name!r} has no @previous version to roll back to; it gets one when a champion is replaced"
+        ) from None
+    champion = current_champion(client, name)
+    move_champion(client, name, previous.version)
+    client.set_model_version_tag(
+        name, previous.version, "medimg.rolled_back_from", str(getattr(champion, "version", ""))
+    )
+    result = PromotionResult(
+        registered_model=name,
+        metric="",
+        run_id=previous.run_id or "",
+        value=None,
+        version=str(previous.version),
+        new_version=False,
+        action="rollback",
+        champion_version=str(previous.version),
+        champion_value=None,
     )
     print(json.dumps(result.to_dict()), flush=True)
     log_to_active_run(result)
@@ -263,3 +343,9 @@ def log_to_active_run(result: PromotionResult) -> None:
                 "medimg.promotion_action": result.action,
             }
         )
+
+
+def run(settings: PromoteSettings) -> int:
+    """`python -m train promote`."""
+    promote(settings)
+    return 0

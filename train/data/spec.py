@@ -26,6 +26,11 @@ class Split:
     # Cell and tissue images have no "up"; radiographs do, so their loaders set this False and
     # augmentation then keeps to left-right flips and photometric jitter.
     orientation_free: bool = True
+    # Per example, in the dataset's order: the patient (or slide) it comes from, when known. Confidence
+    # intervals resample whole patients, since one patient's images are not independent.
+    groups: np.ndarray | None = None
+    # Per example, in the dataset's order: subgroup attributes (e.g. view, sex, age band) for subgroup metrics.
+    metadata: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass

@@ -4,6 +4,8 @@ Binary task: class_names ["uninfected", "parasitized"]; parasitized cells carry 
 parasite-like dots. Multi-label task: three independent findings, "dots", "ring" (a dark ring
 inside the cell) and "stripes" (dark bands across the cell), each present in about 40% of images.
 Every image depends only on (seed, index), so a smaller count gives a prefix of a larger one.
+Each image also has a `scanner` (A, B or C, 50/30/20%, independent of the labels) that shifts its
+brightness a little, as acquisition sites do: subgroup metrics report AUROC per scanner.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ MULTILABEL_PREVALENCE = 0.4
 BACKGROUND_COLOR = np.array([232.0, 222.0, 228.0])
 CELL_COLOR = np.array([214.0, 150.0, 172.0])
 PARASITE_COLOR = np.array([88.0, 38.0, 112.0])
+# Scanner name -> (share of images, brightness offset, contrast factor about mid-grey).
+SCANNERS = {"A": (0.5, 0.0, 1.0), "B": (0.3, 10.0, 1.0), "C": (0.2, -10.0, 0.9)}
 
 
 def _disc(distance: np.ndarray, radius: float, image_size: int) -> np.ndarray:
@@ -66,6 +70,20 @@ def render_cell(generator: np.random.Generator, image_size: int, findings: dict[
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
+def scanner_of(seed: int, index: int) -> str:
+    """The scanner of image `index`, from its own random stream so the images do not depend on it."""
+    shares = np.array([share for share, _, _ in SCANNERS.values()])
+    return list(SCANNERS)[int(np.random.default_rng([seed, index, 1]).choice(len(shares), p=shares))]
+
+
+def as_scanned(image: np.ndarray, scanner: str) -> np.ndarray:
+    _, offset, contrast = SCANNERS[scanner]
+    if offset == 0.0 and contrast == 1.0:
+        return image
+    shifted = (image.astype(np.float32) - 128.0) * contrast + 128.0 + offset
+    return np.clip(np.rint(shifted), 0, 255).astype(np.uint8)
+
+
 def generate(count: int, image_size: int, task: str, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Images uint8 [count, S, S, 3], labels float32 [count, outputs] and class names for `task`."""
     if task not in SYNTHETIC_TASKS:
@@ -83,7 +101,7 @@ def generate(count: int, image_size: int, task: str, seed: int) -> tuple[np.ndar
             present = generator.random(len(class_names)) < MULTILABEL_PREVALENCE
             findings = dict(zip(class_names, present.tolist(), strict=True))
             labels[index] = present
-        images[index] = render_cell(generator, image_size, findings)
+        images[index] = as_scanned(render_cell(generator, image_size, findings), scanner_of(seed, index))
     return images, labels, list(class_names)
 
 
@@ -123,10 +141,12 @@ def load_synthetic(
         "validation_fraction": validation_fraction,
         "test_fraction": test_fraction,
     }
+    scanners = np.array([scanner_of(seed, index) for index in range(count)])
     splits = {}
     for split_id, split_name in enumerate(SPLIT_NAMES):
         members = split_ids == split_id
         splits[split_name] = arrays_split(images[members], labels[members])
+        splits[split_name].metadata = {"scanner": scanners[members]}
     return LoadedDataset(
         name="synthetic",
         task=synthetic_task,

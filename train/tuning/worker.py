@@ -18,76 +18,21 @@ the model, the child run ends FINISHED and is tagged `medimg.tune.state=PRUNED`
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import math
-import os
-import signal
-import tempfile
-import threading
-import time
-from pathlib import Path
 
 import keras
 import mlflow
 import optuna
-from optuna.storages._rdb import models as optuna_models
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from train.search_space import SearchSpace
-from train.tune import TRIAL_RUN_ATTR, WorkerOptions, interrupt_on_sigterm, make_pruner, make_sampler, open_storage
+from train.settings import TuneWorkerSettings
+from train.tuning.budget import BudgetedRDBStorage, TrialBudgetSpent
+from train.tuning.processes import interrupt_on_sigterm, stop_when_orphaned
+from train.tuning.space import SearchSpace
+from train.tuning.study import TRIAL_RUN_ATTR, make_pruner, make_sampler, open_storage
 
 STARTED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-ORPHAN_POLL_S = 5.0
-
-
-class TrialBudgetSpent(RuntimeError):
-    """The study already holds its n_trials trials, so this worker starts no more."""
-
-
-class BudgetedRDBStorage(optuna.storages.RDBStorage):
-    """An RDBStorage that refuses to create a trial once the study holds `max_trials` trials (any state).
-
-    Optuna numbers a new trial inside one transaction that first locks the study
-    row (SELECT ... FOR UPDATE on PostgreSQL and MySQL); counting the study's
-    trials in that same transaction makes the limit exact across processes and
-    machines. SQLite ignores row locks, so for SQLite a lock file (keyed by the
-    database path) serialises trial creation among the workers of one machine.
-    This relies on Optuna 5.0's trial-creation step, pinned in requirements.txt.
-    """
-
-    def __init__(self, url: str, *, max_trials: int | None = None, **storage_arguments):
-        super().__init__(url, **storage_arguments)
-        self.max_trials = max_trials
-
-    def _get_prepared_new_trial(self, study_id, template_trial, session):
-        if self.max_trials is not None:
-            count = (
-                session.query(optuna_models.TrialModel).filter(optuna_models.TrialModel.study_id == study_id).count()
-            )
-            if count >= self.max_trials:
-                raise TrialBudgetSpent(f"the study already holds its {self.max_trials} trials")
-        return super()._get_prepared_new_trial(study_id, template_trial, session)
-
-    def _create_new_trial(self, study_id, template_trial=None):
-        with self._sqlite_creation_lock():
-            return super()._create_new_trial(study_id, template_trial)
-
-    @contextlib.contextmanager
-    def _sqlite_creation_lock(self):
-        database = self.engine.url.database if self.engine.name == "sqlite" else None
-        if not database or database == ":memory:":
-            yield
-            return
-        # The lock lives in the temporary folder, keyed by the database path, so it leaves no file next to the database.
-        digest = hashlib.sha256(str(Path(database).absolute()).encode()).hexdigest()[:16]
-        with open(Path(tempfile.gettempdir()) / f"medimg-tune-{digest}.lock", "a") as lock_file:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 class TrialPruningCallback(keras.callbacks.Callback):
@@ -142,20 +87,50 @@ class TrialPruningCallback(keras.callbacks.Callback):
         return max(finite) if self.maximize else min(finite)
 
 
-class TrialObjective:
-    """Optuna objective: sample a TrainConfig, train it as a child run of the parent, return the best metric."""
+# The settings that decide which images a trial sees: trials that agree on them share one loaded dataset.
+DATA_SETTINGS = (
+    "dataset",
+    "data_dir",
+    "image_size",
+    "seed",
+    "max_examples",
+    "synthetic_task",
+    "validation_fraction",
+    "view",
+)
 
-    def __init__(self, space: SearchSpace, options: WorkerOptions):
+
+class TrialObjective:
+    """Optuna objective: sample main settings, train them as a child run of the parent, return the best metric.
+
+    The worker reuses the training stages: the dataset is loaded once and kept while the
+    trials' data settings stay the same (they usually do: only model settings are tuned).
+    """
+
+    def __init__(self, space: SearchSpace, options: TuneWorkerSettings):
         self.space = space
         self.options = options
         self.trials_run = 0
+        self.data_key: tuple | None = None
+        self.data = None
+
+    def dataset_for(self, settings):
+        """The loaded dataset of `settings`, loading it only when the data settings changed."""
+        from train.stages import load_data
+
+        key = tuple(getattr(settings, name) for name in DATA_SETTINGS)
+        if key != self.data_key:
+            # Dropped first, so two datasets are never in memory together.
+            self.data, self.data_key = None, None
+            self.data, self.data_key = load_data(settings), key
+        return self.data
 
     def __call__(self, trial) -> float:
         # Each trial builds a new model; clearing Keras' global state keeps layer names and memory from piling up.
         keras.backend.clear_session()
         self.trials_run += 1
         params = self.space.suggest(trial)
-        config = self.space.trial_config(params, run_name=f"trial-{trial.number}")
+        settings = self.space.trial_settings(params, run_name=f"trial-{trial.number}")
         tags = {
             "medimg.tune.study_name": self.options.study_name,
             "medimg.tune.trial": str(trial.number),
@@ -168,11 +143,12 @@ class TrialObjective:
 
         try:
             run_id = train(
-                config,
-                extra_callbacks=[callback],
+                settings,
+                callbacks=[callback],
+                data=self.dataset_for(settings),
                 parent_run_id=self.options.parent_run_id or None,
                 experiment_id=self.options.experiment_id or None,
-            )
+            ).run_id
         except (Exception, KeyboardInterrupt):
             # The trainer ended the run FAILED; the tag makes failed trials easy to filter next to pruned ones.
             if callback.run_id:
@@ -210,19 +186,7 @@ class ProgressReport:
         )
 
 
-def stop_when_orphaned(poll_s: float = ORPHAN_POLL_S) -> None:
-    """Stop this worker (as SIGTERM would) when the process that started it is gone, so no worker trains for nobody."""
-    starter = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == starter:
-            time.sleep(poll_s)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
-
-
-def run_worker(options: WorkerOptions) -> int:
+def run_worker(options: TuneWorkerSettings) -> int:
     """Run trials of the shared study until it holds n_trials trials (or the timeout passes); return 0."""
     interrupt_on_sigterm()
     stop_when_orphaned()
@@ -231,7 +195,7 @@ def run_worker(options: WorkerOptions) -> int:
     study = optuna.load_study(
         study_name=options.study_name,
         storage=storage,
-        sampler=make_sampler(options.sampler, space, options.seed),
+        sampler=make_sampler(options.sampler, space, options.seed if options.seed >= 0 else None),
         pruner=make_pruner(options.pruner, space),
     )
     objective = TrialObjective(space, options)
@@ -248,3 +212,13 @@ def run_worker(options: WorkerOptions) -> int:
         )
     print(f"worker {options.worker_index}: ran {objective.trials_run} trial(s); stopping", flush=True)
     return 0
+
+
+def run(options: TuneWorkerSettings) -> int:
+    """`python -m train tune-worker`: one worker process."""
+    SearchSpace.load(options.space, data_dir=options.data_dir)
+    try:
+        return run_worker(options)
+    except KeyboardInterrupt:
+        # Optuna has marked the trial FAIL and the trainer ended its run FAILED; the lead reports the stop.
+        return 130

@@ -1,6 +1,6 @@
 """Reads a tuning search-space YAML (configs/search_spaces/*.yaml) into a validated SearchSpace; writes nothing.
 
-A search space names the metric to optimise, fixed TrainConfig settings and
+A search space names the metric to optimise, fixed `main` settings and
 the distributions Optuna samples the others from:
 
     metric: val_auroc            # best value over the epochs of each trial
@@ -18,13 +18,12 @@ the distributions Optuna samples the others from:
       median: {n_startup_trials: 5, n_warmup_steps: 2}
 
 Every mistake is reported as one ConfigError line that names the bad key, and
-every fixed value and every choice or bound is checked by TrainConfig itself
+every fixed value and every choice or bound is checked by MainSettings itself
 before any trial starts. Nothing here imports TensorFlow or Optuna at module level.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from train.config import ConfigError, TrainConfig
+from train.settings import ConfigError, MainSettings, field_kind
 
 TOP_LEVEL_KEYS = ("metric", "direction", "fixed", "space", "first_trials", "pruner_settings")
 DISTRIBUTION_TYPES = ("categorical", "float", "int")
@@ -54,7 +53,7 @@ PRUNER_SETTINGS = {
     "hyperband": ("min_resource", "max_resource", "reduction_factor"),
 }
 SEARCH_SPACE_FOLDER = "configs/search_spaces"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def resolve_space_path(path: str | os.PathLike) -> Path:
@@ -70,7 +69,8 @@ def resolve_space_path(path: str | os.PathLike) -> Path:
 
 
 def _field_types() -> dict[str, str]:
-    return {item.name: str(item.type) for item in dataclasses.fields(TrainConfig)}
+    """Setting name -> 'int', 'float', 'bool', 'str' or 'choice', from the main settings model."""
+    return {name: field_kind(MainSettings, name) for name in MainSettings.model_fields}
 
 
 def _is_number(value: Any) -> bool:
@@ -79,7 +79,7 @@ def _is_number(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Parameter:
-    """One tuned TrainConfig setting and the distribution Optuna samples it from."""
+    """One tuned `main` setting and the distribution Optuna samples it from."""
 
     name: str
     kind: str
@@ -98,7 +98,7 @@ class Parameter:
         return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)
 
     def candidates(self) -> list[tuple[str, Any]]:
-        """The values TrainConfig must accept, each with the key it comes from: every choice, or low and high."""
+        """The values MainSettings must accept, each with the key it comes from: every choice, or low and high."""
         if self.kind == "categorical":
             return [("choices", value) for value in self.choices]
         return [("low", self.low), ("high", self.high)]
@@ -169,11 +169,11 @@ class SearchSpace:
         types = _field_types()
         fixed = raw.get("fixed") or {}
         if not isinstance(fixed, dict):
-            raise fail("fixed: must be a mapping of TrainConfig settings to values")
+            raise fail("fixed: must be a mapping of main settings to values")
         fixed = dict(fixed)
         for key in fixed:
             if key not in types:
-                raise fail(f"fixed.{key}: not a TrainConfig setting; valid settings: {', '.join(types)}")
+                raise fail(f"fixed.{key}: not a setting of main; valid settings: {', '.join(types)}")
             if key in NOT_FIXABLE:
                 raise fail(f"fixed.{key}: cannot be fixed in a search space; {NOT_FIXABLE[key]}")
             if isinstance(fixed[key], dict | list):
@@ -206,9 +206,9 @@ class SearchSpace:
         """Sample every parameter from an Optuna trial, in file order."""
         return {name: parameter.suggest(trial) for name, parameter in self.parameters.items()}
 
-    def trial_config(self, params: dict[str, Any], run_name: str = "") -> TrainConfig:
-        """The TrainConfig of one trial: the fixed settings, the sampled ones and the run name."""
-        return TrainConfig.from_dict({**self.fixed, **params, "run_name": run_name})
+    def trial_settings(self, params: dict[str, Any], run_name: str = "") -> MainSettings:
+        """The main settings of one trial: the fixed settings, the sampled ones and the run name."""
+        return MainSettings.from_dict({**self.fixed, **params, "run_name": run_name})
 
     def grid(self) -> dict[str, list]:
         """The grid sampler's search space; only finite choices can be enumerated."""
@@ -249,16 +249,16 @@ class SearchSpace:
 
 
 def _config_error(values: dict[str, Any]) -> str:
-    """TrainConfig's complaint about `values`, or an empty string when it accepts them."""
+    """MainSettings' complaint about `values`, or an empty string when it accepts them."""
     try:
-        TrainConfig.from_dict(values)
+        MainSettings.from_dict(values)
     except ConfigError as error:
         return str(error)
     return ""
 
 
 def _check_values(fixed: dict[str, Any], parameters: dict[str, Parameter], fail) -> dict[str, Any]:
-    """Let TrainConfig judge the fixed values and every choice and bound, so no trial samples a value training rejects.
+    """Let MainSettings judge the fixed values and every choice and bound, so no trial samples a value training rejects.
 
     Candidates are checked against a base config: the fixed values plus the first
     candidate of every tuned setting (the model decides whether weights=imagenet is
@@ -376,7 +376,7 @@ def _parse_first_trials(raw: Any, parameters: dict[str, Parameter], base: dict[s
             if not parameters[key].contains(value):
                 raise fail(f"{label}.{key}: {value!r} is outside the space; expected {parameters[key].describe()}")
         try:
-            TrainConfig.from_dict({**base, **values})
+            MainSettings.from_dict({**base, **values})
         except ConfigError as error:
             raise fail(f"{label}: {error}") from None
         trials.append(dict(values))

@@ -1,0 +1,254 @@
+"""The eval-and-deploy flow: DeLong's test on known values, the decision rule, and the real `mlflow run . -e pipeline`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy.stats import norm
+
+from train.comparison import delong_components, delong_test, paired_bootstrap
+from train.pipeline import decide
+from train.settings import ConfigError, PipelineSettings
+
+# Tiny synthetic trainings: a few seconds each on two cores.
+TINY = {"image_size": "32", "batch_size": "16", "convolutions": "1", "augment": "false", "max_examples": "300"}
+
+
+# The paired test.
+
+
+def test_delong_matches_a_hand_computed_example():
+    # Positives p1-p3, negatives n1-n2. Model A ranks p3 below n1; model B ranks p2 below both negatives.
+    labels = np.array([1, 1, 1, 0, 0])
+    model_a = np.array([0.9, 0.6, 0.3, 0.5, 0.2])
+    model_b = np.array([0.8, 0.05, 0.7, 0.6, 0.1])
+    auc_a, v10_a, v01_a = delong_components(labels, model_a)
+    # V10 (per positive, share of negatives below it) and V01 (per negative, share of positives above it).
+    assert (
+        auc_a == pytest.approx(5 / 6) and v10_a.tolist() == [1, 1, 0.5] and v01_a.tolist() == pytest.approx([2 / 3, 1])
+    )
+    # Var(A - B) = (S10_AA + S10_BB - 2 S10_AB) / 3 + (S01_AA + S01_BB - 2 S01_AB) / 2
+    #            = (1/12 + 1/3 + 1/6) / 3 + (1/18 + 0 - 0) / 2 = 2/9, so z = (5/6 - 2/3) / sqrt(2/9) = 1 / (2 sqrt 2).
+    result = delong_test(labels, model_a, model_b)
+    assert (result.challenger, result.champion, result.difference) == pytest.approx((5 / 6, 2 / 3, 1 / 6))
+    z = 1 / (2 * np.sqrt(2))
+    assert result.p_value == pytest.approx(2 * norm.sf(z))
+    assert result.ci_high - result.ci_low == pytest.approx(2 * 1.959964 * np.sqrt(2 / 9), rel=1e-5)
+
+
+def test_delong_agrees_with_a_paired_bootstrap_on_synthetic_scores():
+    generator = np.random.default_rng(7)
+    labels = generator.random(3000) < 0.3
+    challenger = generator.normal(labels * 1.2, 1.0)
+    champion = 0.6 * challenger + 0.8 * generator.normal(labels * 0.8, 1.0)
+    exact = delong_test(labels, challenger, champion)
+    resampled = paired_bootstrap(labels[:, None], challenger[:, None], champion[:, None], np.array([0]), seed=1)
+    assert resampled.difference == pytest.approx(exact.difference)
+    assert resampled.ci_low == pytest.approx(exact.ci_low, abs=0.006)
+    assert resampled.ci_high == pytest.approx(exact.ci_high, abs=0.006)
+    assert exact.p_value < 0.05 and resampled.p_value < 0.05
+
+
+def evaluation(value: float, low: float, high: float):
+    return SimpleNamespace(metrics={"test_auroc": value, "test_auroc_ci_low": low, "test_auroc_ci_high": high})
+
+
+@pytest.mark.parametrize(
+    ("difference", "p_value", "margin", "promoted", "reason"),
+    [
+        (0.01, 0.40, 0.0, True, "promoted"),
+        (0.0, 1.0, 0.0, True, "promoted"),
+        (-0.01, 0.60, 0.0, False, "worse by more than the margin 0"),
+        (-0.01, 0.60, 0.02, True, "promoted"),
+        (-0.01, 0.01, 0.02, False, "significantly worse"),
+    ],
+)
+def test_decision_rule(difference, p_value, margin, promoted, reason):
+    settings = PipelineSettings.from_dict({"registered_model": "m", "margin": margin})
+    comparison = SimpleNamespace(
+        difference=difference, p_value=p_value, ci_low=-0.1, ci_high=0.1, method="delong", champion=0.8
+    )
+    decision = decide(settings, "test_auroc", evaluation(0.8, 0.7, 0.9), comparison, "1")
+    assert decision.promoted is promoted and decision.reason.startswith(reason)
+
+
+def test_a_first_champion_must_beat_chance():
+    settings = PipelineSettings.from_dict({"registered_model": "m"})
+    assert decide(settings, "test_auroc", evaluation(0.8, 0.62, 0.95), None, "").promoted
+    refused = decide(settings, "test_auroc", evaluation(0.6, 0.45, 0.75), None, "")
+    assert not refused.promoted and "does not lie above chance" in refused.reason
+
+
+def test_pipeline_settings_need_a_registered_model_and_a_comparable_metric():
+    with pytest.raises(ConfigError, match="registered_model is required"):
+        PipelineSettings.from_dict({})
+    with pytest.raises(ConfigError, match="cannot be compared by a paired test"):
+        PipelineSettings.from_dict({"registered_model": "m", "metric": "test_accuracy"})
+    with pytest.raises(ConfigError, match="register_as does not apply to pipeline"):
+        PipelineSettings.from_dict({"registered_model": "m", "register_as": "other"})
+
+
+# The real flow through `mlflow run`.
+
+
+def mlflow_env(tracking_uri: str) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        env.pop(name, None)
+    return env
+
+
+def run_pipeline(store, *parameters: str) -> subprocess.CompletedProcess:
+    command = ["mlflow", "run", str(store.repo_root), "-e", "pipeline", "--env-manager", "local"]
+    command += ["--experiment-name", "pipeline", "-P", "registered_model=chest"]
+    values = {**TINY, **dict(parameter.split("=", 1) for parameter in parameters)}
+    for key, value in values.items():
+        command += ["-P", f"{key}={value}"]
+    return subprocess.run(
+        command, capture_output=True, text=True, env=mlflow_env(store.uri), cwd=store.cwd, timeout=900
+    )
+
+
+def aliases(client, name: str) -> dict[str, str]:
+    return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, repo_root):
+    directory = tmp_path_factory.mktemp("pipeline")
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    return SimpleNamespace(uri=uri, cwd=directory, repo_root=repo_root, client=MlflowClient(uri))
+
+
+@pytest.mark.slow
+def test_first_run_with_an_empty_registry_makes_version_1_champion(store):
+    result = run_pipeline(store, "epochs=2", "run_name=first")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert aliases(store.client, "chest") == {"champion": "1"}
+    version = store.client.get_model_version("chest", "1")
+    assert version.tags["medimg.decision"] == "promoted" and version.tags["medimg.decision_reason"].startswith(
+        "first champion"
+    )
+    # Progress: one line per step with the elapsed time.
+    for step in ("train", "evaluate challenger", "decide", "serve"):
+        assert f"] {step}: " in result.stdout, step
+
+
+@pytest.mark.slow
+def test_a_clearly_worse_challenger_is_not_promoted_and_the_reason_says_why(store):
+    result = run_pipeline(store, "epochs=1", "learning_rate=0.000001", "seed=42")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert aliases(store.client, "chest") == {"champion": "1", "challenger": "2"}
+    version = store.client.get_model_version("chest", "2")
+    assert version.tags["medimg.decision"] == "not promoted"
+    assert version.tags["medimg.decision_reason"].startswith(("significantly worse", "worse by more than the margin"))
+    assert version.tags["medimg.compared_champion_version"] == "1" and float(version.tags["medimg.p_value"]) <= 1
+    assert "(95% CI" in version.tags["medimg.metric.test_auroc"] and version.tags["medimg.dataset_digest"]
+    parents = store.client.search_runs(
+        [store.client.get_experiment_by_name("pipeline").experiment_id], "tags.`medimg.kind` = 'pipeline'"
+    )
+    latest = max(parents, key=lambda run: run.info.start_time)
+    assert latest.data.tags["mlflow.note.content"].startswith("chest version 2 was not promoted:")
+
+
+@pytest.mark.slow
+def test_a_better_challenger_is_promoted_and_the_old_champion_becomes_previous(store):
+    import mlflow
+
+    result = run_pipeline(store, "epochs=4", "learning_rate=0.003", "convolutions=2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert aliases(store.client, "chest") == {"champion": "3", "challenger": "2", "previous": "1"}
+    version = store.client.get_model_version("chest", "3")
+    mlflow.set_tracking_uri(store.uri)
+    card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
+    mlflow.set_tracking_uri(None)
+    assert card.startswith("# Model card: chest version 3")
+    assert "test_auroc = " in card and "95% CI" in card and "| finding | positives / negatives | AUROC (95% CI)" in card
+    assert "mlflow run . --env-manager local -P model=small_cnn -P dataset=synthetic" in card
+    assert "-e pipeline -P registered_model=chest" in card
+
+
+@pytest.mark.slow
+def test_the_serving_dockerfile_has_no_hadolint_error(store, tmp_path):
+    import shutil
+
+    import mlflow
+
+    experiment = store.client.get_experiment_by_name("pipeline")
+    parents = store.client.search_runs([experiment.experiment_id], "tags.`medimg.kind` = 'pipeline'")
+    latest = max(parents, key=lambda run: run.info.start_time)
+    mlflow.set_tracking_uri(store.uri)
+    local = mlflow.artifacts.download_artifacts(
+        run_id=latest.info.run_id, artifact_path="serving/Dockerfile", dst_path=str(tmp_path)
+    )
+    mlflow.set_tracking_uri(None)
+    text = Path(local).read_text()
+    assert "FROM " in text and "/opt/ml/model" in text
+    hadolint = shutil.which("hadolint") or os.path.join(os.path.dirname(sys.executable), "hadolint")
+    result = subprocess.run([hadolint, "--failure-threshold", "error", local], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.slow
+def test_rollback_restores_the_previous_champion(store):
+    command = [sys.executable, "-m", "train", "promote", "--rollback", "chest"]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=mlflow_env(store.uri), cwd=store.repo_root, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert aliases(store.client, "chest") == {"champion": "1", "challenger": "2", "previous": "3"}
+    assert json.loads(result.stdout.strip().splitlines()[-1])["action"] == "rollback"
+
+
+@pytest.mark.slow
+def test_a_challenger_trained_on_another_dataset_is_refused_in_seconds(store, tmp_path):
+    import mlflow
+    from PIL import Image
+
+    from train.settings import MainSettings
+    from train.trainer import train
+
+    for name in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "xrays" / name).mkdir(parents=True)
+        for index in range(10):
+            Image.new("L", (40, 40), 20 * index + (100 if name == "PNEUMONIA" else 0)).save(
+                tmp_path / "xrays" / name / f"{index}.png"
+            )
+    mlflow.set_tracking_uri(store.uri)
+    try:
+        other = train(
+            MainSettings.from_dict(
+                {
+                    "dataset": "imagefolder",
+                    "data_dir": str(tmp_path / "xrays"),
+                    "epochs": "1",
+                    "monitor": "val_loss",
+                    **{k: v for k, v in TINY.items() if k != "max_examples"},
+                }
+            )
+        )
+    finally:
+        mlflow.set_tracking_uri(None)
+    command = [sys.executable, "-m", "train", "pipeline", "--registered-model", "chest", "--challenger", other.run_id]
+    started = time.perf_counter()
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=mlflow_env(store.uri), cwd=store.repo_root, timeout=300
+    )
+    seconds = time.perf_counter() - started
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 1 and "the challenger was trained on imagefolder/binary" in error[0]
+    assert "the champion (version 1) on synthetic/binary" in error[0]
+    # Refused from the runs' tags before TensorFlow is imported (a few seconds; printed, not asserted).
+    print(f"refusal took {seconds:.1f} s")
+    assert len(store.client.search_model_versions("name='chest'")) == 3
