@@ -285,7 +285,7 @@ def _change_set(aws: _Aws, values: dict[str, str], creating: bool, poll_seconds:
         change_set = cloudformation.describe_change_set(ChangeSetName=created["Id"])
     if change_set["Status"] == "FAILED":
         cloudformation.delete_change_set(ChangeSetName=created["Id"])
-        if "didn't contain changes" in change_set.get("StatusReason", ""):
+        if any(text in change_set.get("StatusReason", "") for text in ("didn't contain changes", "No updates are")):
             return None
         raise StackError(f"CloudFormation refused the change set: {change_set.get('StatusReason')}")
     return change_set
