@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "down":
             subparser.add_argument("--json", action="store_true", help="print the stack as JSON")
     for flag, parameter, kind, text in SETTING_FLAGS:
-        subparsers["up"].add_argument(flag, dest=parameter, type=kind, default=None, help=text)
+        subparsers["up"].add_argument(
+            flag, dest=parameter, type=kind, default=None, help=text, metavar=flag[2:].upper().replace("-", "_")
+        )
     subparsers["up"].add_argument("--ssh-cidr", default=None, help="who may SSH in [your address, from checkip, /32]")
     subparsers["up"].add_argument("--with-rds", action="store_true", help="also make an RDS PostgreSQL tracking store")
     subparsers["up"].add_argument("--ami-id", default=None, help="AMI to launch [the latest Deep Learning AMI]")

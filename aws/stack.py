@@ -303,7 +303,7 @@ def change_lines(change_set: dict) -> list[str]:
 
 def up(session: Any, options: UpOptions, region: str | None = None, confirm: Callable | None = None) -> dict | None:
     """Create or update the stack through a change set that `confirm` sees first; returns `status`, None if declined."""
-    aws = _Aws(session, region)
+    name, aws = stack_name(options.stack_id), _Aws(session, region)
     stack, outputs, previous = _describe(aws, options.stack_id)
     if stack and stack["StackStatus"] in ("ROLLBACK_COMPLETE", "REVIEW_IN_PROGRESS"):
         # A stack whose creation failed, or was never executed, holds nothing and can only be deleted.
@@ -316,12 +316,10 @@ def up(session: Any, options: UpOptions, region: str | None = None, confirm: Cal
     values = _parameter_values(aws, options, stack, previous, _instance(aws, outputs.get("InstanceId")))
     key_file = Path(options.key_file or default_key_file(options.stack_id))
     if stack is None and not values["KeyName"] and key_file.exists():
-        raise ValueError(
-            f"{key_file} exists but stack {stack_name(options.stack_id)} does not: move it or pass --key-file."
-        )
+        raise ValueError(f"{key_file} exists but stack {name} does not: move it or pass --key-file.")
     change_set = _change_set(aws, values, stack is None, options.poll_seconds)
     if change_set is None:
-        LOGGER.info("stack %s already matches; nothing to change", stack_name(options.stack_id))
+        LOGGER.info("stack %s already matches; nothing to change", name)
     else:
         cloudformation, approved = aws.client("cloudformation"), False
         try:
@@ -333,7 +331,7 @@ def up(session: Any, options: UpOptions, region: str | None = None, confirm: Cal
                     cloudformation.delete_stack(StackName=change_set["StackId"])
         if not approved:
             return None
-        LOGGER.info("%s stack %s", "updating" if stack else "creating", stack_name(options.stack_id))
+        LOGGER.info("%s stack %s", "updating" if stack else "creating", name)
         execute = functools.partial(cloudformation.execute_change_set, ChangeSetName=change_set["ChangeSetId"])
         _run(aws, change_set["StackId"], execute, options.poll_seconds)
     _ready_host(aws, options, key_file)
@@ -367,7 +365,7 @@ def save_private_key(aws: _Aws, key_name: str, key_file: Path) -> None:
 
 def status(session: Any, stack_id: str, region: str | None = None, key_file: Path | None = None) -> dict:
     """The stack's state, outputs and events, its live instance, and the ssh commands that reach it."""
-    aws = _Aws(session, region)
+    name, aws = stack_name(stack_id), _Aws(session, region)
     stack, outputs, parameters = _describe(aws, stack_id)
     events = _events(aws, stack["StackId"]) if stack else []
     # The failure that matters is the last operation's, which starts at its "User Initiated" stack event.
@@ -388,7 +386,7 @@ def status(session: Any, stack_id: str, region: str | None = None, key_file: Pat
         ssh_command = f"ssh {identity}{destination}"
         tunnel_command = f"ssh {identity}-N -L {port}:127.0.0.1:{port} {destination}"
     return {
-        "stack_name": stack_name(stack_id),
+        "stack_name": name,
         "region": aws.region,
         "account_id": aws.account_id,
         "exists": stack is not None,
@@ -422,13 +420,13 @@ def down(
     session: Any, stack_id: str, region: str | None = None, *, keep_bucket=False, key_file=None, poll_seconds=15.0
 ) -> list[str]:
     """Delete the stack (CloudFormation removes what it made), the artifact bucket and the private key; say what went."""
-    aws, report = _Aws(session, region), []
+    name, aws, report = stack_name(stack_id), _Aws(session, region), []
     stack, _, parameters = _describe(aws, stack_id)
     if stack:
-        LOGGER.info("deleting stack %s", stack["StackName"])
+        LOGGER.info("deleting stack %s", name)
         delete = functools.partial(aws.client("cloudformation").delete_stack, StackName=stack["StackId"])
         _run(aws, stack["StackId"], delete, poll_seconds)
-        report.append(f"deleted stack {stack['StackName']}: every resource it made but the bucket")
+        report.append(f"deleted stack {name}: every resource it made but the bucket")
         local_key = Path(key_file or default_key_file(stack_id))
         if not parameters.get("KeyName") and local_key.exists():
             local_key.unlink()
