@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from train.data import available_datasets, load_dataset, make_batches, validate_dataset_args
 from train.data.files import UnreadableImageWarning
@@ -26,7 +27,12 @@ def save_flat(
     path.parent.mkdir(parents=True, exist_ok=True)
     width, height = size
     if mode == "I;16":
+        # A flat 16-bit image's own range says nothing of its depth, so the file declares 16 significant bits.
         image = Image.fromarray(np.full((height, width), level * 257, dtype=np.uint16))
+        significant = PngInfo()
+        significant.add(b"sBIT", bytes([16]))
+        image.save(path, format=image_format, pnginfo=significant)
+        return
     elif mode == "P":
         # An adaptive palette keeps the exact gray; the default web palette would dither it.
         image = Image.new("RGB", size, (level, level, level)).convert("P", palette=Image.Palette.ADAPTIVE)

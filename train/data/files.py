@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-# Formats that tf.io.decode_image reads, as PIL names them (MPO is a multi-picture JPEG from cameras).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".dcm", ".dicom")
+# Formats that tf.io.decode_image reads, as PIL names them. MPO is a camera's multi-picture JPEG: training and
+# serving both accept it and use its first picture, a complete JPEG that TensorFlow decodes.
 DECODABLE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "GIF", "BMP"})
 # TensorFlow's BMP decoder reads 24/32-bit and 8-bit gray BMPs; it ignores palettes and fails on 1-bit files.
 DECODABLE_BMP_MODES = frozenset({"RGB", "RGBA", "L"})
@@ -27,7 +28,7 @@ class UnreadableImageWarning(UserWarning):
 
 
 def has_image_extension(path: str | Path) -> bool:
-    """True for .png, .jpg, .jpeg, .bmp and .gif names, in any letter case."""
+    """True for .png, .jpg, .jpeg, .bmp, .gif, .dcm and .dicom names, in any letter case."""
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
@@ -61,8 +62,14 @@ class ScanResult:
 
 
 def check_image(path: str | Path) -> tuple[str, str | None]:
-    """Read and fully decode one file with PIL; return (content hash, None) or ("", reason it cannot be used)."""
+    """Read and fully decode one file; return (content hash, None) or ("", reason it cannot be used).
+
+    DICOM and 16-bit PNG files are decoded by serve.preprocess.decode_array, the decoder training uses for
+    them; the others by PIL, which reads every format that TensorFlow's graph decoder reads.
+    """
     from PIL import Image
+
+    from serve.preprocess import PNG_SIGNATURE, decode_array, is_dicom, is_graph_decodable
 
     try:
         with open(path, "rb") as handle:
@@ -72,6 +79,12 @@ def check_image(path: str | Path) -> tuple[str, str | None]:
     if not data:
         return "", "empty file"
     content_hash = hashlib.blake2b(data, digest_size=16).hexdigest()
+    if not is_graph_decodable(data) and (is_dicom(data) or data.startswith(PNG_SIGNATURE)):
+        try:
+            decode_array(data)
+        except ValueError as error:
+            return "", str(error)
+        return content_hash, None
     try:
         with Image.open(io.BytesIO(data)) as image:
             image_format, mode = image.format, image.mode
