@@ -210,11 +210,19 @@ def sixteen_bit_png_to_array(data: bytes) -> np.ndarray:
 def read_dicom(data: bytes, *, pixels: bool = True):
     """Parse DICOM bytes with pydicom; `pixels=False` stops before the pixel data (a cheap header read)."""
     import pydicom
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     try:
-        return pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=not pixels)
+        dataset = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=not pixels)
     except Exception as error:  # pydicom raises many exception types for broken files.
         raise ValueError(f"not a readable DICOM file: {one_line(error)}") from error
+    if "TransferSyntaxUID" not in dataset.file_meta:
+        # A data set without file meta (no preamble) is uncompressed; its syntax is the encoding pydicom read it in.
+        implicit, little = dataset.original_encoding
+        if implicit is not None:
+            syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+            dataset.file_meta.TransferSyntaxUID = syntax
+    return dataset
 
 
 def non_image_reason(dataset) -> str | None:

@@ -55,6 +55,9 @@ def _label_matrix(labels: np.ndarray) -> np.ndarray:
 def files_split(paths: Sequence[str | Path], labels: np.ndarray, image_size: int) -> Split:
     """A Split that reads each file and decodes it with serve.preprocess.decode_and_resize.
 
+    8-bit PNG, JPEG, GIF and BMP decode in the graph; DICOM (middle frame) and 16-bit PNG through
+    serve.preprocess.decode_array, chosen per file by its first bytes.
+
     labels: float32 [N, num_outputs] (a 1-D array is taken as one binary output). The files should
     have passed scan_images; ignore_errors() only drops files that broke after the scan.
     """
@@ -165,11 +168,13 @@ def loaded_from_files(
     skipped: Sequence[str],
     image_size: int,
     settings: dict[str, Any],
+    group_counts: dict[str, int] | None = None,
 ) -> LoadedDataset:
     """Assemble a LoadedDataset from readable files, their labels and split ids (0 train, 1 val, 2 test).
 
     `paths`, `labels`, `split_ids` and `content_hashes` (from scan_images) describe only the files
     that passed the scan, in the same order; `skipped` holds the scan's "path: reason" lines.
+    `group_counts` (groups per split) is set when the split kept patient or slide groups whole.
     """
     labels = _label_matrix(labels)
     split_ids = np.asarray(split_ids)
@@ -201,4 +206,5 @@ def loaded_from_files(
         source=str(source),
         skipped_images=len(skipped),
         skipped_examples=list(skipped[:MAX_SKIPPED_EXAMPLES]),
+        group_counts=dict(group_counts or {}),
     )
