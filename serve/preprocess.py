@@ -113,7 +113,8 @@ def is_dicom(data: bytes) -> bool:
     return False
 
 
-def _decode_in_graph(image_bytes):
+def decode_in_graph(image_bytes):
+    """TensorFlow's graph decoder alone: 8-bit PNG, JPEG, GIF or BMP bytes -> float32 HxWx3 in 0-255."""
     import tensorflow as tf
 
     # dtype=float32 scales 8-bit values by 1/255; 16-bit PNGs never take this branch.
@@ -139,7 +140,7 @@ def decode_image(image_bytes):
     import tensorflow as tf
 
     image = tf.cond(
-        graph_decodable(image_bytes), lambda: _decode_in_graph(image_bytes), lambda: _decode_in_numpy(image_bytes)
+        graph_decodable(image_bytes), lambda: decode_in_graph(image_bytes), lambda: _decode_in_numpy(image_bytes)
     )
     image.set_shape([None, None, 3])
     return image
@@ -153,9 +154,12 @@ def resize(image, image_size: int):
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def decode_and_resize(image_bytes, image_size: int):
-    """Decode encoded bytes and resize: the function every training pipeline maps over files."""
-    return resize(decode_image(image_bytes), image_size)
+def decode_and_resize(image_bytes, image_size: int, *, graph_only: bool = False):
+    """Decode encoded bytes and resize: the function every training pipeline maps over files.
+
+    graph_only=True skips the per-file choice for files known to be 8-bit PNG, JPEG, GIF or BMP.
+    """
+    return resize(decode_in_graph(image_bytes) if graph_only else decode_image(image_bytes), image_size)
 
 
 def one_line(error: BaseException, limit: int = 200) -> str:
@@ -378,5 +382,5 @@ def load_image_tensor(data: bytes, image_size: int, frame: int = MIDDLE_FRAME):
 
     if is_graph_decodable(data):
         frame_index(1, frame)
-        return resize(_decode_in_graph(tf.constant(data)), image_size)
+        return resize(decode_in_graph(tf.constant(data)), image_size)
     return resize(tf.constant(decode_array(data, frame)), image_size)

@@ -101,7 +101,8 @@ def registered_model(tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        mlflow.set_experiment("serving")
+        # The Default experiment of the fixture's own store: set_experiment would leave a process-wide
+        # active experiment behind that does not exist in the stores of later tests.
         config = TrainConfig.from_dict(
             {"image_size": "32", "epochs": "1", "batch_size": "16", "max_examples": "120", "register_as": MODEL_NAME}
         )
@@ -115,9 +116,6 @@ def registered_model(tmp_path_factory):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
-        for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-            if SESSION_RUN_CONTEXT.get(name) is None:
-                os.environ.pop(name, None)
     return {"tracking_uri": tracking_uri, "run_id": run_id, "uri": f"models:/{MODEL_NAME}@champion"}
 
 

@@ -29,14 +29,18 @@ def radiograph(rows: int = 48, columns: int = 40, bits: int = 12, seed: int = 0)
 
 
 def image_dataset(
-    pixels: np.ndarray,
+    pixels: np.ndarray | None,
     *,
     photometric: str = "MONOCHROME2",
     bits_stored: int = 12,
     window: tuple[float, float] | None = None,
     modality: str = "CR",
+    shape: tuple[int, int] = (64, 64),
 ):
-    """An uncompressed (Explicit VR Little Endian) DICOM data set; pixels [rows, columns] or [frames, rows, columns]."""
+    """An uncompressed (Explicit VR Little Endian) DICOM data set; pixels [rows, columns] or [frames, rows, columns].
+
+    pixels=None leaves out the pixel data (a header of `shape`).
+    """
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
@@ -49,9 +53,9 @@ def image_dataset(
     dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     dataset.Modality = modality
     dataset.PatientID = "SYNTHETIC"
-    if pixels.ndim == 3:
+    if pixels is not None and pixels.ndim == 3:
         dataset.NumberOfFrames = pixels.shape[0]
-    dataset.Rows, dataset.Columns = pixels.shape[-2:]
+    dataset.Rows, dataset.Columns = pixels.shape[-2:] if pixels is not None else shape
     dataset.SamplesPerPixel = 1
     dataset.PhotometricInterpretation = photometric
     dataset.BitsAllocated = 16
@@ -60,7 +64,8 @@ def image_dataset(
     dataset.PixelRepresentation = 0
     if window is not None:
         dataset.WindowCenter, dataset.WindowWidth = window
-    dataset.PixelData = pixels.astype("<u2").tobytes()
+    if pixels is not None:
+        dataset.PixelData = pixels.astype("<u2").tobytes()
     return dataset
 
 

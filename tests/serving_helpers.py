@@ -23,30 +23,9 @@ def write_dicom(
     shape: tuple[int, int] = (64, 64),
 ) -> Path:
     """A small uncompressed (Explicit VR Little Endian) DICOM file; pixels=None leaves out the pixel data."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from dicom_files import image_dataset
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "DX"
-    dataset.PatientID = "SYNTHETIC"
-    rows, columns = pixels.shape if pixels is not None else shape
-    dataset.Rows, dataset.Columns = rows, columns
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = photometric
-    dataset.BitsAllocated = 16
-    dataset.BitsStored = bits_stored
-    dataset.HighBit = bits_stored - 1
-    dataset.PixelRepresentation = 0
-    if window is not None:
-        dataset.WindowCenter, dataset.WindowWidth = window
-    if pixels is not None:
-        dataset.PixelData = pixels.astype(np.uint16).tobytes()
+    dataset = image_dataset(pixels, photometric=photometric, bits_stored=bits_stored, window=window, shape=shape)
     dataset.save_as(path, enforce_file_format=True)
     return path
 

@@ -4,6 +4,7 @@ in training and serving, and the real server scores them (or answers 400 in one 
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -309,22 +310,19 @@ def test_server_gives_lossless_variants_one_answer_and_honours_frame(server, loa
 
 
 @pytest.mark.slow
-def test_mlflow_run_trains_on_a_dicom_folder_and_evaluate_scores_it(repo_root, tmp_path):
+def test_mlflow_run_trains_on_a_dicom_folder_and_evaluate_scores_it(repo_root, tmp_path, tracking_uri, capsys):
+    from train.__main__ import main as train_cli
+
     for label, offset in (("normal", 0), ("effusion", 1)):
         for index in range(12):
             pixels = radiograph(32, 32, seed=2 * index + offset)
-            write_variant(
-                image_dataset(pixels if offset == 0 else 4095 - pixels),
-                tmp_path / "xrays" / label / f"{index}.dcm",
-                JPEGLosslessSV1,
-            )
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+            pixels = pixels if offset == 0 else 4095 - pixels
+            write_variant(image_dataset(pixels), tmp_path / "xrays" / label / f"{index}.dcm", JPEGLosslessSV1)
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     command = ["mlflow", "run", str(repo_root), "--env-manager", "local", "--experiment-name", "dicom"]
     settings = {
         "dataset": "imagefolder",
-        "data_dir": str(tmp_path / "xrays"),
+        "data_dir": tmp_path / "xrays",
         "epochs": 1,
         "image_size": 32,
         "batch_size": 8,
@@ -338,11 +336,8 @@ def test_mlflow_run_trains_on_a_dicom_folder_and_evaluate_scores_it(repo_root, t
     assert run.data.metrics["data.skipped_images"] == 0
     assert run.data.tags["medimg.dataset"] == "imagefolder" and 0.0 <= run.data.metrics["test_auroc"] <= 1.0
 
-    evaluate = [sys.executable, "-m", "train", "evaluate", "--model-uri", f"runs:/{run.info.run_id}/model"]
-    evaluation = subprocess.run(
-        evaluate + ["--run-name", "eval"], capture_output=True, text=True, env=env, cwd=repo_root, timeout=600
-    )
-    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
-    experiments = [item.experiment_id for item in client.search_experiments()]
-    (evaluated,) = client.search_runs(experiments, "attributes.run_name = 'eval'")
+    # `python -m train evaluate`, in-process: the same folder, the test split held out in training.
+    assert train_cli(["evaluate", "--model-uri", f"runs:/{run.info.run_id}/model"]) == 0
+    evaluated = client.get_run(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"])
+    assert evaluated.data.metrics["test_examples"] == 4
     assert 0.0 <= evaluated.data.metrics["test_auroc"] <= 1.0

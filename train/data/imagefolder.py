@@ -126,6 +126,7 @@ def load_class_folders(
         image_size=image_size,
         settings=settings,
         group_counts=groups_per_split(groups, split_ids) if groups is not None else {},
+        graph_decodable=scan.readable_graph_decodable(),
     )
 
 

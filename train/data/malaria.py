@@ -131,7 +131,8 @@ def load_malaria_tfds(
         )
         dataset = dataset.map(
             lambda index, example: (
-                decode_and_resize(example["image"], image_size),
+                # TFDS stores every malaria cell as an 8-bit PNG, so TensorFlow's graph decoder alone reads them.
+                decode_and_resize(example["image"], image_size, graph_only=True),
                 tf.reshape(tf.cast(tf.equal(example["label"], TFDS_PARASITIZED), tf.float32), [1]),
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
