@@ -12,6 +12,7 @@ Two decoders sit behind both entry points, chosen per file by its first bytes:
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -26,44 +27,6 @@ PNG_COLOR_TYPE_OFFSET = 25
 GRAPH_SIGNATURES = (PNG_SIGNATURE, b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
 # The first element of a DICOM data set without preamble: file meta (0002,xxxx) or identifying group (0008,xxxx).
 RAW_DICOM_GROUPS = (0x0002, 0x0008)
-DICOM_VRS = frozenset(
-    [
-        "AE",
-        "AS",
-        "AT",
-        "CS",
-        "DA",
-        "DS",
-        "DT",
-        "FD",
-        "FL",
-        "IS",
-        "LO",
-        "LT",
-        "OB",
-        "OD",
-        "OF",
-        "OL",
-        "OV",
-        "OW",
-        "PN",
-        "SH",
-        "SL",
-        "SQ",
-        "SS",
-        "ST",
-        "SV",
-        "TM",
-        "UC",
-        "UI",
-        "UL",
-        "UN",
-        "UR",
-        "US",
-        "UT",
-        "UV",
-    ]
-)
 # DICOM objects that carry no picture to classify, by Modality; the SOP class name is checked too.
 NON_IMAGE_MODALITIES = frozenset(
     {"SR", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "KO", "PR", "REG", "ECG", "HD", "AU", "DOC"}
@@ -96,6 +59,13 @@ def graph_decodable(image_bytes):
     return tf.reduce_any(tf.stack([png, *others]))
 
 
+@functools.cache
+def _dicom_vrs() -> frozenset[str]:
+    from pydicom.valuerep import VR
+
+    return frozenset(name for name in VR.__members__ if len(name) == 2)
+
+
 def is_dicom(data: bytes) -> bool:
     """True for DICOM bytes: Part 10 files (preamble + `DICM`) and raw data sets that start with a DICOM element."""
     if data[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC:
@@ -105,7 +75,7 @@ def is_dicom(data: bytes) -> bool:
     for byteorder in ("little", "big"):
         if int.from_bytes(data[0:2], byteorder) not in RAW_DICOM_GROUPS:
             continue
-        if data[4:6].decode("latin-1") in DICOM_VRS:
+        if data[4:6].decode("latin-1") in _dicom_vrs():
             return True
         # Implicit VR: a 4-byte value length that fits in the data follows the tag.
         if int.from_bytes(data[4:8], byteorder) <= len(data) - 8:

@@ -13,7 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from train.data.files import list_image_files, scan_images
-from train.data.groups import group_ids, groups_in_several_splits, groups_per_split, resolve_group_pattern
+from train.data.groups import (
+    compile_group_pattern,
+    group_ids,
+    groups_in_several_splits,
+    groups_per_split,
+    resolve_group_pattern,
+)
 from train.data.spec import LoadedDataset
 from train.data.splits import (
     TEST,
@@ -79,6 +85,9 @@ def load_class_folders(
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"data_dir {root} does not exist or is not a folder; point it at the dataset folder")
+    if group_pattern:
+        # A bad pattern fails before the scan, which can take minutes on a large folder.
+        compile_group_pattern(group_pattern)
     layout = split_folders(root)
     classes = _check_classes(layout.get(TRAIN, root), layout, classes)
     paths, class_indices, preset = _list_class_files(root, layout, classes)
