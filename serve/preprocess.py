@@ -93,10 +93,15 @@ def decode_in_graph(image_bytes):
     return image * 255.0
 
 
+def _as_bytes(value) -> bytes:
+    # tf.numpy_function hands a string tensor over as bytes in graphs and as a 0-d object array when eager.
+    return value.item() if isinstance(value, np.ndarray) else bytes(value)
+
+
 def _decode_in_numpy(image_bytes):
     import tensorflow as tf
 
-    image = tf.numpy_function(lambda data: decode_array(bytes(data)), [image_bytes], tf.float32, stateful=False)
+    image = tf.numpy_function(lambda data: decode_array(_as_bytes(data)), [image_bytes], tf.float32, stateful=False)
     image.set_shape([None, None, 3])
     return image
 
