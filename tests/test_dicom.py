@@ -1,5 +1,8 @@
-"""Hospital inputs: every DICOM transfer syntax, DICOM without preamble, multi-frame, 16-bit PNG and MPO give one tensor
-in training and serving, and the real server scores them (or answers 400 in one line); reads pydicom's test files."""
+"""Hospital inputs (every DICOM syntax, no preamble, multi-frame, 16-bit PNG, MPO) in training and serving; reads pydicom's files.
+
+One decoder gives one tensor for training and serving, and the real server scores every image (or answers
+400 in one line, never 5xx).
+"""
 
 from __future__ import annotations
 
