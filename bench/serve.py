@@ -8,9 +8,12 @@ Three ways to score one 224x224 image, measured in one run:
 Besides the RGB cell image, a grayscale 224x224 chest-radiograph-like PNG (how NIH ChestX-ray14 and most
 radiographs are stored) is served, since its payload is what chest X-ray clients send.
 Targets: the PNG payload at least 10x smaller than the tensor JSON; served p50 within 2x of in-process.
+Then a 2,000 x 2,000 12-bit radiograph as a hospital sends it: in-process decode+predict of the same picture
+as a 16-bit PNG (sBIT 12) and as uncompressed, JPEG 2000 lossless and JPEG Lossless (SV1) DICOM.
 Usage (a temporary sqlite store is used unless --model-uri and MLFLOW_TRACKING_URI are given):
 
     .venv/bin/python bench/serve.py --requests 100
+    .venv/bin/python bench/serve.py --sixteen-bit-only --radiograph-requests 20
 """
 
 from __future__ import annotations
@@ -108,6 +111,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=10, help="untimed requests before each measurement")
     parser.add_argument("--concurrency", type=int, default=4, help="parallel clients for the throughput measurement")
     parser.add_argument("--workdir", default="", help="folder for the tracking store and logs (default: temporary)")
+    parser.add_argument(
+        "--radiograph-requests", type=int, default=20, help="timed 2,000 px radiograph scorings (0 skips)"
+    )
+    parser.add_argument("--sixteen-bit-only", action="store_true", help="measure only the 2,000 px radiograph rows")
     return parser.parse_args(argv)
 
 
@@ -257,6 +264,39 @@ def measure_in_process(classifier, encoded: str, requests_count: int, warmup: in
     return {**summary(latencies), "requests_per_s": 1.0 / statistics.fmean(latencies)}
 
 
+def sixteen_bit_payloads(workdir: Path, size: int = 2000) -> dict[str, bytes]:
+    """One 12-bit radiograph of size x size as a 16-bit PNG (sBIT 12) and as DICOM in three transfer syntaxes."""
+    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1
+
+    from tests.dicom_files import image_dataset, write_sixteen_bit_png, write_variant
+
+    generator = np.random.default_rng(1)
+    picture = render_radiograph(generator, size).astype(np.float64) * 16.0 + generator.normal(0.0, 4.0, (size, size))
+    pixels = np.clip(np.rint(picture), 0, 4095).astype(np.uint16)
+    dataset = image_dataset(pixels, window=(2048.0, 4096.0))
+    payloads = {"16-bit PNG (sBIT 12)": write_sixteen_bit_png(workdir / "radiograph16.png", pixels, 12).read_bytes()}
+    for label, syntax in (
+        ("DICOM, uncompressed", ExplicitVRLittleEndian),
+        ("DICOM, JPEG 2000 lossless", JPEG2000Lossless),
+        ("DICOM, JPEG Lossless SV1", JPEGLosslessSV1),
+    ):
+        payloads[label] = write_variant(dataset, workdir / f"radiograph_{syntax}.dcm", syntax).read_bytes()
+    return payloads
+
+
+def measure_sixteen_bit(classifier, workdir: Path, requests_count: int, warmup: int) -> None:
+    """Print in-process decode+predict latency of the 2,000 px radiograph in each format."""
+    payloads = sixteen_bit_payloads(workdir)
+    size = classifier.config.image_size
+    print(
+        f"\n2,000 x 2,000 12-bit radiograph, small_cnn at {size}x{size}, in-process decode+predict, {requests_count} runs"
+    )
+    print(f"{'':28} {'payload bytes':>14} {'p50 ms':>8} {'p95 ms':>8}")
+    for label, data in payloads.items():
+        numbers = measure_in_process(classifier, base64.b64encode(data).decode("ascii"), requests_count, warmup)
+        print(f"{label:28} {len(data):>14,} {numbers['p50_ms']:>8.1f} {numbers['p95_ms']:>8.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -275,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         model_uri = arguments.model_uri or train_model(workdir, arguments.image_size)
         classifier = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
         size = classifier.config.image_size
+        if arguments.radiograph_requests:
+            measure_sixteen_bit(classifier, workdir, arguments.radiograph_requests, min(arguments.warmup, 3))
+        if arguments.sixteen_bit_only:
+            return 0
         tensor_uri = log_tensor_model(classifier, workdir)
 
         png = png_bytes(render_cell(np.random.default_rng(0), 224, {"dots": True}))

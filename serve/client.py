@@ -1,6 +1,6 @@
 """Scores image files with a served medimg model over REST: reads PNG, JPEG and DICOM files, prints a table of findings.
 
-    python -m serve.client --url http://127.0.0.1:5001 a.png b.jpg c.dcm [--threshold 0.3] [--top 3]
+    python -m serve.client --url http://127.0.0.1:5001 a.png b.jpg c.dcm [--threshold 0.3] [--top 3] [--frame 0]
 
 The server is `mlflow models serve -m models:/<name>@champion` (docs/SERVING.md). Files go
 in requests of --batch-size images; when the server rejects a request, its files are sent one
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PREDICTED_COLUMN = "predicted"
+# The 0-based frame the server scored (multi-frame DICOM); not a probability.
+FRAME_COLUMN = "frame"
 MESSAGE_LIMIT = 300
 
 
@@ -37,6 +39,7 @@ class FileResult:
     path: str
     probabilities: dict[str, float] = field(default_factory=dict)
     predicted: str = ""
+    frame: int = 0
     error: str = ""
 
 
@@ -59,13 +62,16 @@ def error_message(response) -> str:
     return message if len(message) <= MESSAGE_LIMIT else message[: MESSAGE_LIMIT - 3] + "..."
 
 
-def post_images(url: str, images: list[str], *, threshold: float | None, timeout: float, session) -> list[dict]:
+def post_images(
+    url: str, images: list[str], *, threshold: float | None, timeout: float, session, frame: int | None = None
+) -> list[dict]:
     """POST base64 images as `dataframe_split`; returns one prediction dict per image."""
     import requests
 
     body: dict = {"dataframe_split": {"columns": ["image"], "data": [[image] for image in images]}}
-    if threshold is not None:
-        body["params"] = {"threshold": threshold}
+    params = {name: value for name, value in (("threshold", threshold), ("frame", frame)) if value is not None}
+    if params:
+        body["params"] = params
     try:
         response = session.post(invocations_url(url), json=body, timeout=timeout)
     except requests.RequestException as error:
@@ -85,9 +91,14 @@ def to_result(path: str, prediction: dict) -> FileResult:
     probabilities = {
         name: float(value)
         for name, value in prediction.items()
-        if name != PREDICTED_COLUMN and isinstance(value, int | float)
+        if name not in (PREDICTED_COLUMN, FRAME_COLUMN) and isinstance(value, int | float)
     }
-    return FileResult(path=path, probabilities=probabilities, predicted=str(prediction.get(PREDICTED_COLUMN, "")))
+    return FileResult(
+        path=path,
+        probabilities=probabilities,
+        predicted=str(prediction.get(PREDICTED_COLUMN, "")),
+        frame=int(prediction.get(FRAME_COLUMN, 0) or 0),
+    )
 
 
 def score_files(
@@ -98,11 +109,16 @@ def score_files(
     batch_size: int = 16,
     timeout: float = 120.0,
     session=None,
+    frame: int | None = None,
 ) -> list[FileResult]:
-    """Findings for every file, in the order given; files that cannot be read or scored carry an error."""
+    """Findings for every file, in the order given; files that cannot be read or scored carry an error.
+
+    frame: the 0-based frame of multi-frame DICOM files to score (None: the server's default, the middle one).
+    """
     import requests
 
     session = session or requests.Session()
+    options = {"threshold": threshold, "timeout": timeout, "session": session, "frame": frame}
     results: dict[int, FileResult] = {}
     readable: list[tuple[int, str, str]] = []
     for index, path in enumerate(paths):
@@ -118,9 +134,7 @@ def score_files(
     for start in range(0, len(readable), max(1, batch_size)):
         chunk = readable[start : start + max(1, batch_size)]
         try:
-            predictions = post_images(
-                url, [image for _, _, image in chunk], threshold=threshold, timeout=timeout, session=session
-            )
+            predictions = post_images(url, [image for _, _, image in chunk], **options)
         except RejectedRequest as rejected:
             if len(chunk) == 1:
                 index, path, _ = chunk[0]
@@ -129,7 +143,7 @@ def score_files(
             # One bad file fails the whole request; score the files alone to tell which.
             for index, path, image in chunk:
                 try:
-                    (prediction,) = post_images(url, [image], threshold=threshold, timeout=timeout, session=session)
+                    (prediction,) = post_images(url, [image], **options)
                     results[index] = to_result(path, prediction)
                 except RejectedRequest as single:
                     results[index] = FileResult(path=path, error=re.sub(r"^row \d+: ", "", str(single)))
@@ -161,6 +175,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--top", type=int, default=3, help="findings shown per file (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per request (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default: %(default)s)")
+    parser.add_argument("--frame", type=int, default=None, help="0-based frame of multi-frame DICOMs (default: middle)")
     arguments = parser.parse_args(argv)
     if arguments.threshold is not None and not 0.0 <= arguments.threshold <= 1.0:
         parser.error(f"--threshold must be between 0 and 1, got {arguments.threshold}")
@@ -176,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             threshold=arguments.threshold,
             batch_size=arguments.batch_size,
             timeout=arguments.timeout,
+            frame=arguments.frame,
         )
     except ServerError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -4,11 +4,12 @@
 model file and `classifier.json` (class names, task, image size, threshold, pixel
 limit). It decodes every request image with `serve.preprocess`, the same code the
 training pipelines use, and answers one row per image: one probability column per
-output class and `predicted`, the predicted label(s).
+output class, `predicted`, the predicted label(s), and `frame`, the 0-based frame scored
+(the request parameter `frame`; -1, the default, is the middle frame of a multi-frame DICOM).
 
-Bad input (not base64, not an image, empty, too many pixels, DICOM without pixels,
-missing column, bad threshold) raises `InvalidImageInput`, which `mlflow models serve`
-answers with HTTP 400 and a one-line message.
+Bad input (not base64, not an image, empty, too many pixels, DICOM without an image or
+pixels, a frame the image lacks, missing column, bad threshold) raises `InvalidImageInput`,
+which `mlflow models serve` answers with HTTP 400 and a one-line message.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ IMAGE_COLUMN = "image"
 PREDICTED_COLUMN = "predicted"
 # Answer columns named threshold_<output column> carry the decision threshold each prediction used.
 THRESHOLD_PREFIX = "threshold_"
+FRAME_COLUMN = "frame"
+# The request parameter `frame`: -1 scores the middle frame of a multi-frame image (frames // 2).
+DEFAULT_FRAME = -1
 CONFIG_ARTIFACT = "classifier_config"
 MODEL_ARTIFACT = "keras_model"
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -37,13 +41,28 @@ DEFAULT_MAX_PIXELS = 50_000_000
 MAX_PIXELS_ENVIRONMENT = "MEDIMG_MAX_PIXELS"
 PREDICT_BATCH_SIZE = 32
 # The formats tf.io.decode_image reads (PIL names); PIL recognises more (TIFF, WebP) that training never sees.
-DECODABLE_FORMATS = ("PNG", "JPEG", "BMP", "GIF")
+# MPO (a camera's multi-picture JPEG) is accepted as training accepts it: its first picture is scored.
+DECODABLE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF")
 # The models-from-code file to pass as `python_model` to mlflow.pyfunc.log_model (no cloudpickle).
 MODEL_CODE_PATH = Path(__file__).resolve().with_name("model_code.py")
 REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "requirements.txt"
 # Packages (requirements.txt names) the served model imports; their pinned lines become its pip requirements,
 # so `mlflow models serve --env-manager virtualenv` and a built serving image decode what training decoded.
-SERVING_PACKAGES = ("tensorflow", "keras", "mlflow", "numpy", "pandas", "pillow", "pydicom")
+SERVING_PACKAGES = (
+    "tensorflow",
+    "keras",
+    "mlflow",
+    "numpy",
+    "pandas",
+    "pillow",
+    "pydicom",
+    # pydicom's pixel-data plugins: JPEG baseline/extended/lossless and JPEG-LS (libjpeg),
+    # JPEG 2000 and HTJ2K (openjpeg), fast RLE (rle).
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
+    "pylibjpeg-rle",
+)
 
 
 @dataclass
@@ -127,7 +146,11 @@ def bad_input(message: str) -> InvalidImageInput:
 
 
 def classifier_signature(config: ClassifierConfig):
-    """Model signature: column `image` (base64 string) in; a probability column per output, `predicted` and the thresholds out."""
+    """Model signature: column `image` (base64 string) in; probabilities, `predicted`, thresholds and `frame` out.
+
+    Parameters: `threshold` (double; none = the stored per-class operating points) and `frame` (long, -1 =
+    the middle frame of a multi-frame image).
+    """
     from mlflow.models.signature import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
@@ -137,9 +160,9 @@ def classifier_signature(config: ClassifierConfig):
         outputs += [ColSpec("double", f"{THRESHOLD_PREFIX}{name}") for name in config.output_columns]
     return ModelSignature(
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
-        outputs=Schema(outputs),
+        outputs=Schema([*outputs, ColSpec("long", FRAME_COLUMN)]),
         # No default threshold: without one, the stored per-class operating points decide.
-        params=ParamSchema([ParamSpec("threshold", "double", None)]),
+        params=ParamSchema([ParamSpec("threshold", "double", None), ParamSpec(FRAME_COLUMN, "long", DEFAULT_FRAME)]),
     )
 
 
@@ -175,34 +198,39 @@ def image_header(data: bytes) -> tuple[str, int, int] | None:
         return None
 
 
-def check_image(data: bytes, row: int, max_pixels: int) -> None:
-    """Reject bytes that are not a supported image or whose header announces more than max_pixels."""
-    from serve.preprocess import dicom_dimensions, is_dicom
+def check_image(data: bytes, row: int, max_pixels: int, frame: int = DEFAULT_FRAME) -> int:
+    """Reject bytes that are not a supported image, whose header announces more than max_pixels in the
+    frame that is decoded, or that lack `frame`; return the 0-based frame that will be scored."""
+    from serve.preprocess import NOT_AN_IMAGE, dicom_dimensions, frame_index, is_dicom
 
-    if is_dicom(data):
-        try:
+    try:
+        if is_dicom(data):
             width, height, frames = dicom_dimensions(data)
-        except ValueError as error:
-            raise bad_input(f"row {row}: {error}") from None
-        pixels = width * height * frames
-        described = f"{width}x{height}" + (f"x{frames} frames" if frames > 1 else "")
-    else:
-        header = image_header(data)
-        if header is None:
-            raise bad_input(f"row {row}: not a PNG, JPEG, BMP, GIF or DICOM image")
-        image_format, width, height = header
-        if image_format not in DECODABLE_FORMATS:
-            raise bad_input(f"row {row}: {image_format} images are not supported; send PNG, JPEG, BMP, GIF or DICOM")
-        pixels = width * height
-        described = f"{width}x{height}"
-    if pixels > max_pixels:
-        raise bad_input(f"row {row}: image of {described} pixels exceeds the limit of {max_pixels} pixels")
+        else:
+            header = image_header(data)
+            if header is None:
+                raise ValueError(NOT_AN_IMAGE)
+            image_format, width, height = header
+            if image_format not in DECODABLE_FORMATS:
+                raise ValueError(f"{image_format} images are not supported; send PNG, JPEG, BMP, GIF or DICOM")
+            frames = 1
+        scored = frame_index(frames, frame)
+    except ValueError as error:
+        raise bad_input(f"row {row}: {error}") from None
+    # One frame is decoded, so the limit applies to one frame's pixels.
+    if width * height > max_pixels:
+        raise bad_input(f"row {row}: image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+    return scored
 
 
 def predictions_frame(
-    probabilities: np.ndarray, config: ClassifierConfig, threshold: float | None = None
+    probabilities: np.ndarray,
+    config: ClassifierConfig,
+    threshold: float | None = None,
+    frames: list[int] | None = None,
 ) -> pd.DataFrame:
-    """One row per image: a probability column per output class, the predicted label(s) and the thresholds used.
+    """One row per image: a probability column per output class, the predicted label(s), the thresholds used
+    and the frame scored.
 
     binary: the class at or above its threshold; multiclass: the most probable class; multilabel:
     every label at or above its threshold, joined with "|" (an empty string when none is). The
@@ -225,6 +253,7 @@ def predictions_frame(
     if config.task != "multiclass":
         for column, value in zip(config.output_columns, thresholds, strict=True):
             frame[f"{THRESHOLD_PREFIX}{column}"] = float(value)
+    frame[FRAME_COLUMN] = np.asarray(frames if frames is not None else [0] * len(frame), dtype=np.int64)
     return frame
 
 
@@ -236,6 +265,20 @@ def max_pixels_from_environment(default: int) -> int:
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"{MAX_PIXELS_ENVIRONMENT} must be a positive whole number of pixels, got {value!r}")
     return int(value)
+
+
+def requested_frame(params: dict | None) -> int:
+    """The request parameter `frame`: a whole number, -1 (the middle frame) or a 0-based frame index."""
+    value = (params or {}).get(FRAME_COLUMN)
+    if value is None:
+        return DEFAULT_FRAME
+    try:
+        whole = int(value) if not isinstance(value, bool | str) and float(value) == int(value) else None
+    except (TypeError, ValueError, OverflowError):
+        whole = None
+    if whole is None or whole < DEFAULT_FRAME:
+        raise bad_input(f"frame must be -1 (the middle frame) or a 0-based frame index, got {str(value)[:20]!r}")
+    return whole
 
 
 class ImageClassifier(PythonModel):
@@ -251,15 +294,15 @@ class ImageClassifier(PythonModel):
         self.config.max_pixels = max_pixels_from_environment(self.config.max_pixels)
         self.model = keras.models.load_model(context.artifacts[MODEL_ARTIFACT], compile=False)
 
-    def image_tensors(self, encoded: list[bytes], first_row: int) -> np.ndarray:
-        """Decode and resize checked image bytes into a float32 batch [N, S, S, 3] in 0-255."""
+    def image_tensors(self, encoded: list[bytes], frames: list[int], first_row: int) -> np.ndarray:
+        """Decode and resize checked image bytes (each at its frame) into a float32 batch [N, S, S, 3] in 0-255."""
         from serve.preprocess import load_image_tensor
 
         tensors = []
-        for offset, data in enumerate(encoded):
+        for offset, (data, frame) in enumerate(zip(encoded, frames, strict=True)):
             row = first_row + offset
             try:
-                tensor = load_image_tensor(data, self.config.image_size)
+                tensor = load_image_tensor(data, self.config.image_size, frame)
             except ValueError as error:
                 raise bad_input(f"row {row}: {error}") from None
             except Exception as error:  # TensorFlow raises InvalidArgumentError for truncated or corrupt bytes.
@@ -267,11 +310,13 @@ class ImageClassifier(PythonModel):
             tensors.append(np.asarray(tensor, dtype=np.float32))
         return np.stack(tensors)
 
-    def predict_probabilities(self, encoded: list[bytes]) -> np.ndarray:
+    def predict_probabilities(self, encoded: list[bytes], frames: list[int] | None = None) -> np.ndarray:
         """Class probabilities [N, outputs] for checked image bytes, decoded and predicted 32 at a time."""
+        frames = frames if frames is not None else [DEFAULT_FRAME] * len(encoded)
         chunks = []
         for start in range(0, len(encoded), PREDICT_BATCH_SIZE):
-            batch = self.image_tensors(encoded[start : start + PREDICT_BATCH_SIZE], start)
+            end = start + PREDICT_BATCH_SIZE
+            batch = self.image_tensors(encoded[start:end], frames[start:end], start)
             # predict_on_batch skips the tf.data set-up of predict(), which dominates one-image requests.
             chunks.append(np.asarray(self.model.predict_on_batch(batch), dtype=np.float64))
         return self.calibrated(np.concatenate(chunks, axis=0))
@@ -295,11 +340,12 @@ class ImageClassifier(PythonModel):
                 raise bad_input(f"threshold must be a number between 0 and 1, got {threshold!r}") from None
             if not 0.0 <= threshold <= 1.0:
                 raise bad_input(f"threshold must be between 0 and 1, got {threshold}")
+        frame = requested_frame(params)
         if len(model_input) == 0:
             raise bad_input("input has no rows; send one row per image")
-        encoded = []
+        encoded, frames = [], []
         for row, value in enumerate(model_input[IMAGE_COLUMN].tolist()):
             data = decode_base64(value, row)
-            check_image(data, row, self.config.max_pixels)
+            frames.append(check_image(data, row, self.config.max_pixels, frame))
             encoded.append(data)
-        return predictions_frame(self.predict_probabilities(encoded), self.config, threshold)
+        return predictions_frame(self.predict_probabilities(encoded, frames), self.config, threshold, frames)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from train.data import available_datasets, load_dataset, make_batches, validate_dataset_args
 from train.data.files import UnreadableImageWarning
@@ -26,7 +27,12 @@ def save_flat(
     path.parent.mkdir(parents=True, exist_ok=True)
     width, height = size
     if mode == "I;16":
+        # A flat 16-bit image's own range says nothing of its depth, so the file declares 16 significant bits.
         image = Image.fromarray(np.full((height, width), level * 257, dtype=np.uint16))
+        significant = PngInfo()
+        significant.add(b"sBIT", bytes([16]))
+        image.save(path, format=image_format, pnginfo=significant)
+        return
     elif mode == "P":
         # An adaptive palette keeps the exact gray; the default web palette would dither it.
         image = Image.new("RGB", size, (level, level, level)).convert("P", palette=Image.Palette.ADAPTIVE)
@@ -351,9 +357,10 @@ def test_malaria_tfds_splits_are_disjoint_seeded_and_map_labels(tmp_path):
 
 def test_malaria_reads_an_extracted_cell_images_folder(tmp_path):
     cells = tmp_path / "download" / "cell_images"
+    # NIH names: one smear (C<slide>P<patient>) gives parasitized and uninfected cells; the folder splits by smear.
     for index in range(6):
-        save_flat(cells / "Parasitized" / f"C{index}_p.png", 200 + index)
-        save_flat(cells / "Uninfected" / f"C{index}_u.png", 40 + index)
+        save_flat(cells / "Parasitized" / f"C{index}P{index}ThinF_IMG_20150604_1047{index}_cell_1.png", 200 + index)
+        save_flat(cells / "Uninfected" / f"C{index}P{index}ThinF_IMG_20150604_1047{index}_cell_2.png", 40 + index)
     (cells / "Parasitized" / "Thumbs.db").write_bytes(b"\0" * 10)
     loaded = load_dataset("malaria", data_dir=str(tmp_path / "download"), image_size=IMAGE_SIZE, seed=0)
     assert (loaded.class_names, loaded.task, loaded.skipped_images) == (["uninfected", "parasitized"], "binary", 0)
@@ -364,6 +371,7 @@ def test_malaria_reads_an_extracted_cell_images_folder(tmp_path):
             assert label[0] == (1.0 if mean > 128 else 0.0)
             total += 1
     assert total == 12
+    assert sum(loaded.group_counts.values()) == 6 and min(loaded.group_counts.values()) >= 1
 
 
 # --- make_batches -----------------------------------------------------------------------------------

@@ -223,5 +223,5 @@ def test_mlflow_run_promote_names_a_real_trained_model_champion(client, repo_roo
     buffer = io.BytesIO()
     Image.fromarray(np.full((40, 40, 3), 200, dtype=np.uint8)).save(buffer, format="PNG")
     output = champion.predict(pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode()]}))
-    assert list(output.columns) == ["parasitized", "predicted", "threshold_parasitized"]
+    assert list(output.columns) == ["parasitized", "predicted", "threshold_parasitized", "frame"]
     assert 0.0 <= output["parasitized"][0] <= 1.0

@@ -3,15 +3,8 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,56 +12,11 @@ import pandas as pd
 import pytest
 import requests
 from PIL import Image
+from serving_helpers import MAX_PIXELS, cell_image, encode, free_port, invoke, split_body, write_dicom
 
 from serve.preprocess import dicom_to_array, load_image_tensor
 
-MODEL_NAME = "served-classifier"
-MAX_PIXELS = 1_000_000
 TOLERANCE = 1e-5
-
-
-def write_dicom(
-    path: Path,
-    pixels: np.ndarray | None,
-    *,
-    photometric: str = "MONOCHROME2",
-    window: tuple[float, float] | None = None,
-    bits_stored: int = 12,
-    shape: tuple[int, int] = (64, 64),
-) -> Path:
-    """A small uncompressed (Explicit VR Little Endian) DICOM file; pixels=None leaves out the pixel data."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.Modality = "DX"
-    dataset.PatientID = "SYNTHETIC"
-    rows, columns = pixels.shape if pixels is not None else shape
-    dataset.Rows, dataset.Columns = rows, columns
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = photometric
-    dataset.BitsAllocated = 16
-    dataset.BitsStored = bits_stored
-    dataset.HighBit = bits_stored - 1
-    dataset.PixelRepresentation = 0
-    if window is not None:
-        dataset.WindowCenter, dataset.WindowWidth = window
-    if pixels is not None:
-        dataset.PixelData = pixels.astype(np.uint16).tobytes()
-    dataset.save_as(path, enforce_file_format=True)
-    return path
-
-
-def cell_image(size: int, seed: int) -> np.ndarray:
-    from train.data.synthetic import render_cell
-
-    return render_cell(np.random.default_rng(seed), size, {"dots": seed % 2 == 0})
 
 
 @pytest.fixture(scope="module")
@@ -88,123 +36,6 @@ def image_files(tmp_path_factory) -> dict[str, Path]:
         folder / "xray_m1.dcm", 4095 - twelve_bit, photometric="MONOCHROME1", window=(4096.0 - 2000.0, 3000.0)
     )
     return files
-
-
-def encode(path: Path) -> str:
-    return base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def registered_model(tmp_path_factory):
-    """One tiny model trained in-process, registered as MODEL_NAME with the alias `champion`."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from train.settings import MainSettings
-    from train.trainer import train
-
-    directory = tmp_path_factory.mktemp("tracking")
-    tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment("serving")
-    config = MainSettings.from_dict(
-        {"image_size": "32", "epochs": "1", "batch_size": "16", "max_examples": "120", "register_as": MODEL_NAME}
-    )
-    run_id = train(config).run_id
-    client = MlflowClient(tracking_uri)
-    (version,) = client.search_model_versions(f"name='{MODEL_NAME}'")
-    client.set_registered_model_alias(MODEL_NAME, "champion", version.version)
-    yield {"tracking_uri": tracking_uri, "run_id": run_id, "uri": f"models:/{MODEL_NAME}@champion"}
-    mlflow.set_tracking_uri(None)
-    if previous is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = previous
-
-
-@pytest.fixture(scope="module")
-def loaded_model(registered_model):
-    import mlflow
-
-    return mlflow.pyfunc.load_model(registered_model["uri"])
-
-
-@pytest.fixture(scope="module")
-def server(registered_model, tmp_path_factory):
-    """`mlflow models serve -m models:/served-classifier@champion --env-manager local` on a free port."""
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("server")
-    log_path = workdir / "server.log"
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": registered_model["tracking_uri"],
-        "MEDIMG_MAX_PIXELS": str(MAX_PIXELS),
-        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-    }
-    # The model must carry its own code: the server runs outside the repository, without PYTHONPATH.
-    env.pop("PYTHONPATH", None)
-    command = [
-        os.path.join(os.path.dirname(sys.executable), "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        registered_model["uri"],
-        "--env-manager",
-        "local",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with open(log_path, "wb") as log:
-        # A new session makes the server and its uvicorn child one process group, stopped together below.
-        process = subprocess.Popen(
-            command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow models serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow models serve did not answer /ping in time:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-
-
-def invoke(url: str, body, *, timeout: float = 120) -> requests.Response:
-    if isinstance(body, bytes | str):
-        return requests.post(
-            f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}, timeout=timeout
-        )
-    return requests.post(f"{url}/invocations", json=body, timeout=timeout)
-
-
-def split_body(images: list, params: dict | None = None, column: str = "image") -> dict:
-    body: dict = {"dataframe_split": {"columns": [column], "data": [[image] for image in images]}}
-    if params is not None:
-        body["params"] = params
-    return body
 
 
 # DICOM reading, in-process.
@@ -248,7 +79,8 @@ def test_dicom_without_pixel_data_is_a_one_line_value_error(tmp_path):
 def test_in_process_model_matches_keras_on_each_file(loaded_model, image_files):
     frame = pd.DataFrame({"image": [encode(path) for path in image_files.values()]})
     output = loaded_model.predict(frame)
-    assert list(output.columns) == ["parasitized", "predicted", "threshold_parasitized"]
+    assert list(output.columns) == ["parasitized", "predicted", "threshold_parasitized", "frame"]
+    assert output["frame"].tolist() == [0, 0, 0, 0]
     classifier = loaded_model.unwrap_python_model()
     tensors = np.stack([np.asarray(load_image_tensor(path.read_bytes(), 32)) for path in image_files.values()])
     # Served probabilities are the Keras outputs through the calibration stored with the model.
@@ -259,7 +91,7 @@ def test_in_process_model_matches_keras_on_each_file(loaded_model, image_files):
 
 
 @pytest.mark.slow
-def test_model_logged_from_code_predicts_like_the_registered_one(registered_model, loaded_model, image_files, tmp_path):
+def test_model_logged_from_code_predicts_like_the_registered_one(loaded_model, image_files, tmp_path, tracking_uri):
     """serve/model_code.py (models from code, no cloudpickle) gives the same model as the logged one."""
     import mlflow
 
@@ -414,7 +246,7 @@ def test_server_keeps_serving_after_bad_requests(server, bad_requests, image_fil
         assert invoke(server, body).status_code == 400
     response = invoke(server, split_body([encode(image_files["png"])]))
     assert response.status_code == 200
-    assert set(response.json()["predictions"][0]) == {"parasitized", "predicted", "threshold_parasitized"}
+    assert set(response.json()["predictions"][0]) == {"parasitized", "predicted", "threshold_parasitized", "frame"}
 
 
 # The command-line client.
@@ -472,5 +304,17 @@ def test_signature_describes_the_served_columns():
 
     signature = classifier_signature(ClassifierConfig(class_names=["a", "b", "c"], task="multilabel", image_size=32))
     assert signature.inputs.input_names() == ["image"]
-    assert signature.outputs.input_names() == ["a", "b", "c", "predicted", "threshold_a", "threshold_b", "threshold_c"]
-    assert json.loads(signature.params.to_json())[0]["name"] == "threshold"
+    assert signature.outputs.input_names() == [
+        "a",
+        "b",
+        "c",
+        "predicted",
+        "threshold_a",
+        "threshold_b",
+        "threshold_c",
+        "frame",
+    ]
+    params = {param["name"]: param for param in json.loads(signature.params.to_json())}
+    assert set(params) == {"threshold", "frame"}
+    assert params["threshold"]["default"] is None
+    assert (params["frame"]["type"], params["frame"]["default"]) == ("long", -1)

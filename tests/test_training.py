@@ -156,7 +156,7 @@ def test_logged_model_predicts_like_keras(trained_run, tmp_path):
     Image.fromarray(rng.integers(0, 255, (60, 70, 3), dtype=np.uint8)).save(path)
     frame = pd.DataFrame({"image": [base64.b64encode(path.read_bytes()).decode()]})
     output = served.predict(frame)
-    assert list(output.columns) == ["parasitized", "predicted", "threshold_parasitized"]
+    assert list(output.columns) == ["parasitized", "predicted", "threshold_parasitized", "frame"]
     classifier = served.unwrap_python_model()
     from serve.preprocess import load_image_tensor
 

@@ -92,11 +92,16 @@ def load_dataset(
     synthetic_task: str = "binary",
     synthetic_examples: int = 600,
     view: str = "all",
+    group_pattern: str = "",
 ) -> LoadedDataset:
     """Load dataset `name` into train/val/test Splits of (image float32 [S, S, 3] in 0-255, label float32).
 
     A data_dir holding a `python -m train prepare` manifest is read from its TFRecords, whatever
     the dataset; its splits are fixed by the preparation. `view` (all, PA, AP) filters chestxray14.
+    `group_pattern` (imagefolder, malaria) keeps each patient's or slide's images in one split: a preset
+    (`pneumonia`, `malaria`), a regular expression whose first group is the key in each file name, or
+    `none`; "" is the dataset's default (malaria's cell_images/ folder: by smear; imagefolder: per image).
+    The LoadedDataset's `group_counts` then gives the number of groups per split.
     """
     validate_dataset_args(name, data_dir)
     if image_size < MINIMUM_IMAGE_SIZE:
@@ -129,6 +134,7 @@ def load_dataset(
         synthetic_task=synthetic_task,
         synthetic_examples=synthetic_examples,
         view=view,
+        group_pattern=group_pattern,
     )
     if loaded.task not in TASKS:
         raise ValueError(f"loader for {name!r} returned task {loaded.task!r}; it must be one of {', '.join(TASKS)}")

@@ -451,6 +451,7 @@ def load_chestxray14(
         labels=index.labels[readable],
         split_ids=index.split_ids[readable],
         content_hashes=scan.readable_hashes(),
+        graph_decodable=scan.readable_graph_decodable(),
         skipped=skipped,
         image_size=image_size,
         settings={key: value for key, value in index.settings.items() if key != "name"},

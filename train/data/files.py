@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-# Formats that tf.io.decode_image reads, as PIL names them (MPO is a multi-picture JPEG from cameras).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".dcm", ".dicom")
+# Formats that tf.io.decode_image reads, as PIL names them. MPO is a camera's multi-picture JPEG: training and
+# serving both accept it and use its first picture, a complete JPEG that TensorFlow decodes.
 DECODABLE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "GIF", "BMP"})
 # TensorFlow's BMP decoder reads 24/32-bit and 8-bit gray BMPs; it ignores palettes and fails on 1-bit files.
 DECODABLE_BMP_MODES = frozenset({"RGB", "RGBA", "L"})
@@ -27,7 +28,7 @@ class UnreadableImageWarning(UserWarning):
 
 
 def has_image_extension(path: str | Path) -> bool:
-    """True for .png, .jpg, .jpeg, .bmp and .gif names, in any letter case."""
+    """True for .png, .jpg, .jpeg, .bmp, .gif, .dcm and .dicom names, in any letter case."""
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
@@ -48,6 +49,9 @@ class ScanResult:
     readable: np.ndarray
     # Hex content hash per file ("" for unreadable files); feeds the dataset digest.
     content_hashes: list[str]
+    # True per file that TensorFlow's graph decoder reads (8-bit PNG, JPEG, GIF, BMP); False for DICOM and
+    # 16-bit PNG, which the numpy decoder reads. Lets the pipeline skip the per-file choice when all are True.
+    graph_decodable: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
     # One "path: reason" line per skipped file.
     skipped: list[str] = field(default_factory=list)
 
@@ -59,32 +63,54 @@ class ScanResult:
         """Content hashes of the readable files, in scan order."""
         return [value for value, readable in zip(self.content_hashes, self.readable, strict=True) if readable]
 
+    def readable_graph_decodable(self) -> np.ndarray:
+        """graph_decodable of the readable files, in scan order."""
+        return self.graph_decodable[self.readable]
+
 
 def check_image(path: str | Path) -> tuple[str, str | None]:
-    """Read and fully decode one file with PIL; return (content hash, None) or ("", reason it cannot be used)."""
+    """Read and fully decode one file; return (content hash, None) or ("", reason it cannot be used)."""
+    content_hash, reason, _ = _check_file(path)
+    return content_hash, reason
+
+
+def _check_file(path: str | Path) -> tuple[str, str | None, bool]:
+    """check_image, plus whether TensorFlow's graph decoder reads the file.
+
+    DICOM and 16-bit PNG files are decoded by serve.preprocess.decode_array, the decoder training uses for
+    them; the others by PIL, which reads every format that TensorFlow's graph decoder reads.
+    """
     from PIL import Image
+
+    from serve.preprocess import PNG_SIGNATURE, decode_array, is_dicom, is_graph_decodable
 
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as error:
-        return "", f"cannot be read ({error.strerror or error})"
+        return "", f"cannot be read ({error.strerror or error})", False
     if not data:
-        return "", "empty file"
+        return "", "empty file", False
     content_hash = hashlib.blake2b(data, digest_size=16).hexdigest()
+    if not is_graph_decodable(data) and (is_dicom(data) or data.startswith(PNG_SIGNATURE)):
+        try:
+            decode_array(data)
+        except ValueError as error:
+            return "", str(error), False
+        return content_hash, None, False
     try:
         with Image.open(io.BytesIO(data)) as image:
             image_format, mode = image.format, image.mode
             if image_format not in DECODABLE_FORMATS:
-                return "", f"{image_format} data cannot be decoded by TensorFlow; convert it to PNG"
+                return "", f"{image_format} data cannot be decoded by TensorFlow; convert it to PNG", False
             if image_format == "BMP" and mode not in DECODABLE_BMP_MODES:
-                return "", f"BMP in mode {mode} cannot be decoded by TensorFlow; convert it to PNG"
+                return "", f"BMP in mode {mode} cannot be decoded by TensorFlow; convert it to PNG", False
             # load() decodes every pixel, which catches truncated files that open() accepts.
             image.load()
     except Exception as error:  # PIL raises many exception types (OSError, SyntaxError, struct.error) for bad bytes.
         message = str(error).strip() or type(error).__name__
-        return "", f"not a decodable image ({message})"
-    return content_hash, None
+        return "", f"not a decodable image ({message})", False
+    return content_hash, None, is_graph_decodable(data)
 
 
 def scan_images(paths: Sequence[str | Path], *, description: str = "checking images", workers: int = 0) -> ScanResult:
@@ -92,17 +118,17 @@ def scan_images(paths: Sequence[str | Path], *, description: str = "checking ima
     from tqdm.auto import tqdm
 
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
-    results: list[tuple[str, str | None]] = []
+    results: list[tuple[str, str | None, bool]] = []
     with (
         ThreadPoolExecutor(max_workers=workers) as executor,
         # disable=None turns the bar off when stderr is not a terminal (CI logs, MLflow runs).
         tqdm(total=len(paths), desc=description, unit="img", disable=None) as progress,
     ):
-        for result in executor.map(check_image, paths):
+        for result in executor.map(_check_file, paths):
             results.append(result)
             progress.update(1)
-    readable = np.array([reason is None for _, reason in results], dtype=bool)
-    skipped = [f"{path}: {reason}" for path, (_, reason) in zip(paths, results, strict=True) if reason is not None]
+    readable = np.array([reason is None for _, reason, _ in results], dtype=bool)
+    skipped = [f"{path}: {reason}" for path, (_, reason, _) in zip(paths, results, strict=True) if reason is not None]
     for line in skipped[:MAX_SKIP_WARNINGS]:
         warnings.warn(f"skipping unreadable image {line}", UnreadableImageWarning, stacklevel=2)
     if len(skipped) > MAX_SKIP_WARNINGS:
@@ -111,4 +137,9 @@ def scan_images(paths: Sequence[str | Path], *, description: str = "checking ima
             UnreadableImageWarning,
             stacklevel=2,
         )
-    return ScanResult(readable=readable, content_hashes=[content_hash for content_hash, _ in results], skipped=skipped)
+    return ScanResult(
+        readable=readable,
+        content_hashes=[content_hash for content_hash, _, _ in results],
+        skipped=skipped,
+        graph_decodable=np.array([graph for _, _, graph in results], dtype=bool),
+    )

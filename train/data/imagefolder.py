@@ -2,7 +2,8 @@
 
 Two classes give a binary task whose positive class (label 1.0) is the second folder name in
 sorted order (NORMAL/PNEUMONIA -> PNEUMONIA); more classes give a multiclass task with one-hot
-labels. Accepted files: .png .jpg .jpeg .bmp .gif in any letter case; unreadable ones are skipped.
+labels. Accepted files: .png .jpg .jpeg .bmp .gif .dcm .dicom in any letter case; unreadable ones are skipped.
+With a group_pattern (train.data.groups), every patient's or slide's images stay in one split.
 """
 
 from __future__ import annotations
@@ -12,8 +13,24 @@ from pathlib import Path
 import numpy as np
 
 from train.data.files import list_image_files, scan_images
+from train.data.groups import (
+    compile_group_pattern,
+    group_ids,
+    groups_in_several_splits,
+    groups_per_split,
+    resolve_group_pattern,
+)
 from train.data.spec import LoadedDataset
-from train.data.splits import TEST, TRAIN, VAL, carve_split, stratified_choice, stratified_split
+from train.data.splits import (
+    TEST,
+    TRAIN,
+    VAL,
+    carve_split,
+    grouped_carve,
+    grouped_split,
+    stratified_choice,
+    stratified_split,
+)
 
 SPLIT_FOLDER_IDS = {"train": TRAIN, "val": VAL, "validation": VAL, "test": TEST}
 
@@ -56,17 +73,76 @@ def load_class_folders(
     validation_fraction: float,
     test_fraction: float,
     classes: list[tuple[str, str]] | None = None,
+    group_pattern: str = "",
 ) -> LoadedDataset:
     """Load class subfolders under `root` (or under its train/val/test folders) into a LoadedDataset.
 
     classes: (class name, folder name) pairs in label order, to force names and the positive class
     (the malaria cell_images layout); by default the sorted folder names of the training folder.
+    group_pattern: a regular expression (already resolved from presets) whose first group is the
+    patient or slide key in each file name; "" splits per image.
     """
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"data_dir {root} does not exist or is not a folder; point it at the dataset folder")
+    if group_pattern:
+        # A bad pattern fails before the scan, which can take minutes on a large folder.
+        compile_group_pattern(group_pattern)
     layout = split_folders(root)
-    train_folder = layout.get(TRAIN, root)
+    classes = _check_classes(layout.get(TRAIN, root), layout, classes)
+    paths, class_indices, preset = _list_class_files(root, layout, classes)
+
+    if max_examples and max_examples < len(paths):
+        # Stratify the cap by split folder and class so every split keeps its class balance.
+        keep = stratified_choice(preset * len(classes) + class_indices, max_examples, seed)
+        paths = [paths[index] for index in keep]
+        class_indices, preset = class_indices[keep], preset[keep]
+
+    scan = scan_images(paths, description=f"checking {name} images")
+    readable = scan.readable
+    paths = [path for path, good in zip(paths, readable, strict=True) if good]
+    class_indices, preset = class_indices[readable], preset[readable]
+
+    groups = group_ids(paths, group_pattern) if group_pattern else None
+    fractions = (validation_fraction, test_fraction)
+    if layout:
+        split_ids = _fill_missing_splits(preset, class_indices, layout, fractions, seed, root, groups)
+    else:
+        split_ids = _split(class_indices, groups, fractions, seed)
+    task, labels = _labels_for(class_indices, len(classes))
+    settings = {
+        "seed": seed,
+        "max_examples": max_examples,
+        "validation_fraction": validation_fraction,
+        "test_fraction": test_fraction,
+    }
+    if group_pattern:
+        # Only set when grouping, so per-image datasets keep the digests they had before grouping existed.
+        settings["group_pattern"] = group_pattern
+
+    from train.data.pipeline import loaded_from_files
+
+    return loaded_from_files(
+        name=name,
+        task=task,
+        class_names=[class_name for class_name, _ in classes],
+        source=root,
+        paths=paths,
+        labels=labels,
+        split_ids=split_ids,
+        content_hashes=scan.readable_hashes(),
+        skipped=scan.skipped,
+        image_size=image_size,
+        settings=settings,
+        group_counts=groups_per_split(groups, split_ids) if groups is not None else {},
+        graph_decodable=scan.readable_graph_decodable(),
+    )
+
+
+def _check_classes(
+    train_folder: Path, layout: dict[int, Path], classes: list[tuple[str, str]] | None
+) -> list[tuple[str, str]]:
+    """(class name, folder name) pairs: the given ones or the training folder's subfolders; every split has the same."""
     if classes is None:
         folder_names = [folder.name for folder in _subfolders(train_folder)]
         classes = [(folder_name, folder_name) for folder_name in folder_names]
@@ -83,7 +159,13 @@ def load_class_folders(
                 f"{split_folder} has class folders {', '.join(extra)} that {train_folder} lacks; "
                 "use the same class folders in every split"
             )
+    return classes
 
+
+def _list_class_files(
+    root: Path, layout: dict[int, Path], classes: list[tuple[str, str]]
+) -> tuple[list[Path], np.ndarray, np.ndarray]:
+    """Image paths, their class indices and their split folder ids (-1 without split folders)."""
     paths: list[Path] = []
     class_list: list[int] = []
     preset_list: list[int] = []
@@ -98,50 +180,24 @@ def load_class_folders(
             class_list.extend([class_index] * len(files))
             preset_list.extend([split_id] * len(files))
     class_indices = np.array(class_list, dtype=np.int64)
-    preset = np.array(preset_list, dtype=np.int64)
     counts = np.bincount(class_indices, minlength=len(classes))
     empty = [folder for (_, folder), count in zip(classes, counts, strict=True) if count == 0]
     if empty:
-        raise ValueError(f"class folder(s) {', '.join(empty)} under {root} hold no .png/.jpg/.jpeg/.bmp/.gif images")
-
-    if max_examples and max_examples < len(paths):
-        # Stratify the cap by split folder and class so every split keeps its class balance.
-        keep = stratified_choice(preset * len(classes) + class_indices, max_examples, seed)
-        paths = [paths[index] for index in keep]
-        class_indices, preset = class_indices[keep], preset[keep]
-
-    scan = scan_images(paths, description=f"checking {name} images")
-    readable = scan.readable
-    paths = [path for path, good in zip(paths, readable, strict=True) if good]
-    class_indices, preset = class_indices[readable], preset[readable]
-
-    if layout:
-        split_ids = _fill_missing_splits(preset, class_indices, layout, validation_fraction, test_fraction, seed, root)
-    else:
-        split_ids = stratified_split(
-            class_indices, validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed
+        raise ValueError(
+            f"class folder(s) {', '.join(empty)} under {root} hold no .png/.jpg/.jpeg/.bmp/.gif/.dcm images"
         )
-    task, labels = _labels_for(class_indices, len(classes))
+    return paths, class_indices, np.array(preset_list, dtype=np.int64)
 
-    from train.data.pipeline import loaded_from_files
 
-    return loaded_from_files(
-        name=name,
-        task=task,
-        class_names=[class_name for class_name, _ in classes],
-        source=root,
-        paths=paths,
-        labels=labels,
-        split_ids=split_ids,
-        content_hashes=scan.readable_hashes(),
-        skipped=scan.skipped,
-        image_size=image_size,
-        settings={
-            "seed": seed,
-            "max_examples": max_examples,
-            "validation_fraction": validation_fraction,
-            "test_fraction": test_fraction,
-        },
+def _split(class_indices: np.ndarray, groups: np.ndarray | None, fractions: tuple[float, float], seed: int):
+    """Split ids for a set: stratified by class, and keeping whole groups when there are groups."""
+    validation_fraction, test_fraction = fractions
+    if groups is not None:
+        return grouped_split(
+            groups, class_indices, validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed
+        )
+    return stratified_split(
+        class_indices, validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed
     )
 
 
@@ -149,28 +205,39 @@ def _fill_missing_splits(
     preset: np.ndarray,
     class_indices: np.ndarray,
     layout: dict[int, Path],
-    validation_fraction: float,
-    test_fraction: float,
+    fractions: tuple[float, float],
     seed: int,
     root: Path,
+    groups: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Keep the folder splits; carve a missing val/ or test/ out of train/, stratified by class."""
+    """Keep the folder splits; carve a missing val/ or test/ out of train/, stratified by class (and by whole groups).
+
+    With groups, the folders must already keep each group in one split; otherwise ValueError says how many cross.
+    """
+    validation_fraction, test_fraction = fractions
+    if groups is not None:
+        crossing = groups_in_several_splits(groups, preset)
+        if crossing:
+            raise ValueError(
+                f"{crossing} patient/slide group(s) have images in more than one of the split folders of {root}; "
+                "move each group's images into one of train/, val/, test/, or put all images in class folders "
+                "at the top level so that medimg splits them by group"
+            )
     split_ids = preset.copy()
     train_members = np.flatnonzero(split_ids == TRAIN)
+    train_groups = groups[train_members] if groups is not None else None
     if VAL not in layout and TEST not in layout:
-        split_ids[train_members] = stratified_split(
-            class_indices[train_members],
-            validation_fraction=validation_fraction,
-            test_fraction=test_fraction,
-            seed=seed,
-        )
+        split_ids[train_members] = _split(class_indices[train_members], train_groups, fractions, seed)
         return split_ids
     for missing_id, fraction in ((VAL, validation_fraction), (TEST, test_fraction)):
         if missing_id in layout:
             continue
         if len(train_members) < 2:
             raise ValueError(f"{root}/train has too few readable images to carve out a split; add images")
-        carved = carve_split(class_indices[train_members], fraction, seed)
+        if train_groups is not None:
+            carved = grouped_carve(train_groups, class_indices[train_members], fraction, seed)
+        else:
+            carved = carve_split(class_indices[train_members], fraction, seed)
         split_ids[train_members[carved]] = missing_id
     return split_ids
 
@@ -183,9 +250,14 @@ def load_imagefolder(
     max_examples: int = 0,
     validation_fraction: float = 0.15,
     test_fraction: float = 0.15,
+    group_pattern: str = "",
     **_: object,
 ) -> LoadedDataset:
-    """Load a class-per-subfolder dataset from data_dir."""
+    """Load a class-per-subfolder dataset from data_dir.
+
+    group_pattern: "" (split per image), a preset (`pneumonia`, `malaria`) or a regular expression whose
+    first group is the patient or slide key in each file name; see train.data.groups.
+    """
     if not data_dir:
         raise ValueError("dataset imagefolder needs data_dir: a folder with one subfolder per class")
     return load_class_folders(
@@ -196,4 +268,5 @@ def load_imagefolder(
         max_examples=max_examples,
         validation_fraction=validation_fraction,
         test_fraction=test_fraction,
+        group_pattern=resolve_group_pattern(group_pattern),
     )

@@ -5,6 +5,9 @@ Download: https://data.lhncbc.nlm.nih.gov/public/Malaria/cell_images.zip (TFDS `
 Citation: Rajaraman S. et al., "Pre-trained convolutional neural networks as feature extractors toward
 improved malaria parasite detection in thin blood smear images", PeerJ 6:e4568, 2018.
 Labels here: class_names ["uninfected", "parasitized"]; 1.0 means parasitized (TFDS stores 0 = parasitized).
+Splits: the extracted cell_images/ folder is split by smear (group_pattern `malaria`, train.data.groups),
+so cells of one patient's slide never land in two splits; group_pattern=none splits per cell. The TFDS
+copy has no file names, so it is split per cell and takes no group_pattern.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from train.data.groups import NO_GROUPS, resolve_group_pattern
 from train.data.spec import SPLIT_NAMES, LoadedDataset
 
 CLASS_NAMES = ["uninfected", "parasitized"]
@@ -40,9 +44,14 @@ def load_malaria(
     max_examples: int = 0,
     validation_fraction: float = 0.15,
     test_fraction: float = 0.15,
+    group_pattern: str = "",
     **_: object,
 ) -> LoadedDataset:
-    """Load malaria from the cell_images/ folder when data_dir holds one, else from TFDS (data_dir = TFDS data dir)."""
+    """Load malaria from the cell_images/ folder when data_dir holds one, else from TFDS (data_dir = TFDS data dir).
+
+    group_pattern: "" groups the folder's cells by smear (the `malaria` preset); `none` splits per cell;
+    another preset or regular expression groups by its first group.
+    """
     folder = cell_images_folder(data_dir) if data_dir else None
     if folder is not None:
         from train.data.imagefolder import load_class_folders
@@ -56,6 +65,12 @@ def load_malaria(
             validation_fraction=validation_fraction,
             test_fraction=test_fraction,
             classes=CELL_IMAGE_CLASSES,
+            group_pattern=resolve_group_pattern(group_pattern, default="malaria"),
+        )
+    if group_pattern and group_pattern.strip().lower() != NO_GROUPS:
+        raise ValueError(
+            "the TFDS copy of malaria has no file names to group by; point data_dir at the extracted cell_images/ "
+            "folder to split by smear, or leave group_pattern empty"
         )
     return load_malaria_tfds(
         data_dir=data_dir,
@@ -116,7 +131,8 @@ def load_malaria_tfds(
         )
         dataset = dataset.map(
             lambda index, example: (
-                decode_and_resize(example["image"], image_size),
+                # TFDS stores every malaria cell as an 8-bit PNG, so TensorFlow's graph decoder alone reads them.
+                decode_and_resize(example["image"], image_size, graph_only=True),
                 tf.reshape(tf.cast(tf.equal(example["label"], TFDS_PARASITIZED), tf.float32), [1]),
             ),
             num_parallel_calls=tf.data.AUTOTUNE,

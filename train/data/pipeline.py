@@ -52,8 +52,18 @@ def _label_matrix(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
-def files_split(paths: Sequence[str | Path], labels: np.ndarray, image_size: int) -> Split:
+def files_split(
+    paths: Sequence[str | Path],
+    labels: np.ndarray,
+    image_size: int,
+    graph_decodable: Sequence[bool] | np.ndarray | None = None,
+) -> Split:
     """A Split that reads each file and decodes it with serve.preprocess.decode_and_resize.
+
+    8-bit PNG, JPEG, GIF and BMP decode in the graph; DICOM (middle frame) and 16-bit PNG through
+    serve.preprocess.decode_array, chosen per file by its first bytes. graph_decodable (from
+    scan_images; read from each file's first bytes when None) tells whether every file is of the first
+    kind, and then the map is TensorFlow's graph decoder alone, as fast as before DICOM was supported.
 
     labels: float32 [N, num_outputs] (a 1-D array is taken as one binary output). The files should
     have passed scan_images; ignore_errors() only drops files that broke after the scan.
@@ -65,9 +75,10 @@ def files_split(paths: Sequence[str | Path], labels: np.ndarray, image_size: int
     labels = _label_matrix(labels)
     if len(paths) != len(labels):
         raise ValueError(f"got {len(paths)} paths but {len(labels)} label rows; pass one label row per file")
+    graph_only = bool(np.all(graph_decodable if graph_decodable is not None else _graph_decodable_files(paths)))
 
     def load(path, label):
-        return decode_and_resize(tf.io.read_file(path), image_size), label
+        return decode_and_resize(tf.io.read_file(path), image_size, graph_only=graph_only), label
 
     path_tensor = tf.constant([str(path) for path in paths], dtype=tf.string, shape=[len(paths)])
     dataset = tf.data.Dataset.from_tensor_slices((path_tensor, labels))
@@ -75,6 +86,20 @@ def files_split(paths: Sequence[str | Path], labels: np.ndarray, image_size: int
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.ignore_errors(log_warning=True)
     return Split(dataset=dataset, count=len(paths), positives=labels.sum(axis=0).astype(np.int64))
+
+
+def _graph_decodable_files(paths: Sequence[str | Path]) -> list[bool]:
+    """Whether TensorFlow's graph decoder reads each file, from its first bytes (unreadable files count as no)."""
+    from serve.preprocess import DICOM_MAGIC_OFFSET, is_graph_decodable
+
+    found = []
+    for path in paths:
+        try:
+            with open(path, "rb") as handle:
+                found.append(is_graph_decodable(handle.read(DICOM_MAGIC_OFFSET)))
+        except OSError:
+            found.append(False)
+    return found
 
 
 def arrays_split(images: np.ndarray, labels: np.ndarray) -> Split:
@@ -165,11 +190,15 @@ def loaded_from_files(
     skipped: Sequence[str],
     image_size: int,
     settings: dict[str, Any],
+    group_counts: dict[str, int] | None = None,
+    graph_decodable: np.ndarray | None = None,
 ) -> LoadedDataset:
     """Assemble a LoadedDataset from readable files, their labels and split ids (0 train, 1 val, 2 test).
 
     `paths`, `labels`, `split_ids` and `content_hashes` (from scan_images) describe only the files
     that passed the scan, in the same order; `skipped` holds the scan's "path: reason" lines.
+    `group_counts` (groups per split) is set when the split kept patient or slide groups whole.
+    `graph_decodable` (scan_images, per file) spares files_split reading each file's first bytes again.
     """
     labels = _label_matrix(labels)
     split_ids = np.asarray(split_ids)
@@ -190,7 +219,8 @@ def loaded_from_files(
     splits = {}
     for split_id, split_name in enumerate(SPLIT_NAMES):
         members = np.flatnonzero(split_ids == split_id)
-        splits[split_name] = files_split([paths[index] for index in members], labels[members], image_size)
+        graph = np.asarray(graph_decodable)[members] if graph_decodable is not None else None
+        splits[split_name] = files_split([paths[index] for index in members], labels[members], image_size, graph)
     return LoadedDataset(
         name=name,
         task=task,
@@ -201,4 +231,5 @@ def loaded_from_files(
         source=str(source),
         skipped_images=len(skipped),
         skipped_examples=list(skipped[:MAX_SKIPPED_EXAMPLES]),
+        group_counts=dict(group_counts or {}),
     )

@@ -50,6 +50,9 @@ class LoadedDataset:
     skipped_images: int = 0
     # Up to 10 "path: reason" lines for the skipped images.
     skipped_examples: list[str] = field(default_factory=list)
+    # Patient or slide groups per split ({"train": 41, "val": 9, "test": 9}) when the split kept groups
+    # whole (group_pattern); empty otherwise. Counts only: group keys are never kept.
+    group_counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,7 +60,8 @@ class DatasetSpec:
     """A registered dataset: its name, a one-line description and its loader.
 
     The loader is called as loader(data_dir=..., image_size=..., seed=..., max_examples=...,
-    validation_fraction=..., test_fraction=..., synthetic_task=..., synthetic_examples=...)
+    validation_fraction=..., test_fraction=..., synthetic_task=..., synthetic_examples=..., view=...,
+    group_pattern=...)
     and returns a LoadedDataset; loaders ignore the keyword arguments they do not use.
     """
 

@@ -110,3 +110,56 @@ def carve_split(strata: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 def split_name(split_id: int) -> str:
     """The split name for a split id (0 train, 1 val, 2 test)."""
     return SPLIT_NAMES[split_id]
+
+
+def group_assignment(groups: np.ndarray, strata: np.ndarray, fractions: list[float], seed: int) -> np.ndarray:
+    """Part id per example such that every group lies in one part and part i holds about fractions[i] of the examples.
+
+    Stratified as well as whole groups allow: each group counts for its majority stratum, and groups,
+    largest first (seeded random order among equal sizes), go to the part furthest below its share of
+    that stratum. Every part gets at least one group. Deterministic by seed.
+    """
+    groups, strata = np.asarray(groups), np.asarray(strata, dtype=np.int64)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    parts = len(fractions)
+    if len(unique) < parts:
+        raise ValueError(
+            f"only {len(unique)} patient/slide group(s) for {parts} splits; add images of more patients or check "
+            "group_pattern"
+        )
+    sizes = np.bincount(inverse, minlength=len(unique))
+    per_group = np.zeros((len(unique), int(strata.max()) + 1 if len(strata) else 1), dtype=np.int64)
+    np.add.at(per_group, (inverse, strata), 1)
+    group_stratum = per_group.argmax(axis=1)
+    generator = np.random.default_rng(seed)
+    order = np.lexsort((generator.random(len(unique)), -sizes))
+    targets = np.outer(np.bincount(group_stratum, weights=sizes, minlength=per_group.shape[1]), fractions)
+    filled = np.zeros_like(targets)
+    part_of_group = np.zeros(len(unique), dtype=np.int64)
+    for group in order:
+        stratum = group_stratum[group]
+        shortfall = (targets[stratum] - filled[stratum]) / np.maximum(targets[stratum], 1e-9)
+        part_of_group[group] = int(np.argmax(shortfall))
+        filled[stratum, part_of_group[group]] += sizes[group]
+    for part in range(parts):
+        if not np.any(part_of_group == part):
+            # A part that got no group takes the smallest group of the part with the most groups.
+            donor = int(np.argmax(np.bincount(part_of_group, minlength=parts)))
+            members = np.flatnonzero(part_of_group == donor)
+            part_of_group[members[np.argmin(sizes[members])]] = part
+    return part_of_group[inverse]
+
+
+def grouped_split(
+    groups: np.ndarray, strata: np.ndarray, *, validation_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
+    """Split id per example (0 train, 1 val, 2 test) that keeps every group in one split, stratified as far as possible."""
+    check_fractions(validation_fraction, test_fraction)
+    fractions = [1.0 - validation_fraction - test_fraction, validation_fraction, test_fraction]
+    return group_assignment(groups, strata, fractions, seed)
+
+
+def grouped_carve(groups: np.ndarray, strata: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of whole groups holding about `fraction` of a set (at least one group, never all)."""
+    return group_assignment(groups, strata, [fraction, 1.0 - fraction], seed) == 0

@@ -1,0 +1,61 @@
+"""Helpers shared by the tests of the served model: DICOM writing, request bodies, ports; reads and writes tmp files."""
+
+from __future__ import annotations
+
+import base64
+import socket
+from pathlib import Path
+
+import numpy as np
+import requests
+
+MODEL_NAME = "served-classifier"
+MAX_PIXELS = 1_000_000
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray | None,
+    *,
+    photometric: str = "MONOCHROME2",
+    window: tuple[float, float] | None = None,
+    bits_stored: int = 12,
+    shape: tuple[int, int] = (64, 64),
+) -> Path:
+    """A small uncompressed (Explicit VR Little Endian) DICOM file; pixels=None leaves out the pixel data."""
+    from dicom_files import image_dataset
+
+    dataset = image_dataset(pixels, photometric=photometric, bits_stored=bits_stored, window=window, shape=shape)
+    dataset.save_as(path, enforce_file_format=True)
+    return path
+
+
+def cell_image(size: int, seed: int) -> np.ndarray:
+    from train.data.synthetic import render_cell
+
+    return render_cell(np.random.default_rng(seed), size, {"dots": seed % 2 == 0})
+
+
+def encode(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def invoke(url: str, body, *, timeout: float = 120) -> requests.Response:
+    if isinstance(body, bytes | str):
+        return requests.post(
+            f"{url}/invocations", data=body, headers={"Content-Type": "application/json"}, timeout=timeout
+        )
+    return requests.post(f"{url}/invocations", json=body, timeout=timeout)
+
+
+def split_body(images: list, params: dict | None = None, column: str = "image") -> dict:
+    body: dict = {"dataframe_split": {"columns": [column], "data": [[image] for image in images]}}
+    if params is not None:
+        body["params"] = params
+    return body
