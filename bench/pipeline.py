@@ -141,10 +141,13 @@ def main(argv: list[str] | None = None) -> None:
 
         import tensorflow as tf
 
+        from train.data.augment import POLICIES
         from train.data.pipeline import files_split, make_batches
 
         split = files_split(paths, labels, arguments.image_size)
-        ours = make_batches(split, batch_size=arguments.batch_size, training=True, augment=True, seed=arguments.seed)
+        ours = make_batches(
+            split, batch_size=arguments.batch_size, training=True, augmentation=POLICIES["cells"], seed=arguments.seed
+        )
         ours_first, count_first = time_epoch(ours)
         ours_second, count_second = time_epoch(ours)
         naive = naive_pipeline(paths, labels, arguments.image_size, arguments.batch_size)

@@ -25,7 +25,7 @@ def run_cli(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
         (["--optimizer", "rmsprop"], "valid optimizers: adam, adamw, sgd, nadam"),
         (["--precision", "bfloat8"], "valid precisions: auto, float32, mixed_float16"),
         (["--dataset", "imagefolder"], "imagefolder"),
-        (["--augment", "maybe"], "augment must be true or false"),
+        (["--augment", "maybe"], "unknown augment 'maybe'; valid augments: auto, cells, radiograph, none"),
         (["--epochs", "2.5"], "epochs must be a whole number"),
         (["--weights", "/no/such/weights.h5", "--model", "vgg16"], "does not exist"),
         (["--image-size", "8"], "image_size must be at least 32"),
@@ -69,7 +69,9 @@ def test_unknown_config_key_is_rejected():
 
 def test_values_are_parsed_from_mlflow_strings():
     config = MainSettings.from_dict({"epochs": "3.0", "augment": "False", "learning_rate": "0.01", "seed": "7"})
-    assert (config.epochs, config.augment, config.learning_rate, config.seed) == (3, False, 0.01, 7)
+    # Earlier versions took augment=true/false: they still work, as the dataset's policy and none.
+    assert (config.epochs, config.augment, config.learning_rate, config.seed) == (3, "none", 0.01, 7)
+    assert MainSettings.from_dict({"augment": "true"}).augment == "auto"
     assert parse_bool("YES") is True and parse_bool("0") is False
     assert coerce(MainSettings, "epochs", "12") == 12
     with pytest.raises(ValueError):

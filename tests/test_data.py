@@ -11,6 +11,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from train.data import available_datasets, load_dataset, make_batches, validate_dataset_args
+from train.data.augment import POLICIES
 from train.data.files import UnreadableImageWarning
 from train.data.splits import stratified_choice, stratified_split
 
@@ -388,7 +389,9 @@ def batches_as_arrays(dataset) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def test_make_batches_shapes_and_evaluation_order(small_synthetic):
     split = small_synthetic.splits["train"]
-    batches = batches_as_arrays(make_batches(split, batch_size=16, training=False, augment=True, seed=0))
+    batches = batches_as_arrays(
+        make_batches(split, batch_size=16, training=False, augmentation=POLICIES["cells"], seed=0)
+    )
     assert [images.shape for images, _ in batches] == [(16, IMAGE_SIZE, IMAGE_SIZE, 3)] * 2 + [
         (10, IMAGE_SIZE, IMAGE_SIZE, 3)
     ]
@@ -400,10 +403,12 @@ def test_make_batches_shapes_and_evaluation_order(small_synthetic):
 
 def test_make_batches_training_is_seeded_shuffled_and_stays_in_range(small_synthetic):
     split = small_synthetic.splits["train"]
-    dataset = make_batches(split, batch_size=8, training=True, augment=True, seed=11)
+    dataset = make_batches(split, batch_size=8, training=True, augmentation=POLICIES["cells"], seed=11)
     first_epoch, second_epoch = batches_as_arrays(dataset), batches_as_arrays(dataset)
-    repeat = batches_as_arrays(make_batches(split, batch_size=8, training=True, augment=True, seed=11))
-    other = batches_as_arrays(make_batches(split, batch_size=8, training=True, augment=True, seed=12))
+    repeat = batches_as_arrays(
+        make_batches(split, batch_size=8, training=True, augmentation=POLICIES["cells"], seed=11)
+    )
+    other = batches_as_arrays(make_batches(split, batch_size=8, training=True, augmentation=POLICIES["cells"], seed=12))
     for (images, labels), (repeat_images, repeat_labels) in zip(first_epoch, repeat, strict=True):
         assert images.shape[1:] == (IMAGE_SIZE, IMAGE_SIZE, 3)
         assert images.min() >= 0.0 and images.max() <= 255.0
@@ -426,12 +431,14 @@ def test_augment_image_is_pure_and_keeps_range():
     for image in (bright, dark, pattern):
         for seed_value in range(6):
             seed = tf.constant([seed_value, 1], dtype=tf.int64)
-            out = augment_image(image, seed)
+            out = augment_image(image, seed, POLICIES["cells"])
             assert out.shape == (12, 12, 3)
             assert float(tf.reduce_min(out)) >= 0.0 and float(tf.reduce_max(out)) <= 255.0
-            np.testing.assert_array_equal(out.numpy(), augment_image(image, seed).numpy())
+            np.testing.assert_array_equal(out.numpy(), augment_image(image, seed, POLICIES["cells"]).numpy())
     changed = [
-        not np.array_equal(augment_image(pattern, tf.constant([value, 0], tf.int64)).numpy(), pattern.numpy())
+        not np.array_equal(
+            augment_image(pattern, tf.constant([value, 0], tf.int64), POLICIES["cells"]).numpy(), pattern.numpy()
+        )
         for value in range(6)
     ]
     assert any(changed)
@@ -441,11 +448,11 @@ def test_splits_over_the_cache_budget_are_decoded_every_epoch_with_the_same_valu
     loaded = load_dataset("synthetic", image_size=16, seed=5, synthetic_examples=40)
     split = loaded.splits["val"]
     with caplog.at_level("WARNING"):
-        cached = list(make_batches(split, batch_size=8, training=False, augment=False, seed=0))
+        cached = list(make_batches(split, batch_size=8, training=False, augmentation=None, seed=0))
     assert "not caching" not in caplog.text
     monkeypatch.setenv("MEDIMG_CACHE_BUDGET_GB", "0")
     with caplog.at_level("WARNING"):
-        streamed = list(make_batches(split, batch_size=8, training=False, augment=False, seed=0))
+        streamed = list(make_batches(split, batch_size=8, training=False, augmentation=None, seed=0))
     assert f"not caching {split.count} decoded images" in caplog.text
     assert len(streamed) == len(cached)
     for (left_images, left_labels), (right_images, right_labels) in zip(cached, streamed, strict=True):
@@ -453,7 +460,7 @@ def test_splits_over_the_cache_budget_are_decoded_every_epoch_with_the_same_valu
         np.testing.assert_array_equal(left_labels.numpy(), right_labels.numpy())
 
 
-def test_chestxray_like_splits_never_rotate_or_flip_vertically():
+def test_the_radiograph_policy_never_rotates_or_flips_vertically():
     import tensorflow as tf
 
     from train.data.spec import Split
@@ -464,9 +471,8 @@ def test_chestxray_like_splits_never_rotate_or_flip_vertically():
         dataset=tf.data.Dataset.from_tensors((image, np.zeros(1, np.float32))).repeat(64),
         count=64,
         positives=np.zeros(1, np.int64),
-        orientation_free=False,
     )
-    for images, _ in make_batches(split, batch_size=64, training=True, augment=True, seed=1):
+    for images, _ in make_batches(split, batch_size=64, training=True, augmentation=POLICIES["radiograph"], seed=1):
         top = images.numpy()[:, :4].mean(axis=(1, 2, 3))
         bottom = images.numpy()[:, 4:].mean(axis=(1, 2, 3))
         assert np.all(top > bottom + 100)

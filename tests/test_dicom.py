@@ -56,7 +56,7 @@ NON_IMAGE_MODALITIES = {"SR", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "ECG"}
 def training_tensor(path: Path, image_size: int = IMAGE_SIZE) -> np.ndarray:
     """The image exactly as an evaluation batch of the training pipeline delivers it."""
     split = files_split([path], np.zeros((1, 1), dtype=np.float32), image_size)
-    images, _ = next(make_batches(split, batch_size=2, training=False, augment=False, seed=0).as_numpy_iterator())
+    images, _ = next(make_batches(split, batch_size=2, training=False, augmentation=None, seed=0).as_numpy_iterator())
     return images[0]
 
 

@@ -17,7 +17,9 @@ IMAGE_SIZE = 24
 def training_tensor(path: Path, image_size: int = IMAGE_SIZE) -> np.ndarray:
     """The image exactly as an evaluation batch of the training pipeline delivers it."""
     split = files_split([path], np.zeros((1, 1), dtype=np.float32), image_size)
-    images, labels = next(make_batches(split, batch_size=4, training=False, augment=False, seed=0).as_numpy_iterator())
+    images, labels = next(
+        make_batches(split, batch_size=4, training=False, augmentation=None, seed=0).as_numpy_iterator()
+    )
     assert images.shape == (1, image_size, image_size, 3) and labels.shape == (1, 1)
     return images[0]
 

@@ -208,7 +208,7 @@ def test_sampled_values_stay_in_the_space_and_make_a_trial_config(tmp_path):
                     "learning_rate": {"low": 1e-5, "high": 1e-2, "log": True},
                     "optimizer": {"choices": ["adam", "sgd"]},
                     "trainable_layers": {"low": -1, "high": 7, "step": 4},
-                    "augment": {"choices": [True, False]},
+                    "augment": {"choices": ["cells", "none"]},
                 },
             },
         )
@@ -226,7 +226,7 @@ def test_sampled_values_stay_in_the_space_and_make_a_trial_config(tmp_path):
         assert (
             config.run_name == f"trial-{trial.number}"
             and config.image_size == 32
-            and config.augment is params["augment"]
+            and config.augment == params["augment"]
         )
         study.tell(trial, 0.5)
     distributions = study.trials[0].distributions

@@ -114,6 +114,8 @@ def data_settings(config: EvaluateSettings, source_params: dict[str, str], task:
         "max_examples": config.max_examples if config.max_examples >= 0 else training_value("max_examples"),
         "validation_fraction": training_value("validation_fraction"),
         "view": training_value("view"),
+        # The grouping decides which patients land in the test split, as the fractions do.
+        "group_pattern": training_value("group_pattern"),
     }
     if dataset == "synthetic":
         if task not in ("binary", "multilabel"):

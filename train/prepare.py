@@ -154,6 +154,7 @@ def loader_source(config: PrepareSettings) -> PreparedSource:
         seed=config.seed,
         validation_fraction=config.validation_fraction,
         view=config.view,
+        group_pattern=config.group_pattern,
     )
     plans = []
     for split in SPLIT_NAMES:

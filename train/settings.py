@@ -263,6 +263,13 @@ def check_split_settings(dataset: str, validation_fraction: float, view: str) ->
             raise ValueError(f"view={view} filters chestxray14 images only; use view=all for dataset {dataset!r}")
 
 
+def check_group_pattern(dataset: str, group_pattern: str) -> None:
+    """group_pattern applies to file-based datasets with patient or slide names: imagefolder and malaria."""
+    if group_pattern and dataset not in ("imagefolder", "malaria"):
+        hint = "chestxray14 always splits by patient" if dataset == "chestxray14" else "its images have no patients"
+        raise ValueError(f"group_pattern applies to imagefolder and malaria, not {dataset} ({hint}); leave it empty")
+
+
 def check_data(dataset: str, data_dir: str) -> None:
     """Raise ValueError when dataset needs a data_dir that is missing, or data_dir is not a usable folder."""
     from train.data import validate_dataset_args
@@ -281,6 +288,19 @@ def weights_choice(weights: str) -> str | None:
 
 
 View = choice_of("all", "PA", "AP")
+
+
+def _augment_word(value: Any) -> Any:
+    """true/false of earlier versions still work: true = auto (the dataset's policy), false = none."""
+    word = str(value).strip().lower()
+    if word in TRUE_WORDS:
+        return "auto"
+    if word in FALSE_WORDS:
+        return "none"
+    return word
+
+
+Augment = Annotated[Literal["auto", "cells", "radiograph", "none"], BeforeValidator(_augment_word)]
 
 
 def parse_operating_point(rule: str) -> tuple[str, float]:
@@ -309,6 +329,27 @@ def _operating_point(value: Any) -> Any:
 OperatingPoint = Annotated[str, BeforeValidator(_operating_point)]
 
 
+def _group_pattern(value: Any) -> Any:
+    from train.data.groups import compile_group_pattern, resolve_group_pattern
+
+    text = str(value).strip()
+    pattern = resolve_group_pattern(text)
+    if pattern:
+        try:
+            compile_group_pattern(pattern)
+        except ValueError as error:
+            raise ValueError(str(error).removeprefix("group_pattern ")) from None
+    return text
+
+
+GroupPattern = Annotated[str, BeforeValidator(_group_pattern)]
+GROUP_PATTERN_HELP = (
+    "keep each patient's or slide's images in one split: a regex whose first group (...) is the key in the file "
+    "name, or a preset (pneumonia, malaria); none = per image; empty = the dataset's default (malaria "
+    "cell_images/: by smear; imagefolder: per image)"
+)
+
+
 class MainSettings(Settings):
     """`main`: train one model on one dataset, log everything, optionally register it."""
 
@@ -329,12 +370,18 @@ class MainSettings(Settings):
     dropout: Number = Field(0.3, ge=0.0, lt=1.0, description="dropout before the output layer")
     l2: Number = Field(0.0, ge=0.0, description="L2 penalty on the output layer's kernel")
     convolutions: Whole = Field(3, ge=1, description="conv blocks of small_cnn (filters double per block from 32)")
-    augment: Flag = Field(True, description="random flips, rotations and brightness/contrast jitter (true or false)")
+    augment: Augment = Field(
+        "auto",
+        description="training-time augmentation: cells (flips both ways, quarter turns, jitter), radiograph "
+        "(left-right flips and jitter only), none, or auto = the dataset's (chestxray14 and imagefolder: "
+        "radiograph; synthetic and malaria: cells)",
+    )
     max_examples: Whole = Field(0, ge=0, description="seeded, stratified cap on the number of examples, 0 = all")
     validation_fraction: Number = Field(
         0.1, description="share held out for validation (chestxray14: carved out of train_val by patient)"
     )
     view: View = Field("all", description="chestxray14 view filter")
+    group_pattern: GroupPattern = Field("", description=GROUP_PATTERN_HELP)
     seed: Whole = Field(42, ge=0, description="seeds splits, shuffling, augmentation and weight initialisation")
     precision: choice_of("auto", "float32", "mixed_float16") = Field(
         "auto", description="auto: mixed_float16 only on GPUs with compute capability >= 7.0"
@@ -367,6 +414,7 @@ class MainSettings(Settings):
         if weights == "imagenet" and self.model == "small_cnn":
             raise ValueError("small_cnn has no ImageNet weights; use weights=none or a weights file")
         check_split_settings(self.dataset, self.validation_fraction, self.view)
+        check_group_pattern(self.dataset, self.group_pattern)
         check_data(self.dataset, self.data_dir)
         return self
 
@@ -391,6 +439,7 @@ class PrepareSettings(Settings):
         0.1, description="share of train_val (chestxray14, by patient) or of all images held out for validation"
     )
     view: View = Field("all", description="chestxray14 view filter")
+    group_pattern: GroupPattern = Field("", description=GROUP_PATTERN_HELP)
     max_missing_fraction: Number = Field(
         0.01,
         ge=0.0,
@@ -421,6 +470,7 @@ class PrepareSettings(Settings):
         if is_prepared(self.data_dir):
             raise ValueError(f"data_dir {self.data_dir} is already a prepared folder; train from it directly")
         check_split_settings(self.dataset, self.validation_fraction, self.view)
+        check_group_pattern(self.dataset, self.group_pattern)
         if self.data_dir:
             source, output = Path(self.data_dir).resolve(), Path(self.output_dir).resolve()
             # Loaders of class folders would read the output as one more class; chestxray14 reads listed files only.

@@ -117,14 +117,16 @@ def load_data(settings: MainSettings) -> LoadedDataset:
             synthetic_task=settings.synthetic_task,
             validation_fraction=settings.validation_fraction,
             view=settings.view,
+            group_pattern=settings.group_pattern,
         )
     except (ValueError, FileNotFoundError) as error:
         raise ConfigError(str(error)) from None
     counts = split_counts(data)
     if counts.get("train", 0) == 0 or counts.get("val", 0) == 0:
         raise ConfigError(f"dataset {settings.dataset!r} gave too few examples to train and validate: {counts}")
+    grouped = f", patients or slides {data.group_counts}" if data.group_counts else ""
     print(
-        f"dataset {data.name}: {data.task}, classes {data.class_names}, examples {counts}, "
+        f"dataset {data.name}: {data.task}, classes {data.class_names}, examples {counts}{grouped}, "
         f"skipped {data.skipped_images} unreadable image(s)",
         flush=True,
     )
@@ -173,6 +175,9 @@ def record_run(run_id: str, settings: MainSettings, data: LoadedDataset, runtime
         "val_examples": counts["val"],
         "test_examples": counts.get("test", 0),
         "replicas": setup.strategy.num_replicas_in_sync,
+        "resolved_augmentation": augmentation_settings(settings)["name"],
+        # Patients (or slides) per split when splits keep them whole: counts only, never the keys.
+        **{f"{split}_groups": count for split, count in data.group_counts.items()},
     }
     log_new_params(run_id, {**settings.to_dict(), **resolved})
     tags = {
@@ -198,11 +203,23 @@ def record_run(run_id: str, settings: MainSettings, data: LoadedDataset, runtime
             "precision": setup.precision,
             "replicas": setup.strategy.num_replicas_in_sync,
             "examples": counts,
+            "groups": dict(data.group_counts),
+            "augmentation": augmentation_settings(settings),
             "dataset_digest": data.digest,
             "dataset_source": data.source,
         },
     }
     mlflow.log_text(yaml.safe_dump(artifact, sort_keys=False), "config/resolved_config.yaml")
+
+
+def augmentation_settings(settings: MainSettings) -> dict:
+    """What training-time augmentation does in this run (name `none` and no operations when it is off)."""
+    from train.data.augment import resolve_augmentation
+
+    policy = resolve_augmentation(settings.augment, settings.dataset)
+    if policy is None:
+        return {"name": "none", "horizontal_flip": False, "vertical_flip": False, "rotate_90": False}
+    return {**policy.to_dict(), "contrast_range": list(policy.contrast_range)}
 
 
 def log_dataset(data: LoadedDataset, seed: int) -> None:
@@ -253,11 +270,14 @@ def build(settings: MainSettings, data: LoadedDataset, runtime: Runtime, run_id:
 
 
 def batches(split: Split, settings: MainSettings, *, training: bool = False):
-    """The batches of one split with the job's batch size (training: shuffled and, if asked, augmented)."""
+    """The batches of one split with the job's batch size (training: shuffled and augmented by the job's policy)."""
     from train.data import make_batches
+    from train.data.augment import resolve_augmentation
 
-    augment = settings.augment and training
-    return make_batches(split, batch_size=settings.batch_size, training=training, augment=augment, seed=settings.seed)
+    augmentation = resolve_augmentation(settings.augment, settings.dataset) if training else None
+    return make_batches(
+        split, batch_size=settings.batch_size, training=training, augmentation=augmentation, seed=settings.seed
+    )
 
 
 def output_names(data: LoadedDataset) -> list[str]:
@@ -345,7 +365,7 @@ def predict_split(model, split: Split, *, batch_size: int, seed: int, keep_image
     labels, probabilities, images = [], [], []
     kept = 0
     for image_batch, label_batch in make_batches(
-        split, batch_size=batch_size, training=False, augment=False, seed=seed
+        split, batch_size=batch_size, training=False, augmentation=None, seed=seed
     ):
         probabilities.append(np.asarray(model.predict_on_batch(image_batch), dtype=np.float64))
         labels.append(np.asarray(label_batch))

@@ -22,6 +22,8 @@ from train.data.synthetic import SYNTHETIC_TASKS, load_synthetic
 if TYPE_CHECKING:
     import tensorflow as tf
 
+    from train.data.augment import Augmentation
+
 __all__ = [
     "SPLIT_NAMES",
     "TASKS",
@@ -141,11 +143,13 @@ def load_dataset(
     return loaded
 
 
-def make_batches(split: Split, *, batch_size: int, training: bool, augment: bool, seed: int) -> tf.data.Dataset:
+def make_batches(
+    split: Split, *, batch_size: int, training: bool, augmentation: Augmentation | None, seed: int
+) -> tf.data.Dataset:
     """Cache, (training: shuffle and augment), batch and prefetch a Split; see train.data.pipeline.make_batches."""
     from train.data.pipeline import make_batches as build_batches
 
-    return build_batches(split, batch_size=batch_size, training=training, augment=augment, seed=seed)
+    return build_batches(split, batch_size=batch_size, training=training, augmentation=augmentation, seed=seed)
 
 
 register_dataset(

@@ -64,6 +64,10 @@ IMAGE_COLUMN = "Image Index"
 FINDINGS_COLUMN = "Finding Labels"
 PATIENT_COLUMN = "Patient ID"
 VIEW_COLUMN = "View Position"
+AGE_COLUMN = "Patient Age"
+SEX_COLUMN = "Patient Gender"
+# Age bands of the subgroup metrics (years, upper bound exclusive).
+AGE_BANDS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 121, "80+"))
 # Missing images are skipped until there are more than this many and this fraction of the listed ones.
 MAX_MISSING_FILES = 5
 MAX_MISSING_FRACTION = 0.01
@@ -86,6 +90,8 @@ class ChestXray14Index:
     # Images the settings left out: view filter, max_examples, rows in neither split list.
     left_out: dict[str, int] = field(default_factory=dict)
     settings: dict[str, object] = field(default_factory=dict)
+    # Per image: subgroup attributes for subgroup metrics (view PA/AP, sex M/F, age band).
+    subgroups: dict[str, np.ndarray] = field(default_factory=dict)
 
     def split_counts(self) -> dict[str, int]:
         return {name: int(np.sum(self.split_ids == split_id)) for name, split_id in SPLIT_IDS.items()}
@@ -147,6 +153,28 @@ class MetadataRow:
     labels: np.ndarray
     patient_id: str
     view: str
+    sex: str = "unknown"
+    age_band: str = "unknown"
+
+
+def age_band(text: str) -> str:
+    """The age band of a Patient Age cell: whole years ('58') or a DICOM age string ('058Y', '011M', '003W', '020D').
+
+    Ages the file cannot mean (over 120 years; the 2017 release has a few) are 'unknown'.
+    """
+    word = str(text).strip().upper()
+    unit = word[-1] if word[-1:] in ("Y", "M", "W", "D") else "Y"
+    digits = word[:-1] if word[-1:] in ("Y", "M", "W", "D") else word
+    if not digits.isdigit():
+        return "unknown"
+    years = int(digits) / {"Y": 1, "M": 12, "W": 52.18, "D": 365.25}[unit]
+    return next((name for low, high, name in AGE_BANDS if low <= years < high), "unknown")
+
+
+def cell(row: list[str], columns: dict[str, int], name: str) -> str:
+    """A row's value in the named column ('' when the file has no such column)."""
+    index = columns.get(name)
+    return row[index].strip() if index is not None and index < len(row) else ""
 
 
 def _patient_key(value: str) -> str:
@@ -156,7 +184,7 @@ def _patient_key(value: str) -> str:
 
 
 def read_metadata(path: str | Path) -> dict[str, MetadataRow]:
-    """Image Index -> labels, patient and view, from the Data_Entry CSV (2017 or 2020 release)."""
+    """Image Index -> labels, patient, view, sex and age band, from the Data_Entry CSV (2017 or 2020 release)."""
     path = Path(path)
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
@@ -178,11 +206,14 @@ def read_metadata(path: str | Path) -> dict[str, MetadataRow]:
             name = row[columns[IMAGE_COLUMN]].strip()
             if name in rows:
                 raise ValueError(f"{path} lists {name} twice (line {line_number}); use the unmodified NIH file")
-            view_index = columns.get(VIEW_COLUMN)
+            sex = cell(row, columns, SEX_COLUMN).upper()
+            age = cell(row, columns, AGE_COLUMN)
             rows[name] = MetadataRow(
                 labels=parse_findings(row[columns[FINDINGS_COLUMN]], f" for {name} in {path.name}"),
                 patient_id=_patient_key(row[columns[PATIENT_COLUMN]]),
-                view=row[view_index].strip().upper() if view_index is not None and view_index < len(row) else "",
+                view=cell(row, columns, VIEW_COLUMN).upper(),
+                sex=sex if sex in ("M", "F") else "unknown",
+                age_band=age_band(age) if age else "unknown",
             )
     if not rows:
         raise ValueError(f"{path} has no image rows")
@@ -313,6 +344,44 @@ def _check_missing(missing: list[str], listed: int, root: Path, max_missing_frac
         )
 
 
+def _listed_images(root: Path, rows: dict[str, MetadataRow], metadata_file: Path, view: str):
+    """(name, official split id) of the listed images of the view, and left-out counts; checks the official lists."""
+    train_val = read_split_list(root / TRAIN_VAL_LIST)
+    test = read_split_list(root / TEST_LIST)
+    unknown = [name for name in (*train_val, *test) if name not in rows]
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} image(s) in the split lists have no row in {metadata_file.name}, e.g. {unknown[0]}; "
+            "use the CSV and the lists of the same NIH download"
+        )
+    _check_patient_disjoint(train_val, test, rows, root)
+    left_out = {"not_in_split_lists": len(set(rows) - set(train_val) - set(test))}
+    listed = [(name, TRAIN) for name in train_val] + [(name, TEST) for name in test]
+    if view != "all":
+        if not any(row.view for row in rows.values()):
+            raise ValueError(f"{metadata_file} has no {VIEW_COLUMN} column; use view=all")
+        kept = [(name, split_id) for name, split_id in listed if rows[name].view == view]
+        left_out["other_view"] = len(listed) - len(kept)
+        listed = kept
+    if not listed:
+        raise ValueError(f"no images of view {view} in {metadata_file}; use view=all")
+    return listed, left_out
+
+
+def _cap(split_ids: np.ndarray, patient_ids: np.ndarray, labels: np.ndarray, max_examples: int, seed: int):
+    """Sorted indices kept by max_examples: per official split in proportion, whole patients first."""
+    test_members = np.flatnonzero(split_ids == TEST)
+    train_val_members = np.flatnonzero(split_ids == TRAIN)
+    test_cap = min(len(test_members), max(1, math.floor(max_examples * len(test_members) / len(split_ids) + 0.5)))
+    keep = [
+        train_val_members[
+            cap_by_patient(patient_ids[train_val_members], labels[train_val_members], max_examples - test_cap, seed)
+        ],
+        test_members[cap_by_patient(patient_ids[test_members], labels[test_members], test_cap, seed)],
+    ]
+    return np.sort(np.concatenate(keep))
+
+
 def build_index(
     data_dir: str | Path,
     *,
@@ -340,27 +409,7 @@ def build_index(
         raise ValueError(f"max_examples must be 0 (all) or at least 3 for train/val/test, got {max_examples}")
     metadata_file = find_metadata_file(root)
     rows = read_metadata(metadata_file)
-    train_val = read_split_list(root / TRAIN_VAL_LIST)
-    test = read_split_list(root / TEST_LIST)
-    unknown = [name for name in (*train_val, *test) if name not in rows]
-    if unknown:
-        raise ValueError(
-            f"{len(unknown)} image(s) in the split lists have no row in {metadata_file.name}, e.g. {unknown[0]}; "
-            "use the CSV and the lists of the same NIH download"
-        )
-    _check_patient_disjoint(train_val, test, rows, root)
-    left_out = {"not_in_split_lists": len(set(rows) - set(train_val) - set(test))}
-
-    listed = [(name, TRAIN) for name in train_val] + [(name, TEST) for name in test]
-    if view != "all":
-        if not any(row.view for row in rows.values()):
-            raise ValueError(f"{metadata_file} has no {VIEW_COLUMN} column; use view=all")
-        kept = [(name, split_id) for name, split_id in listed if rows[name].view == view]
-        left_out["other_view"] = len(listed) - len(kept)
-        listed = kept
-    if not listed:
-        raise ValueError(f"no images of view {view} in {metadata_file}; use view=all")
-
+    listed, left_out = _listed_images(root, rows, metadata_file, view)
     files = index_image_files(root)
     missing = [f"{root / 'images_*' / 'images' / name}: missing" for name, _ in listed if name not in files]
     _check_missing(missing, len(listed), root, max_missing_fraction, max_missing_files)
@@ -370,18 +419,8 @@ def build_index(
     split_ids = np.array([split_id for _, split_id in listed], dtype=np.int64)
     labels = np.stack([rows[name].labels for name in names]) if len(names) else np.zeros((0, len(CLASS_NAMES)))
     patient_ids = np.array([rows[name].patient_id for name in names])
-
     if max_examples and max_examples < len(names):
-        test_members = np.flatnonzero(split_ids == TEST)
-        train_val_members = np.flatnonzero(split_ids == TRAIN)
-        test_cap = min(len(test_members), max(1, math.floor(max_examples * len(test_members) / len(names) + 0.5)))
-        keep = [
-            train_val_members[
-                cap_by_patient(patient_ids[train_val_members], labels[train_val_members], max_examples - test_cap, seed)
-            ],
-            test_members[cap_by_patient(patient_ids[test_members], labels[test_members], test_cap, seed)],
-        ]
-        keep = np.sort(np.concatenate(keep))
+        keep = _cap(split_ids, patient_ids, labels, max_examples, seed)
         left_out["max_examples"] = len(names) - len(keep)
         names, split_ids, labels, patient_ids = names[keep], split_ids[keep], labels[keep], patient_ids[keep]
 
@@ -391,11 +430,17 @@ def build_index(
 
     # Sorted by name within the index, so the order does not depend on the lists' line order.
     order = np.argsort(names, kind="stable")
+    names = [str(name) for name in names[order]]
+    subgroups = {
+        "view": np.array([rows[name].view or "unknown" for name in names]),
+        "sex": np.array([rows[name].sex for name in names]),
+        "age": np.array([rows[name].age_band for name in names]),
+    }
     return ChestXray14Index(
         root=root,
         metadata_file=metadata_file,
-        names=[str(name) for name in names[order]],
-        paths=[files[str(name)] for name in names[order]],
+        names=names,
+        paths=[files[name] for name in names],
         labels=labels[order].astype(np.float32),
         patient_ids=patient_ids[order],
         split_ids=split_ids[order],
@@ -409,6 +454,7 @@ def build_index(
             "view": view,
             "max_examples": max_examples,
         },
+        subgroups=subgroups,
     )
 
 
@@ -442,6 +488,8 @@ def load_chestxray14(
     readable = scan.readable
     paths = [path for path, good in zip(index.paths, readable, strict=True) if good]
     skipped = [*index.missing, *scan.skipped]
+    # Integer patient codes: confidence intervals resample whole patients, and patient ids stay out of any record.
+    _, patients = np.unique(index.patient_ids[readable], return_inverse=True)
     loaded = loaded_from_files(
         name="chestxray14",
         task="multilabel",
@@ -450,13 +498,12 @@ def load_chestxray14(
         paths=paths,
         labels=index.labels[readable],
         split_ids=index.split_ids[readable],
+        groups=patients.reshape(-1),
+        metadata={attribute: values[readable] for attribute, values in index.subgroups.items()},
         content_hashes=scan.readable_hashes(),
         graph_decodable=scan.readable_graph_decodable(),
         skipped=skipped,
         image_size=image_size,
         settings={key: value for key, value in index.settings.items() if key != "name"},
     )
-    for split in loaded.splits.values():
-        # Radiographs have an up and a down: augmentation keeps to left-right flips and jitter.
-        split.orientation_free = False
     return loaded

@@ -17,7 +17,6 @@ from train.data.groups import (
     compile_group_pattern,
     group_ids,
     groups_in_several_splits,
-    groups_per_split,
     resolve_group_pattern,
 )
 from train.data.spec import LoadedDataset
@@ -134,7 +133,7 @@ def load_class_folders(
         skipped=scan.skipped,
         image_size=image_size,
         settings=settings,
-        group_counts=groups_per_split(groups, split_ids) if groups is not None else {},
+        groups=groups,
         graph_decodable=scan.readable_graph_decodable(),
     )
 

@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 
+from train.data.augment import Augmentation
 from train.data.digest import files_digest
 from train.data.files import MAX_SKIPPED_EXAMPLES
+from train.data.groups import groups_per_split
 from train.data.spec import SPLIT_NAMES, LoadedDataset, Split
 
 logger = logging.getLogger(__name__)
@@ -118,11 +120,12 @@ def arrays_split(images: np.ndarray, labels: np.ndarray) -> Split:
     return Split(dataset=dataset, count=len(images), positives=labels.sum(axis=0).astype(np.int64))
 
 
-def make_batches(split: Split, *, batch_size: int, training: bool, augment: bool, seed: int):
+def make_batches(split: Split, *, batch_size: int, training: bool, augmentation: Augmentation | None, seed: int):
     """Batches of (images [B, S, S, 3] float32 0-255, labels [B, num_outputs]) ready for Keras.
 
-    Order: cache the decoded split (while it fits MEDIMG_CACHE_BUDGET_GB), then (training only) a seeded shuffle that changes every epoch
-    and seeded augmentation, then batch and prefetch. `augment` has no effect when training is False.
+    Order: cache the decoded split (while it fits MEDIMG_CACHE_BUDGET_GB), then (training only) a seeded
+    shuffle that changes every epoch and seeded augmentation by the `augmentation` policy (None: none),
+    then batch and prefetch. `augmentation` has no effect when training is False.
     """
     import tensorflow as tf
 
@@ -147,19 +150,11 @@ def make_batches(split: Split, *, batch_size: int, training: bool, augment: bool
         image_bytes = needed / max(split.count, 1)
         buffer_size = max(1, min(split.count, SHUFFLE_BUFFER_LIMIT, int(SHUFFLE_BUFFER_BYTES / max(image_bytes, 1))))
         dataset = dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
-        if augment:
+        if augmentation is not None:
             # One [2]-shaped seed per element, new each epoch and reproducible from `seed`.
             element_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
             dataset = tf.data.Dataset.zip((dataset, element_seeds)).map(
-                lambda element, element_seed: (
-                    augment_image(
-                        element[0],
-                        element_seed,
-                        flip_vertical=split.orientation_free,
-                        rotate=split.orientation_free,
-                    ),
-                    element[1],
-                ),
+                lambda element, element_seed: (augment_image(element[0], element_seed, augmentation), element[1]),
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
@@ -190,14 +185,17 @@ def loaded_from_files(
     skipped: Sequence[str],
     image_size: int,
     settings: dict[str, Any],
-    group_counts: dict[str, int] | None = None,
+    groups: np.ndarray | None = None,
+    metadata: dict[str, np.ndarray] | None = None,
     graph_decodable: np.ndarray | None = None,
 ) -> LoadedDataset:
     """Assemble a LoadedDataset from readable files, their labels and split ids (0 train, 1 val, 2 test).
 
     `paths`, `labels`, `split_ids` and `content_hashes` (from scan_images) describe only the files
     that passed the scan, in the same order; `skipped` holds the scan's "path: reason" lines.
-    `group_counts` (groups per split) is set when the split kept patient or slide groups whole.
+    `groups` (an integer patient or slide id per file) makes each Split carry its examples' groups, for
+    patient-level confidence intervals, and the dataset count groups per split; `metadata` (attribute ->
+    one value per file, e.g. view or sex) goes to each Split for subgroup metrics.
     `graph_decodable` (scan_images, per file) spares files_split reading each file's first bytes again.
     """
     labels = _label_matrix(labels)
@@ -220,7 +218,10 @@ def loaded_from_files(
     for split_id, split_name in enumerate(SPLIT_NAMES):
         members = np.flatnonzero(split_ids == split_id)
         graph = np.asarray(graph_decodable)[members] if graph_decodable is not None else None
-        splits[split_name] = files_split([paths[index] for index in members], labels[members], image_size, graph)
+        split = files_split([paths[index] for index in members], labels[members], image_size, graph)
+        split.groups = np.asarray(groups)[members] if groups is not None else None
+        split.metadata = {attribute: np.asarray(values)[members] for attribute, values in (metadata or {}).items()}
+        splits[split_name] = split
     return LoadedDataset(
         name=name,
         task=task,
@@ -231,5 +232,5 @@ def loaded_from_files(
         source=str(source),
         skipped_images=len(skipped),
         skipped_examples=list(skipped[:MAX_SKIPPED_EXAMPLES]),
-        group_counts=dict(group_counts or {}),
+        group_counts=groups_per_split(groups, split_ids) if groups is not None else {},
     )

@@ -278,7 +278,7 @@ def load_prepared(
         if count < counts[split]:
             positives = _sample_positives(folder, manifest, split, count)
         dataset = split_records(folder, manifest, split, image_size, count=count)
-        splits[split] = Split(dataset=dataset, count=count, positives=positives, orientation_free=name != "chestxray14")
+        splits[split] = Split(dataset=dataset, count=count, positives=positives)
     hasher = hashlib.sha256()
     hasher.update(
         json.dumps(

@@ -23,9 +23,6 @@ class Split:
     count: int
     # Per-output count of positive labels in this split (binary: shape [1]; multiclass: per-class counts).
     positives: np.ndarray
-    # Cell and tissue images have no "up"; radiographs do, so their loaders set this False and
-    # augmentation then keeps to left-right flips and photometric jitter.
-    orientation_free: bool = True
     # Per example, in the dataset's order: the patient (or slide) it comes from, when known. Confidence
     # intervals resample whole patients, since one patient's images are not independent.
     groups: np.ndarray | None = None
