@@ -302,17 +302,21 @@ class UploadParser:
         if self._current is not None:
             self._current.extend(data[start:end])
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | None) -> None:
+        """Feed the parser the next chunk of the body; None ends the body."""
         from python_multipart.exceptions import FormParserError
 
         try:
-            self.parser.write(chunk)
+            if chunk is None:
+                self.parser.finalize()
+            else:
+                self.parser.write(chunk)
         except FormParserError:
             raise Rejection(400, "bad_upload", "the multipart upload is malformed") from None
 
     def finish(self) -> bytes:
-        self.write(b"")
-        self.parser.finalize()
+        """The file's bytes once the whole body was written."""
+        self.write(None)
         if self.file is None:
             raise Rejection(400, "no_file", f"the upload has no field '{UPLOAD_FIELD}'; choose an image file")
         if not self.file:

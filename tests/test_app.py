@@ -233,11 +233,14 @@ def test_bad_uploads_are_400_with_a_reason_and_one_line(spot_app, red_png, name)
 
 
 @pytest.mark.slow
-def test_a_request_without_a_file_field_or_multipart_body_is_400(spot_app, red_png):
+def test_a_request_without_a_file_field_or_a_multipart_body_is_400(spot_app, red_png):
     no_file = requests.post(f"{spot_app['url']}/predict", files={"picture": ("a.png", red_png)}, timeout=30)
     assert no_file.status_code == 400 and no_file.json()["reason"] == "no_file"
     raw = requests.post(f"{spot_app['url']}/predict", data=red_png, timeout=30)
     assert raw.status_code == 400 and raw.json()["reason"] == "not_multipart"
+    headers = {"Content-Type": "multipart/form-data; boundary=XYZ"}
+    malformed = requests.post(f"{spot_app['url']}/predict", data=b"no boundary here", headers=headers, timeout=30)
+    assert malformed.status_code == 400 and malformed.json()["reason"] == "bad_upload"
 
 
 @pytest.mark.slow
