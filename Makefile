@@ -85,3 +85,13 @@ server-up:
 	$(COMPOSE) up --build --detach --wait
 server-down:
 	$(COMPOSE) down
+
+# The clinician page, JSON API and /metrics of one registered model (docs/APP.md). models:/NAME serves
+# NAME@champion when that alias exists, else its latest version; `make demo` registers demo-classifier.
+SERVE_MODEL ?= models:/demo-classifier
+SERVE_PORT ?= 8080
+SERVE_ARGS ?=
+.PHONY: serve-app
+serve-app: setup
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(TRACKING_URI)} $(BIN)/python -m serve.app \
+		--model $(SERVE_MODEL) --port $(SERVE_PORT) $(SERVE_ARGS)

@@ -1,10 +1,14 @@
 """Benchmarks REST scoring of small_cnn: trains or loads a 224x224 model, serves it, prints latency, throughput and payload sizes.
 
-Three ways to score one 224x224 image, measured in one run:
-  1. `mlflow models serve` of the medimg pyfunc, sent the PNG file as base64 (what serve.client does);
+Ways to score one 224x224 image, measured in one run:
+  1. `mlflow models serve` of the medimg pyfunc, sent the PNG file as base64 (what serve.client does),
+     without and with the param explain=true (a Grad-CAM heatmap in the answer);
   2. `mlflow models serve` of a plain tensor-input pyfunc around the same Keras model, sent the decoded
      image as a JSON float tensor {"inputs": [[[[r, g, b], ...]]]} (the common pattern in tutorials);
-  3. in-process decode + predict (ImageClassifier.predict on the same base64 PNG, no HTTP).
+  3. in-process decode + predict (ImageClassifier.predict on the same base64 PNG, no HTTP);
+  4. the clinician app (`python -m serve.app`), sent the PNG file as a multipart upload to /predict,
+     without and with ?explain=true; these two and the two of 1. are timed in turns, request after
+     request, so that other work on the machine slows all four alike.
 Besides the RGB cell image, a grayscale 224x224 chest-radiograph-like PNG (how NIH ChestX-ray14 and most
 radiographs are stored) is served, since its payload is what chest X-ray clients send.
 Targets: the PNG payload at least 10x smaller than the tensor JSON; served p50 within 2x of in-process.
@@ -98,9 +102,12 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def png_request(png: bytes) -> bytes:
+def png_request(png: bytes, params: dict | None = None) -> bytes:
     encoded = base64.b64encode(png).decode("ascii")
-    return json.dumps({"dataframe_split": {"columns": ["image"], "data": [[encoded]]}}).encode()
+    body: dict = {"dataframe_split": {"columns": ["image"], "data": [[encoded]]}}
+    if params:
+        body["params"] = params
+    return json.dumps(body).encode()
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -182,13 +189,18 @@ def log_tensor_model(classifier, workdir: Path) -> str:
 class Server:
     """`mlflow models serve --env-manager local` in its own process group, stopped on exit."""
 
+    ready_path = "/ping"
+
     def __init__(self, model_uri: str, workdir: Path, name: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / f"{name}.log"
-        env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
         command = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "models", "serve", "-m", model_uri]
         command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.start(command, workdir)
+
+    def start(self, command: list[str], workdir: Path) -> None:
+        env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -202,7 +214,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.log_path.read_text()[-2000:]}")
             try:
-                if requests.get(f"{self.url}/ping", timeout=2).status_code == 200:
+                if requests.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
                     return self
             except requests.RequestException:
                 pass
@@ -218,20 +230,62 @@ class Server:
                 os.killpg(self.process.pid, signal.SIGKILL)
 
 
-def measure_server(url: str, body: bytes, requests_count: int, warmup: int, concurrency: int) -> dict[str, float]:
-    """Sequential latency percentiles, sequential requests/s and requests/s with `concurrency` clients."""
-    import requests
+class AppServer(Server):
+    """`python -m serve.app` (the clinician page and /predict) from the repository, stopped on exit."""
 
+    ready_path = "/health"
+
+    def __init__(self, model_uri: str, workdir: Path, name: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"{name}.log"
+        command = [sys.executable, "-m", "serve.app", "--model", model_uri, "--port", str(self.port)]
+        self.start(command, REPO_ROOT)
+
+
+def request_timer(url: str, body: bytes, *, upload: str = ""):
+    """A function that sends one request with a requests session and returns its latency in seconds.
+
+    It posts `body` as JSON to /invocations, or with upload="?query" the PNG `body` as the multipart
+    field `file` to the app's /predict?query.
+    """
     headers = {"Content-Type": "application/json"}
-    session = requests.Session()
 
     def post(client) -> float:
         started = time.perf_counter()
-        response = client.post(f"{url}/invocations", data=body, headers=headers, timeout=120)
+        if upload:
+            response = client.post(f"{url}/predict{upload}", files={"file": ("image.png", body)}, timeout=120)
+        else:
+            response = client.post(f"{url}/invocations", data=body, headers=headers, timeout=120)
         elapsed = time.perf_counter() - started
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
         return elapsed
+
+    return post
+
+
+def measure_in_turns(timers: dict, requests_count: int, warmup: int) -> dict[str, dict[str, float]]:
+    """Latency percentiles of several request kinds sent in turns, one of each per round."""
+    import requests
+
+    sessions = {name: requests.Session() for name in timers}
+    for _ in range(warmup):
+        for name, post in timers.items():
+            post(sessions[name])
+    latencies: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(requests_count):
+        for name, post in timers.items():
+            latencies[name].append(post(sessions[name]))
+    return {name: summary(values) for name, values in latencies.items()}
+
+
+def measure_server(url: str, body: bytes, requests_count: int, warmup: int, concurrency: int) -> dict[str, float]:
+    """Sequential latency percentiles, sequential requests/s and requests/s with `concurrency` clients."""
+    import requests
+
+    session = requests.Session()
+    post = request_timer(url, body)
 
     for _ in range(warmup):
         post(session)
@@ -336,9 +390,18 @@ def main(argv: list[str] | None = None) -> int:
 
         counts = (arguments.requests, arguments.warmup)
         in_process = measure_in_process(classifier, encoded, *counts)
+        explain_body = png_request(png, {"explain": True})
         with Server(model_uri, workdir, "png") as server:
             served_png = measure_server(server.url, png_body, *counts, arguments.concurrency)
             served_radiograph = measure_server(server.url, radiograph_body, *counts, arguments.concurrency)
+            with AppServer(model_uri, workdir, "app") as app:
+                timers = {
+                    "mlflow models serve, PNG": request_timer(server.url, png_body),
+                    "mlflow models serve, explain": request_timer(server.url, explain_body),
+                    "app /predict, PNG": request_timer(app.url, png, upload="?"),
+                    "app /predict, explain": request_timer(app.url, png, upload="?explain=true"),
+                }
+                in_turns = measure_in_turns(timers, *counts)
         with Server(tensor_uri, workdir, "tensor") as server:
             served_tensor = measure_server(server.url, tensor_body, *counts, arguments.concurrency)
 
@@ -372,6 +435,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"latency: served PNG p50 / in-process p50 = {latency_ratio:.2f}x (target <= 2x)")
     print(f"latency: served tensor p50 / served PNG p50 = {served_tensor['p50_ms'] / served_png['p50_ms']:.2f}x")
+    print(f"\nthe same PNG, {arguments.requests} rounds of one request of each kind, in turns")
+    print(f"{'':30} {'p50 ms':>8} {'p95 ms':>8}")
+    for label, numbers in in_turns.items():
+        print(f"{label:30} {numbers['p50_ms']:>8.1f} {numbers['p95_ms']:>8.1f}")
+    served, app = in_turns["mlflow models serve, PNG"], in_turns["app /predict, PNG"]
+    print(f"latency: app p50 / mlflow models serve p50 = {app['p50_ms'] / served['p50_ms']:.2f}x")
+    for host, plain in (("mlflow models serve", served), ("app /predict", app)):
+        explained = in_turns[f"{host}, explain"]
+        print(f"latency: {host} explain p50 / plain p50 = {explained['p50_ms'] / plain['p50_ms']:.2f}x")
     return 0
 
 

@@ -4,12 +4,15 @@
 model file and `classifier.json` (class names, task, image size, threshold, pixel
 limit). It decodes every request image with `serve.preprocess`, the same code the
 training pipelines use, and answers one row per image: one probability column per
-output class, `predicted`, the predicted label(s), and `frame`, the 0-based frame scored
-(the request parameter `frame`; -1, the default, is the middle frame of a multi-frame DICOM).
+output class, `predicted`, the predicted label(s), the thresholds used, and `frame`, the 0-based
+frame scored (the request parameter `frame`; -1, the default, is the middle frame of a multi-frame
+DICOM). With the param `explain=true` each row also carries a Grad-CAM heatmap of its top finding,
+or of the output named by `explain_class` (columns in `serve.explain`).
 
 Bad input (not base64, not an image, empty, too many pixels, DICOM without an image or
 pixels, a frame the image lacks, missing column, bad threshold) raises `InvalidImageInput`,
-which `mlflow models serve` answers with HTTP 400 and a one-line message.
+which `mlflow models serve` answers with HTTP 400 and a one-line message; its `reason` names the
+kind of rejection.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ DEFAULT_MAX_PIXELS = 50_000_000
 # Overrides the logged pixel limit when the model is served, e.g. MEDIMG_MAX_PIXELS=4000000.
 MAX_PIXELS_ENVIRONMENT = "MEDIMG_MAX_PIXELS"
 PREDICT_BATCH_SIZE = 32
+EXPLAIN_PARAM = "explain"
+EXPLAIN_CLASS_PARAM = "explain_class"
 # The formats tf.io.decode_image reads (PIL names); PIL recognises more (TIFF, WebP) that training never sees.
 # MPO (a camera's multi-picture JPEG) is accepted as training accepts it: its first picture is scored.
 DECODABLE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF")
@@ -123,11 +128,13 @@ class InvalidImageInput(MlflowException):
     The scoring server rewrites the message of every MlflowException raised in predict to
     "Failed to predict data '<the request as a DataFrame>'. Error: <message>", a multi-line text
     that repeats the request. This class keeps the message it was created with, so the 400 answer
-    says what is wrong in one short line.
+    says what is wrong in one short line. `reason` is a short machine-readable name of the rejection
+    (e.g. "not_an_image") for counting rejections without reading messages.
     """
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, reason: str = "invalid_input"):
         super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+        self.reason = reason
 
     @property
     def message(self) -> str:
@@ -140,9 +147,9 @@ class InvalidImageInput(MlflowException):
             self._one_line_message = " ".join(str(value).split())
 
 
-def bad_input(message: str) -> InvalidImageInput:
+def bad_input(message: str, reason: str = "invalid_input") -> InvalidImageInput:
     """An error that the MLflow scoring server answers with HTTP 400 and this one-line message."""
-    return InvalidImageInput(message)
+    return InvalidImageInput(message, reason)
 
 
 def classifier_signature(config: ClassifierConfig):
@@ -161,8 +168,15 @@ def classifier_signature(config: ClassifierConfig):
     return ModelSignature(
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
         outputs=Schema([*outputs, ColSpec("long", FRAME_COLUMN)]),
-        # No default threshold: without one, the stored per-class operating points decide.
-        params=ParamSchema([ParamSpec("threshold", "double", None), ParamSpec(FRAME_COLUMN, "long", DEFAULT_FRAME)]),
+        params=ParamSchema(
+            [
+                # No default threshold: without one, the stored per-class operating points decide.
+                ParamSpec("threshold", "double", None),
+                ParamSpec(FRAME_COLUMN, "long", DEFAULT_FRAME),
+                ParamSpec(EXPLAIN_PARAM, "boolean", False),
+                ParamSpec(EXPLAIN_CLASS_PARAM, "string", ""),
+            ]
+        ),
     )
 
 
@@ -171,7 +185,7 @@ def decode_base64(value, row: int) -> bytes:
     if isinstance(value, bytes):
         value = value.decode("ascii", errors="replace")
     if not isinstance(value, str) or not value.strip():
-        raise bad_input(f"row {row}: column '{IMAGE_COLUMN}' must hold a non-empty base64 string")
+        raise bad_input(f"row {row}: column '{IMAGE_COLUMN}' must hold a non-empty base64 string", "missing_image")
     text = value.strip()
     if text.startswith("data:") and "," in text[:100]:
         text = text.split(",", 1)[1]
@@ -179,9 +193,9 @@ def decode_base64(value, row: int) -> bytes:
         # Tools such as `base64` wrap lines at 76 characters; whitespace carries no data.
         data = base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise bad_input(f"row {row}: column '{IMAGE_COLUMN}' is not valid base64") from None
+        raise bad_input(f"row {row}: column '{IMAGE_COLUMN}' is not valid base64", "not_base64") from None
     if not data:
-        raise bad_input(f"row {row}: column '{IMAGE_COLUMN}' decodes to no bytes")
+        raise bad_input(f"row {row}: column '{IMAGE_COLUMN}' decodes to no bytes", "empty_image")
     return data
 
 
@@ -209,17 +223,24 @@ def check_image(data: bytes, row: int, max_pixels: int, frame: int = DEFAULT_FRA
         else:
             header = image_header(data)
             if header is None:
-                raise ValueError(NOT_AN_IMAGE)
+                raise InvalidImageInput(NOT_AN_IMAGE, "not_an_image")
             image_format, width, height = header
             if image_format not in DECODABLE_FORMATS:
-                raise ValueError(f"{image_format} images are not supported; send PNG, JPEG, BMP, GIF or DICOM")
+                raise InvalidImageInput(
+                    f"{image_format} images are not supported; send PNG, JPEG, BMP, GIF or DICOM", "unsupported_format"
+                )
             frames = 1
         scored = frame_index(frames, frame)
+    except InvalidImageInput as error:
+        raise bad_input(f"row {row}: {error.message}", error.reason) from None
     except ValueError as error:
-        raise bad_input(f"row {row}: {error}") from None
+        reason = "no_frame" if "frame" in str(error) else "unreadable_dicom"
+        raise bad_input(f"row {row}: {error}", reason) from None
     # One frame is decoded, so the limit applies to one frame's pixels.
     if width * height > max_pixels:
-        raise bad_input(f"row {row}: image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
+        raise bad_input(
+            f"row {row}: image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels", "too_many_pixels"
+        )
     return scored
 
 
@@ -277,8 +298,38 @@ def requested_frame(params: dict | None) -> int:
     except (TypeError, ValueError, OverflowError):
         whole = None
     if whole is None or whole < DEFAULT_FRAME:
-        raise bad_input(f"frame must be -1 (the middle frame) or a 0-based frame index, got {str(value)[:20]!r}")
+        raise bad_input(
+            f"frame must be -1 (the middle frame) or a 0-based frame index, got {str(value)[:20]!r}", "bad_param"
+        )
     return whole
+
+
+def explain_choice(params: dict, config: ClassifierConfig) -> int | None:
+    """None without `explain=true`; else the output index that `explain_class` names, or -1 for each row's top finding."""
+    explain = params.get(EXPLAIN_PARAM, False)
+    # mlflow models serve passes a bool; in-process callers may pass the text of a query string.
+    if isinstance(explain, str) and explain.strip().lower() in ("true", "false"):
+        explain = explain.strip().lower() == "true"
+    if not isinstance(explain, bool | np.bool_):
+        raise bad_input(f"{EXPLAIN_PARAM} must be true or false, got {explain!r}", "bad_param")
+    if not explain:
+        return None
+    from models.gradcam import TOP_CLASS
+
+    name = str(params.get(EXPLAIN_CLASS_PARAM) or "").strip()
+    if not name:
+        return TOP_CLASS
+    if name in config.output_columns:
+        return config.output_columns.index(name)
+    if config.task == "binary" and name in config.class_names:
+        raise bad_input(
+            f"{EXPLAIN_CLASS_PARAM}: a binary model explains its positive class '{config.class_names[1]}' only",
+            "bad_param",
+        )
+    choices = ", ".join(config.output_columns)
+    raise bad_input(
+        f"{EXPLAIN_CLASS_PARAM} must be one of {choices} (or empty for the top finding), got {name!r}", "bad_param"
+    )
 
 
 class ImageClassifier(PythonModel):
@@ -287,8 +338,12 @@ class ImageClassifier(PythonModel):
     def load_context(self, context) -> None:
         import keras
 
-        # Registers medimg's custom layers (ImageScaling) before deserialising the model.
+        # models.layers registers medimg's custom layers (ImageScaling) before the model is deserialised. The
+        # explanation modules are imported now, while the model's code folder exists: log_model loads the model
+        # from a staging folder to check its input example and deletes that folder afterwards.
+        import models.gradcam
         import models.layers  # noqa: F401
+        import serve.explain  # noqa: F401
 
         self.config = ClassifierConfig.load(context.artifacts[CONFIG_ARTIFACT])
         self.config.max_pixels = max_pixels_from_environment(self.config.max_pixels)
@@ -304,21 +359,27 @@ class ImageClassifier(PythonModel):
             try:
                 tensor = load_image_tensor(data, self.config.image_size, frame)
             except ValueError as error:
-                raise bad_input(f"row {row}: {error}") from None
+                raise bad_input(f"row {row}: {error}", "undecodable_image") from None
             except Exception as error:  # TensorFlow raises InvalidArgumentError for truncated or corrupt bytes.
-                raise bad_input(f"row {row}: image cannot be decoded ({type(error).__name__})") from None
+                raise bad_input(
+                    f"row {row}: image cannot be decoded ({type(error).__name__})", "undecodable_image"
+                ) from None
             tensors.append(np.asarray(tensor, dtype=np.float32))
         return np.stack(tensors)
 
-    def predict_probabilities(self, encoded: list[bytes], frames: list[int] | None = None) -> np.ndarray:
-        """Class probabilities [N, outputs] for checked image bytes, decoded and predicted 32 at a time."""
-        frames = frames if frames is not None else [DEFAULT_FRAME] * len(encoded)
-        chunks = []
+    def batches(self, encoded: list[bytes], frames: list[int]):
+        """Model-input batches of checked image bytes (each at its frame), decoded 32 at a time."""
         for start in range(0, len(encoded), PREDICT_BATCH_SIZE):
             end = start + PREDICT_BATCH_SIZE
-            batch = self.image_tensors(encoded[start:end], frames[start:end], start)
-            # predict_on_batch skips the tf.data set-up of predict(), which dominates one-image requests.
-            chunks.append(np.asarray(self.model.predict_on_batch(batch), dtype=np.float64))
+            yield self.image_tensors(encoded[start:end], frames[start:end], start)
+
+    def predict_probabilities(self, encoded: list[bytes], frames: list[int] | None = None) -> np.ndarray:
+        """Calibrated class probabilities [N, outputs] for checked image bytes, decoded and predicted 32 at a time."""
+        frames = frames if frames is not None else [DEFAULT_FRAME] * len(encoded)
+        # predict_on_batch skips the tf.data set-up of predict(), which dominates one-image requests.
+        chunks = [
+            np.asarray(self.model.predict_on_batch(batch), dtype=np.float64) for batch in self.batches(encoded, frames)
+        ]
         return self.calibrated(np.concatenate(chunks, axis=0))
 
     def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
@@ -327,25 +388,56 @@ class ImageClassifier(PythonModel):
 
         return apply_calibration(probabilities, self.config.calibration)
 
+    def explain(self, encoded: list[bytes], frames: list[int], class_index: int) -> tuple[np.ndarray, pd.DataFrame]:
+        """Calibrated probabilities [N, outputs] and the Grad-CAM columns of each batch.
+
+        The top finding is the most probable one after calibration, the probability the answer shows;
+        calibration can reorder classes, so a calibrated model picks it before the gradient pass.
+        """
+        from models.gradcam import TOP_CLASS, GradCam
+        from serve.explain import explanation_columns
+
+        # Built on first use and kept: its traced gradient function makes later explanations fast.
+        if getattr(self, "gradcam", None) is None:
+            self.gradcam = GradCam(self.model)
+        chunks, columns = [], []
+        for batch in self.batches(encoded, frames):
+            indices = class_index
+            if class_index == TOP_CLASS and self.config.calibration:
+                raw = np.asarray(self.model.predict_on_batch(batch), dtype=np.float64)
+                indices = self.calibrated(raw).argmax(axis=1)
+            heatmaps, probabilities, explained = self.gradcam(batch, indices)
+            chunks.append(self.calibrated(np.asarray(probabilities, dtype=np.float64)))
+            names = [self.config.output_columns[int(index)] for index in explained]
+            columns.append(pd.DataFrame(explanation_columns(batch, heatmaps, names)))
+        return np.concatenate(chunks, axis=0), pd.concat(columns, ignore_index=True)
+
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame) or IMAGE_COLUMN not in model_input.columns:
             found = list(map(str, model_input.columns))[:10] if isinstance(model_input, pd.DataFrame) else None
             found_text = f"columns {found}" if found is not None else type(model_input).__name__
-            raise bad_input(f"input must have a column '{IMAGE_COLUMN}' of base64 images; got {found_text}")
+            raise bad_input(
+                f"input must have a column '{IMAGE_COLUMN}' of base64 images; got {found_text}", "missing_column"
+            )
         threshold = (params or {}).get("threshold")
         if threshold is not None:
             try:
                 threshold = float(threshold)
             except (TypeError, ValueError):
-                raise bad_input(f"threshold must be a number between 0 and 1, got {threshold!r}") from None
+                raise bad_input(f"threshold must be a number between 0 and 1, got {threshold!r}", "bad_param") from None
             if not 0.0 <= threshold <= 1.0:
-                raise bad_input(f"threshold must be between 0 and 1, got {threshold}")
+                raise bad_input(f"threshold must be between 0 and 1, got {threshold}", "bad_param")
         frame = requested_frame(params)
+        explain_index = explain_choice(params or {}, self.config)
         if len(model_input) == 0:
-            raise bad_input("input has no rows; send one row per image")
+            raise bad_input("input has no rows; send one row per image", "no_rows")
         encoded, frames = [], []
         for row, value in enumerate(model_input[IMAGE_COLUMN].tolist()):
             data = decode_base64(value, row)
             frames.append(check_image(data, row, self.config.max_pixels, frame))
             encoded.append(data)
-        return predictions_frame(self.predict_probabilities(encoded, frames), self.config, threshold, frames)
+        if explain_index is None:
+            return predictions_frame(self.predict_probabilities(encoded, frames), self.config, threshold, frames)
+        probabilities, explanations = self.explain(encoded, frames, explain_index)
+        answer = predictions_frame(probabilities, self.config, threshold, frames)
+        return pd.concat([answer, explanations], axis=1)

@@ -1,4 +1,4 @@
-"""Session-wide test settings and fixtures: quiet TensorFlow, CPU only, no tracking outside tmp dirs, one served model."""
+"""Session-wide test settings and shared fixtures: quiet TensorFlow, CPU only, no tracking outside tmp dirs; a trained served model and a served model with known answers."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-import requests
+from serving_helpers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +82,215 @@ def isolated_mlflow_run_context():
             os.environ[name] = value
 
 
-# The served model: one tiny model, trained, registered and served once per session for every test that needs it.
+# A served model whose answers are known in advance, shared by the app, browser and explanation tests.
+SPOT_MODEL_NAME = "spot-classifier"
+SPOT_CLASSES = ["red_spot", "green_spot", "bright_spot"]
+SPOT_IMAGE_SIZE = 32
+
+
+def build_spot_model(image_size: int = SPOT_IMAGE_SIZE):
+    """A Keras model that finds red, green and bright squares, with weights set by hand instead of trained.
+
+    A 1x1 convolution `evidence` turns each pixel into three non-negative features (red excess, green
+    excess, brightness above a quarter of full scale); their image means drive one sigmoid per class.
+    A square of a sixteenth of the image scores above 0.85 and a plain dark image 0.18, and Grad-CAM of
+    each class lights up exactly the pixels of its square, so tests can check where a heatmap points.
+    """
+    import keras
+
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    evidence = keras.layers.Conv2D(3, 1, activation="relu", name="evidence")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pooling")(evidence)
+    outputs = keras.layers.Dense(3, activation="sigmoid", name="predictions")(pooled)
+    model = keras.Model(inputs, outputs, name="spot_model")
+    kernel = np.array([[1.0, -0.5, -0.5], [-0.5, 1.0, -0.5], [1 / 3, 1 / 3, 1 / 3]]).T / 255.0
+    model.get_layer("evidence").set_weights([kernel.reshape(1, 1, 3, 3), np.array([0.0, 0.0, -0.25])])
+    model.get_layer("predictions").set_weights([np.eye(3) * 80.0, np.full(3, -1.5)])
+    return model
+
+
+def log_classifier(keras_model, class_names: list[str], task: str, image_size: int, workdir: Path, **log_arguments):
+    """Log a Keras model as the medimg pyfunc, from code, the way training logs it; returns the ModelInfo."""
+    import mlflow
+    import pandas as pd
+
+    # The repository's `models` package, imported before log_model loads the model from a staging folder
+    # that it then deletes: a `models` imported from there would break later imports of its modules.
+    import models.gradcam
+    import models.layers  # noqa: F401
+    from serve.explain import png_base64
+    from serve.pyfunc import (
+        CONFIG_ARTIFACT,
+        MODEL_ARTIFACT,
+        MODEL_CODE_PATH,
+        ClassifierConfig,
+        classifier_signature,
+        serving_requirements,
+    )
+
+    keras_path = workdir / "model.keras"
+    keras_model.save(keras_path)
+    config = ClassifierConfig(class_names=class_names, task=task, image_size=image_size)
+    config_path = workdir / "classifier.json"
+    config.save(str(config_path))
+    example = pd.DataFrame({"image": [png_base64(np.zeros((image_size, image_size, 3), dtype=np.uint8))]})
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(MODEL_CODE_PATH),
+        artifacts={MODEL_ARTIFACT: str(keras_path), CONFIG_ARTIFACT: str(config_path)},
+        code_paths=[str(REPO_ROOT / "serve"), str(REPO_ROOT / "models")],
+        signature=classifier_signature(config),
+        input_example=example,
+        pip_requirements=serving_requirements(),
+        **log_arguments,
+    )
+
+
+@pytest.fixture(scope="session")
+def spot_model(tmp_path_factory) -> dict:
+    """The spot model registered as `spot-classifier` version 1 with alias `champion` in a session sqlite store."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    directory = tmp_path_factory.mktemp("spot_tracking")
+    tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("spot", artifact_location=(directory / "artifacts").as_uri())
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run(experiment_id=experiment):
+            model = build_spot_model()
+            log_classifier(
+                model, SPOT_CLASSES, "multilabel", SPOT_IMAGE_SIZE, directory, registered_model_name=SPOT_MODEL_NAME
+            )
+    finally:
+        # Back to the tracking URI of the environment, as the other tracking fixtures leave it.
+        mlflow.set_tracking_uri(None)
+    client.set_registered_model_alias(SPOT_MODEL_NAME, "champion", "1")
+    return {
+        "tracking_uri": tracking_uri,
+        "name": SPOT_MODEL_NAME,
+        "uri": f"models:/{SPOT_MODEL_NAME}@champion",
+        "classes": SPOT_CLASSES,
+        "image_size": SPOT_IMAGE_SIZE,
+    }
+
+
+def squares_image(size: int, squares: dict[tuple[int, int, int], tuple[int, int, int]]) -> np.ndarray:
+    """A black RGB uint8 image with filled squares: {(red, green, blue): (top, left, side)}."""
+    image = np.zeros((size, size, 3), dtype=np.uint8)
+    for colour, (top, left, side) in squares.items():
+        image[top : top + side, left : left + side] = colour
+    return image
+
+
+@pytest.fixture(scope="session")
+def paint_squares():
+    """squares_image for tests: images whose spot-model findings and their places are known."""
+    return squares_image
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    return free_port()
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], *, ready_url: str, log_path: Path, env: dict, cwd: Path, timeout: float = 240):
+    """Run a server command in its own process group until `ready_url` answers 200; stop the whole group on exit."""
+    import requests
+
+    with open(log_path, "wb") as log:
+        # A new session makes the server and any worker it starts one process group, stopped together below.
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"{command[0]} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(ready_url, timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(f"{ready_url} did not answer in {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+def serving_environment(tracking_uri: str, **extra: str) -> dict:
+    """The environment of a served-model subprocess: this venv first on PATH, the given tracking store."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, **extra}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    return env
+
+
+@pytest.fixture(scope="session")
+def spot_scoring_server(spot_model, tmp_path_factory) -> str:
+    """`mlflow models serve` of the spot model on a free port; yields its URL."""
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("spot_scoring_server")
+    command = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "models", "serve", "-m", spot_model["uri"]]
+    command += ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    env = serving_environment(spot_model["tracking_uri"])
+    # The model must carry its own code: the server runs outside the repository, without PYTHONPATH.
+    env.pop("PYTHONPATH", None)
+    with running_server(command, ready_url=f"{url}/ping", log_path=workdir / "server.log", env=env, cwd=workdir):
+        yield url
+
+
+# Runs `python -m serve.app` with an audit hook that reports every file opened for writing once the app
+# listens on its port, so a test can prove that uploads never reach the disk (Python's tempfile included).
+AUDITED_APP = """
+import os, runpy, sys
+port = int(sys.argv[sys.argv.index("--port") + 1])
+armed = []
+def hook(event, args):
+    if event == "open" and armed:
+        path, mode, flags = args
+        writing = any(letter in str(mode or "") for letter in "wax+") or (flags or 0) & (os.O_WRONLY | os.O_RDWR)
+        if writing:
+            print(f"AUDIT write-open {path!r}", file=sys.stderr, flush=True)
+    elif event == "socket.bind" and isinstance(args[1], tuple) and args[1][1:2] == (port,):
+        armed.append(True)
+sys.addaudithook(hook)
+sys.argv = ["serve.app", *sys.argv[1:]]
+runpy.run_module("serve.app", run_name="__main__", alter_sys=True)
+"""
+APP_MAX_UPLOAD_MB = 3
+
+
+@pytest.fixture(scope="session")
+def spot_app(spot_model, tmp_path_factory) -> dict:
+    """`python -m serve.app --model models:/spot-classifier --max-upload-mb 3` on a free port, in an empty
+    working folder with its own TMPDIR; yields its URL, log file and those two folders."""
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("spot_app")
+    cwd, tmpdir = workdir / "cwd", workdir / "tmp"
+    cwd.mkdir()
+    tmpdir.mkdir()
+    url = f"http://127.0.0.1:{port}"
+    # models:/NAME without version or alias: the app picks @champion.
+    command = [sys.executable, "-c", AUDITED_APP, "--model", f"models:/{spot_model['name']}", "--port", str(port)]
+    command += ["--max-upload-mb", str(APP_MAX_UPLOAD_MB)]
+    env = serving_environment(spot_model["tracking_uri"], TMPDIR=str(tmpdir), PYTHONPATH=str(REPO_ROOT))
+    log_path = workdir / "app.log"
+    with running_server(command, ready_url=f"{url}/health", log_path=log_path, env=env, cwd=cwd):
+        yield {"url": url, "log": log_path, "cwd": cwd, "tmpdir": tmpdir, "max_upload_bytes": APP_MAX_UPLOAD_MB * 10**6}
+
+
+# The trained served model: one tiny model, trained, registered and served once per session for every test that needs it.
 
 
 @pytest.fixture(scope="session")
@@ -104,12 +313,11 @@ def registered_model(tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        # The Default experiment of the fixture's own store: set_experiment would leave a process-wide
-        # active experiment behind that does not exist in the stores of later tests.
-        config = MainSettings.from_dict(
+        # The Default experiment of the fixture's own store.
+        settings = MainSettings.from_dict(
             {"image_size": "32", "epochs": "1", "batch_size": "16", "max_examples": "120", "register_as": MODEL_NAME}
         )
-        run_id = train(config).run_id
+        run_id = train(settings).run_id
         client = MlflowClient(tracking_uri)
         (version,) = client.search_model_versions(f"name='{MODEL_NAME}'")
         client.set_registered_model_alias(MODEL_NAME, "champion", version.version)
@@ -136,44 +344,15 @@ def loaded_model(registered_model):
 @pytest.fixture(scope="session")
 def server(registered_model, tmp_path_factory):
     """`mlflow models serve -m models:/served-classifier@champion --env-manager local` on a free port."""
-    from serving_helpers import MAX_PIXELS, free_port
+    from serving_helpers import MAX_PIXELS
 
     port = free_port()
     workdir = tmp_path_factory.mktemp("server")
-    log_path = workdir / "server.log"
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": registered_model["tracking_uri"],
-        "MEDIMG_MAX_PIXELS": str(MAX_PIXELS),
-        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-    }
+    env = serving_environment(registered_model["tracking_uri"], MEDIMG_MAX_PIXELS=str(MAX_PIXELS))
     # The model must carry its own code: the server runs outside the repository, without PYTHONPATH.
     env.pop("PYTHONPATH", None)
     command = [os.path.join(os.path.dirname(sys.executable), "mlflow"), "models", "serve", "-m"]
     command += [registered_model["uri"], "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)]
-    with open(log_path, "wb") as log:
-        # A new session makes the server and its uvicorn child one process group, stopped together below.
-        process = subprocess.Popen(
-            command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow models serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow models serve did not answer /ping in time:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
+    with running_server(command, ready_url=f"{url}/ping", log_path=workdir / "server.log", env=env, cwd=workdir):
         yield url
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)

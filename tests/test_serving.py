@@ -315,6 +315,6 @@ def test_signature_describes_the_served_columns():
         "frame",
     ]
     params = {param["name"]: param for param in json.loads(signature.params.to_json())}
-    assert set(params) == {"threshold", "frame"}
+    assert set(params) == {"threshold", "frame", "explain", "explain_class"}
     assert params["threshold"]["default"] is None
     assert (params["frame"]["type"], params["frame"]["default"]) == ("long", -1)

@@ -1,0 +1,517 @@
+"""The clinician page and operator metrics of one served model: reads an MLflow model and uploaded images (in memory only), writes the page, JSON answers and Prometheus metrics over HTTP.
+
+    python -m serve.app --model models:/demo-classifier@champion --port 8080
+
+Routes: `GET /` the page (serve/static/), `POST /predict` one multipart upload (field `file`) scored by
+the model's own pyfunc, the same bytes-to-answer path as `mlflow models serve`; query parameters are
+the model's params (`explain`, `explain_class`, `threshold`, ...). `GET /info` the model and its
+classes, `GET /health`, `GET /metrics` (Prometheus). Uploaded images are never written to disk or logs.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at run time.
+import argparse
+import base64
+import contextlib
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+DEFAULT_MAX_UPLOAD_MB = 50
+STATIC_DIR = Path(__file__).resolve().with_name("static")
+MODEL_ENVIRONMENT = "MEDIMG_MODEL_URI"
+# The tracking server's convention (mlflow_server/): MLFLOW_AUTH=true turns auth on; clients log in with
+# MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; compose hands the admin password over as a file.
+AUTH_ENVIRONMENT = "MLFLOW_AUTH"
+USERNAME_ENVIRONMENTS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_ADMIN_USERNAME")
+PASSWORD_ENVIRONMENT = "MLFLOW_TRACKING_PASSWORD"
+PASSWORD_FILE_ENVIRONMENT = "MLFLOW_ADMIN_PASSWORD_FILE"
+DEFAULT_USERNAME = "admin"
+# Routes that answer without a password: container health checks cannot log in.
+PUBLIC_ROUTES = ("/health",)
+# Bytes read and thrown away after an oversize upload, so the client sees the 413 instead of a reset.
+DRAIN_BYTES = 256 * 1024 * 1024
+UPLOAD_FIELD = "file"
+MODEL_ID_PATTERN = re.compile(r"m-[0-9a-f]{32}")
+
+
+class Rejection(Exception):
+    """A request the app answers with `status` and a one-line `message`; `reason` labels the rejection metric."""
+
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the page and /metrics say about the served model; name and version are empty for run or path URIs."""
+
+    uri: str
+    name: str = ""
+    version: str = ""
+    aliases: list[str] = field(default_factory=list)
+    run_id: str = ""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str
+
+    def accepts(self, authorization: str | None) -> bool:
+        """Whether an `Authorization: Basic ...` header carries these credentials (compared in constant time)."""
+        scheme, _, encoded = (authorization or "").partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            username, _, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+        except ValueError:
+            return False
+        return secrets.compare_digest(username.encode(), self.username.encode()) & secrets.compare_digest(
+            password.encode(), self.password.encode()
+        )
+
+
+def credentials_from_environment(environment: Mapping[str, str]) -> Credentials:
+    """The page's user and password, by the tracking server's convention; ValueError names what to set."""
+    username = next((environment[name] for name in USERNAME_ENVIRONMENTS if environment.get(name)), DEFAULT_USERNAME)
+    password = environment.get(PASSWORD_ENVIRONMENT, "")
+    if not password and environment.get(PASSWORD_FILE_ENVIRONMENT):
+        with open(environment[PASSWORD_FILE_ENVIRONMENT], encoding="utf-8") as handle:
+            password = handle.readline().strip()
+    if not password:
+        raise ValueError(
+            f"--auth needs a password: set {PASSWORD_ENVIRONMENT} (exported by "
+            f'`eval "$(python -m mlflow_server up --auth)"`) or {PASSWORD_FILE_ENVIRONMENT}'
+        )
+    return Credentials(username, password)
+
+
+def resolve_model(uri: str, client) -> tuple[str, ModelInfo]:
+    """The URI to load and what it is. `models:/NAME` means NAME@champion when that alias exists, else the latest version."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/([^/]+))?/?", uri.strip())
+    if match is None or MODEL_ID_PATTERN.fullmatch(match[1]):
+        return uri, ModelInfo(uri=uri)
+    name, alias, version = match.groups()
+    from mlflow.exceptions import MlflowException
+
+    try:
+        if alias:
+            found = client.get_model_version_by_alias(name, alias)
+        elif version and version != "latest":
+            found = client.get_model_version(name, version)
+        else:
+            found = default_version(client, name, fall_back=version is None)
+    except MlflowException as error:
+        raise ValueError(f"cannot find {uri}: {first_line(error.message)}") from None
+    info = ModelInfo(uri=uri, name=name, version=str(found.version), aliases=sorted(found.aliases), run_id=found.run_id)
+    return f"models:/{name}/{found.version}", info
+
+
+def default_version(client, name: str, *, fall_back: bool):
+    """NAME@champion when fall_back and the alias exists, else the newest version of NAME."""
+    from mlflow.exceptions import MlflowException
+
+    if fall_back:
+        with contextlib.suppress(MlflowException):
+            return client.get_model_version_by_alias(name, "champion")
+    versions = client.search_model_versions(f"name='{name}'", max_results=1, order_by=["version_number DESC"])
+    if not versions:
+        raise ValueError(f"registered model {name!r} has no versions; register one first (e.g. `make demo`)")
+    return versions[0]
+
+
+def first_line(text: str, limit: int = 200) -> str:
+    line = (str(text).strip().splitlines() or [""])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+class ServedModel:
+    """The MLflow pyfunc behind the app: turns upload bytes and query parameters into the model's answer."""
+
+    def __init__(self, pyfunc_model, info: ModelInfo):
+        self.pyfunc = pyfunc_model
+        self.info = info
+        self.param_specs = {spec.name: spec for spec in (pyfunc_model.metadata.get_params_schema() or [])}
+        outputs = pyfunc_model.metadata.get_output_schema()
+        # Probability columns are the doubles of the output schema; threshold_<column> columns are operating points.
+        self.classes = [
+            spec.name
+            for spec in (outputs.inputs if outputs is not None else [])
+            if spec.type.name == "double" and not spec.name.startswith("threshold_")
+        ]
+        threshold = self.param_specs.get("threshold")
+        self.default_threshold = float(threshold.default) if threshold is not None else 0.5
+
+    @property
+    def explains(self) -> bool:
+        """Whether the model takes the `explain` param (models logged before it existed do not)."""
+        return "explain" in self.param_specs
+
+    def request_params(self, query: dict[str, str]) -> dict:
+        """Query parameters typed by the model's param schema; an unknown name or a bad value is a 400."""
+        params = {}
+        for name, text in query.items():
+            spec = self.param_specs.get(name)
+            if spec is None:
+                accepted = ", ".join(self.param_specs) or "none"
+                raise Rejection(400, "bad_param", f"unknown parameter {name!r}; this model takes: {accepted}")
+            params[name] = typed_param(name, text, spec.dtype.name)
+        return params
+
+    def answer(self, data: bytes, params: dict) -> dict:
+        """The model's answer for one image: its row, each finding against its operating point, the predicted labels."""
+        import pandas as pd
+
+        frame = pd.DataFrame({"image": [base64.b64encode(data).decode("ascii")]})
+        try:
+            row = self.pyfunc.predict(frame, params=params or None).iloc[0].to_dict()
+        except Exception as error:
+            raise rejection_from(error) from None
+        row = {key: json_value(value) for key, value in row.items()}
+        threshold = float(params.get("threshold", self.default_threshold))
+        findings = [
+            {
+                "name": name,
+                "probability": row[name],
+                "threshold": float(row.get(f"threshold_{name}", threshold)),
+            }
+            for name in self.classes
+            if name in row
+        ]
+        for finding in findings:
+            finding["above_threshold"] = (
+                finding["probability"] is not None and finding["probability"] >= finding["threshold"]
+            )
+        predicted = str(row.get("predicted") or "")
+        return {
+            "model": asdict(self.info),
+            "answer": row,
+            "findings": findings,
+            "predicted": [label for label in predicted.split("|") if label],
+        }
+
+    def describe(self, max_upload_bytes: int) -> dict:
+        params = {name: {"type": spec.dtype.name, "default": spec.default} for name, spec in self.param_specs.items()}
+        return {
+            "model": asdict(self.info),
+            "classes": self.classes,
+            "threshold": self.default_threshold,
+            "params": params,
+            "explains": self.explains,
+            "max_upload_bytes": max_upload_bytes,
+        }
+
+
+def typed_param(name: str, text: str, type_name: str):
+    """One query-string value as the param's MLflow type (boolean, long, integer, double, float or string)."""
+    try:
+        if type_name == "boolean":
+            if text.strip().lower() not in ("true", "false"):
+                raise ValueError(text)
+            return text.strip().lower() == "true"
+        if type_name in ("long", "integer"):
+            return int(text)
+        if type_name in ("double", "float"):
+            return float(text)
+    except ValueError:
+        raise Rejection(400, "bad_param", f"parameter {name!r} must be a {type_name}, got {text!r}") from None
+    return text
+
+
+def rejection_from(error: Exception) -> Rejection:
+    """The HTTP answer for an exception of the model's predict; never carries image data."""
+    from mlflow.exceptions import MlflowException
+
+    reason = getattr(error, "reason", None)
+    if reason is not None:
+        # One image per request: the row number of the model's message says nothing to a page user.
+        return Rejection(400, str(reason), re.sub(r"^row 0: ", "", first_line(error.message)))
+    if isinstance(error, MlflowException) and error.error_code == "INVALID_PARAMETER_VALUE":
+        return Rejection(400, "bad_param", first_line(error.message))
+    print(f"prediction failed: {type(error).__name__}", file=sys.stderr)
+    return Rejection(500, "internal_error", "the model failed on this image; the server log names the error type")
+
+
+def json_value(value):
+    """A pandas cell as a JSON value: NumPy scalars become Python numbers, NaN becomes null."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+class UploadParser:
+    """Collects the bytes of the multipart field `file` in memory.
+
+    Starlette's form parser spools uploads over 1 MB to a temporary file; patient images must never
+    touch the disk, so this feeds python-multipart's streaming parser and keeps the part in a bytearray.
+    """
+
+    def __init__(self, content_type: str):
+        from python_multipart.multipart import MultipartParser, parse_options_header
+
+        kind, options = parse_options_header(content_type)
+        if kind != b"multipart/form-data" or not options.get(b"boundary"):
+            raise Rejection(
+                400, "not_multipart", f"send the image as multipart/form-data in a field named '{UPLOAD_FIELD}'"
+            )
+        self.file: bytearray | None = None
+        self._current: bytearray | None = None
+        self._header_name, self._header_value, self._disposition = b"", b"", b""
+        callbacks = {
+            "on_part_begin": self._begin,
+            "on_header_field": self._header_name_data,
+            "on_header_value": self._header_value_data,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._data,
+        }
+        self.parser = MultipartParser(options[b"boundary"], callbacks)
+
+    def _begin(self) -> None:
+        self._current, self._disposition = None, b""
+
+    def _header_name_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        if self._header_name.lower() == b"content-disposition":
+            self._disposition = self._header_value
+        self._header_name, self._header_value = b"", b""
+
+    def _headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        _, options = parse_options_header(self._disposition)
+        if options.get(b"name") == UPLOAD_FIELD.encode() and self.file is None:
+            self.file = self._current = bytearray()
+
+    def _data(self, data: bytes, start: int, end: int) -> None:
+        if self._current is not None:
+            self._current.extend(data[start:end])
+
+    def write(self, chunk: bytes | None) -> None:
+        """Feed the parser the next chunk of the body; None ends the body."""
+        from python_multipart.exceptions import FormParserError
+
+        try:
+            if chunk is None:
+                self.parser.finalize()
+            else:
+                self.parser.write(chunk)
+        except FormParserError:
+            raise Rejection(400, "bad_upload", "the multipart upload is malformed") from None
+
+    def finish(self) -> bytes:
+        """The file's bytes once the whole body was written."""
+        self.write(None)
+        if self.file is None:
+            raise Rejection(400, "no_file", f"the upload has no field '{UPLOAD_FIELD}'; choose an image file")
+        if not self.file:
+            raise Rejection(400, "empty_file", "the file is empty")
+        return bytes(self.file)
+
+
+async def read_upload(request, limit: int) -> bytes:
+    """The uploaded file's bytes; 413 past `limit` request bytes, read (and dropped) to the end so the client sees it."""
+    parser = UploadParser(request.headers.get("content-type", ""))
+    too_large = Rejection(413, "too_large", f"the upload is larger than the limit of {limit / 1e6:g} MB")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + DRAIN_BYTES:
+        raise too_large
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            parser = None
+            if received > limit + DRAIN_BYTES:
+                break
+            continue
+        parser.write(chunk)
+    if parser is None:
+        raise too_large
+    return parser.finish()
+
+
+def create_app(served: ServedModel, *, max_upload_bytes: int, credentials: Credentials | None = None):
+    """The FastAPI application around one loaded model."""
+    from fastapi import FastAPI, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import FileResponse, JSONResponse, Response
+    from fastapi.staticfiles import StaticFiles
+
+    app = FastAPI(title="medimg", docs_url=None, redoc_url=None, openapi_url=None)
+    from serve.metrics import AppMetrics, route_label
+
+    info = served.info
+    metrics = AppMetrics(
+        {"name": info.name, "version": info.version, "aliases": ",".join(info.aliases), "uri": info.uri}, served.classes
+    )
+    app.state.metrics = metrics
+
+    @app.middleware("http")
+    async def guard_and_measure(request: Request, call_next):
+        started = time.perf_counter()
+        if (
+            credentials is not None
+            and request.url.path not in PUBLIC_ROUTES
+            and not credentials.accepts(request.headers.get("authorization"))
+        ):
+            response = Response(
+                "authentication required\n", status_code=401, headers={"WWW-Authenticate": 'Basic realm="medimg"'}
+            )
+        else:
+            response = await call_next(request)
+        route = route_label(request.url.path)
+        metrics.requests.labels(route, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/")
+    async def page():
+        return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+
+    @app.get("/info")
+    async def info():
+        return served.describe(max_upload_bytes)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": {"name": served.info.name, "version": served.info.version}}
+
+    @app.get("/metrics")
+    async def prometheus_metrics():
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        try:
+            params = served.request_params(dict(request.query_params))
+            data = await read_upload(request, max_upload_bytes)
+            started = time.perf_counter()
+            answer = await run_in_threadpool(served.answer, data, params)
+        except Rejection as rejection:
+            if rejection.status < 500:
+                metrics.rejected.labels(rejection.reason).inc()
+            content = {"error": rejection.message, "reason": rejection.reason}
+            return JSONResponse(content, status_code=rejection.status, headers=NO_STORE)
+        metrics.observe_answer(answer, bool(params.get("explain")), time.perf_counter() - started)
+        return JSONResponse(answer, headers=NO_STORE)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+# Answers carry images derived from patient data: no cache may keep them.
+NO_STORE = {"Cache-Control": "no-store"}
+# The page loads nothing from elsewhere; its images are blob: (the chosen file) or data: (the answer).
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def warm_up(served: ServedModel) -> None:
+    """One answer before the port opens, so the first user does not wait for TensorFlow to trace the model."""
+    import numpy as np
+
+    from serve.explain import png_base64
+
+    image = base64.b64decode(png_base64(np.full((64, 64, 3), 128, dtype=np.uint8)))
+    served.answer(image, {"explain": True} if served.explains else {})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m serve.app",
+        description="Serve one registered model as a clinician page (GET /), a JSON API (POST /predict) and Prometheus metrics.",
+    )
+    parser.add_argument(
+        "--model",
+        default=os.environ.get(MODEL_ENVIRONMENT, ""),
+        help=f"model URI: models:/NAME@ALIAS, models:/NAME/VERSION, or models:/NAME (@champion if set, else the latest version); default ${MODEL_ENVIRONMENT}",
+    )
+    parser.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"interface to bind (default: {DEFAULT_HOST}; 0.0.0.0 for all)"
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    parser.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help=f"largest upload in MB; bigger ones get HTTP 413 (default: {DEFAULT_MAX_UPLOAD_MB})",
+    )
+    parser.add_argument(
+        "--auth",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get(AUTH_ENVIRONMENT, "").lower() == "true",
+        help=f"require HTTP basic auth with the tracking server's credentials: user ${USERNAME_ENVIRONMENTS[0]} (default {DEFAULT_USERNAME}), "
+        f"password ${PASSWORD_ENVIRONMENT} or the file ${PASSWORD_FILE_ENVIRONMENT} (default: on when ${AUTH_ENVIRONMENT}=true)",
+    )
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = build_parser().parse_args(argv)
+    try:
+        if not arguments.model:
+            raise ValueError(f"no model: pass --model models:/NAME@champion or set {MODEL_ENVIRONMENT}")
+        if arguments.max_upload_mb <= 0:
+            raise ValueError(f"--max-upload-mb must be positive, got {arguments.max_upload_mb:g}")
+        credentials = credentials_from_environment(os.environ) if arguments.auth else None
+        if credentials is not None and not os.environ.get(PASSWORD_ENVIRONMENT):
+            # The same admin reads models from a tracking server that has auth on.
+            os.environ.setdefault(USERNAME_ENVIRONMENTS[0], credentials.username)
+            os.environ[PASSWORD_ENVIRONMENT] = credentials.password
+        served = load_served_model(arguments.model)
+    except (ValueError, OSError) as error:
+        print(f"error: {first_line(str(error))}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    app = create_app(served, max_upload_bytes=int(arguments.max_upload_mb * 1e6), credentials=credentials)
+    label = f"{served.info.name} version {served.info.version}" if served.info.name else served.info.uri
+    print(f"serving {label} on http://{arguments.host}:{arguments.port}", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=arguments.host, port=arguments.port, log_level=arguments.log_level)
+    return 0
+
+
+def load_served_model(uri: str) -> ServedModel:
+    """Resolve, load and warm up the model; ValueError with one line when it cannot be found or loaded."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    load_uri, info = resolve_model(uri, MlflowClient())
+    try:
+        served = ServedModel(mlflow.pyfunc.load_model(load_uri), info)
+    except MlflowException as error:
+        raise ValueError(f"cannot load {uri}: {first_line(error.message)}") from None
+    try:
+        warm_up(served)
+    except Rejection as rejection:
+        raise ValueError(f"{uri} failed its first prediction: {rejection.message}") from None
+    return served
+
+
+if __name__ == "__main__":
+    sys.exit(main())
