@@ -1,12 +1,22 @@
-# medimg: the README's commands. `make setup` creates .venv; every other target uses it.
+# medimg: the README's commands. `make setup` creates .venv; every other target uses it, from any shell
+# (the venv need not be activated: targets put .venv/bin first on PATH, as `mlflow models serve` and
+# `mlflow run --env-manager local` need).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
-# mlflow run --env-manager local starts `python -m train ...`: the venv must come first on PATH.
 RUN := PATH="$(BIN):$$PATH"
-TRACKING_URI ?= sqlite:///mlflow.db
+# The tracking store of every target: MLFLOW_TRACKING_URI when set (e.g. by `eval "$$(make -s server)"`),
+# else mlflow.db in this folder.
+MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+export MLFLOW_TRACKING_URI
+# The model `make serve`, `make client` and `make serve-app` use, and the samples the client scores.
+DEMO_MODEL ?= demo-classifier
+MODEL_URI ?= models:/$(DEMO_MODEL)@champion
+PORT ?= 5001
+UI_PORT ?= 5000
+SAMPLES := samples/cell.png samples/cell.jpg samples/cell.dcm
 
-.PHONY: setup demo test lint format ui
+.PHONY: setup demo serve client ui test lint format
 
 setup: $(VENV)/.installed
 
@@ -16,15 +26,32 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# Train a small_cnn on synthetic cells through the eval-and-deploy pipeline (first run: version 1 becomes
+# @champion), write sample inputs and score them through a temporarily served model.
 demo: setup
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(TRACKING_URI)} $(RUN) mlflow run . --env-manager local \
-		--experiment-name medimg-demo \
-		-P dataset=synthetic -P model=small_cnn -P epochs=3 -P register_as=demo-classifier
+	$(RUN) mlflow run . --env-manager local --experiment-name medimg-demo -e pipeline \
+		-P registered_model=$(DEMO_MODEL) -P dataset=synthetic -P model=small_cnn -P image_size=64 -P epochs=3
+	$(BIN)/python -m train.samples samples
+	$(RUN) python -m serve.client --serve $(MODEL_URI) $(SAMPLES)
 	@echo ""
-	@echo "Demo finished. Look at the run and the registered model in the MLflow UI:"
-	@echo "  $(VENV)/bin/mlflow ui --backend-store-uri $(TRACKING_URI) --port 5000   # then open http://127.0.0.1:5000"
-	@echo "Serve the newest registered version over REST:"
-	@echo "  MLFLOW_TRACKING_URI=$(TRACKING_URI) $(VENV)/bin/mlflow models serve -m models:/demo-classifier/latest --env-manager local --port 5001"
+	@echo "Demo finished (tracking store: $(MLFLOW_TRACKING_URI)). Next, from this folder:"
+	@echo "  make ui        # the MLflow UI: runs, metrics, the registered model and its model card"
+	@echo "  make serve     # serve $(MODEL_URI) over REST on port $(PORT)"
+	@echo "  make client    # in a second shell: score $(SAMPLES) with the served model"
+	@echo "  make serve-app # the clinician page on http://127.0.0.1:8080"
+
+serve: setup
+	$(RUN) mlflow models serve -m $(MODEL_URI) --env-manager local --port $(PORT)
+
+client: setup
+	$(RUN) python -m serve.client --url http://127.0.0.1:$(PORT) $(SAMPLES)
+
+# A tracking server has its UI already; a sqlite store gets one here.
+ui: setup
+	@case "$(MLFLOW_TRACKING_URI)" in \
+		http://*|https://*) echo "The tracking server's UI is at $(MLFLOW_TRACKING_URI)";; \
+		*) $(RUN) mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --port $(UI_PORT);; \
+	esac
 
 test: setup
 	$(RUN) python -m pytest
@@ -36,9 +63,6 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
-
-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri $(TRACKING_URI) --port 5000
 
 # GPU training in the NVIDIA Docker image (docs/GPU.md).
 IMAGE := $(shell sed -n 's/^ *image: *//p' docker/MLproject)
@@ -88,10 +112,9 @@ server-down:
 
 # The clinician page, JSON API and /metrics of one registered model (docs/APP.md). models:/NAME serves
 # NAME@champion when that alias exists, else its latest version; `make demo` registers demo-classifier.
-SERVE_MODEL ?= models:/demo-classifier
+SERVE_MODEL ?= models:/$(DEMO_MODEL)
 SERVE_PORT ?= 8080
 SERVE_ARGS ?=
 .PHONY: serve-app
 serve-app: setup
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(TRACKING_URI)} $(BIN)/python -m serve.app \
-		--model $(SERVE_MODEL) --port $(SERVE_PORT) $(SERVE_ARGS)
+	$(RUN) python -m serve.app --model $(SERVE_MODEL) --port $(SERVE_PORT) $(SERVE_ARGS)

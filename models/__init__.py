@@ -145,6 +145,12 @@ def float32_copy(model: keras.Model) -> keras.Model:
             return [to_float32(value) for value in config]
         return "float32" if config in ("mixed_float16", "mixed_bfloat16") else config
 
-    copy = model.__class__.from_config(to_float32(model.get_config()))
+    # Layers whose config names no dtype take the global policy, which a mixed-precision run left set.
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = model.__class__.from_config(to_float32(model.get_config()))
+    finally:
+        keras.config.set_dtype_policy(previous)
     copy.set_weights([keras.ops.convert_to_numpy(weight).astype("float32") for weight in model.weights])
     return copy

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PREDICTED_COLUMN = "predicted"
+# Answer columns threshold_<finding>: the decision threshold each finding was called at.
+THRESHOLD_PREFIX = "threshold_"
 # The 0-based frame the server scored (multi-frame DICOM); not a probability.
 FRAME_COLUMN = "frame"
 MESSAGE_LIMIT = 300
+# `mlflow models serve` loads TensorFlow and the model before it answers: a cold start takes a while.
+SERVER_START_TIMEOUT_S = 300
 
 
 class ServerError(RuntimeError):
@@ -38,6 +43,8 @@ class FileResult:
 
     path: str
     probabilities: dict[str, float] = field(default_factory=dict)
+    # The threshold each finding was decided at (the model's operating point, or the request's).
+    thresholds: dict[str, float] = field(default_factory=dict)
     predicted: str = ""
     frame: int = 0
     error: str = ""
@@ -91,11 +98,19 @@ def to_result(path: str, prediction: dict) -> FileResult:
     probabilities = {
         name: float(value)
         for name, value in prediction.items()
-        if name not in (PREDICTED_COLUMN, FRAME_COLUMN) and isinstance(value, int | float)
+        if name not in (PREDICTED_COLUMN, FRAME_COLUMN)
+        and not name.startswith(THRESHOLD_PREFIX)
+        and isinstance(value, int | float)
+    }
+    thresholds = {
+        name[len(THRESHOLD_PREFIX) :]: float(value)
+        for name, value in prediction.items()
+        if name.startswith(THRESHOLD_PREFIX) and isinstance(value, int | float)
     }
     return FileResult(
         path=path,
         probabilities=probabilities,
+        thresholds=thresholds,
         predicted=str(prediction.get(PREDICTED_COLUMN, "")),
         frame=int(prediction.get(FRAME_COLUMN, 0) or 0),
     )
@@ -161,16 +176,79 @@ def format_table(results: list[FileResult], top: int = 3) -> str:
             rows.append((result.path, "ERROR", result.error))
             continue
         ranked = sorted(result.probabilities.items(), key=lambda item: item[1], reverse=True)[: max(1, top)]
-        findings = "  ".join(f"{name} {probability:.3f}" for name, probability in ranked)
+        findings = "  ".join(
+            f"{name} {probability:.3f}"
+            + (f" (threshold {result.thresholds[name]:.3f})" if name in result.thresholds else "")
+            for name, probability in ranked
+        )
         rows.append((result.path, result.predicted or "(none)", findings))
     widths = [max(len(row[column]) for row in rows) for column in range(2)]
     return "\n".join(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}".rstrip() for row in rows)
+
+
+@contextlib.contextmanager
+def temporary_server(model_uri: str, timeout: float = SERVER_START_TIMEOUT_S):
+    """`mlflow models serve -m model_uri --env-manager local` on a free local port for the block; yields its URL.
+
+    The server runs with this Python's folder first on PATH (MLflow starts `uvicorn` by name), so it works
+    from a shell where the virtual environment is not activated. Stopped, with its workers, on exit.
+    """
+    import os
+    import signal
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    import requests
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    environment = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    print(f"starting mlflow models serve -m {model_uri} on {url} ...", file=sys.stderr, flush=True)
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            command, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    last = log.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
+                    raise ServerError(
+                        f"mlflow models serve exited with {process.returncode}: {last[0][:MESSAGE_LIMIT]}"
+                    )
+                with contextlib.suppress(requests.RequestException):
+                    if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise ServerError(f"mlflow models serve did not answer {url}/ping within {timeout:.0f} s")
+                time.sleep(0.5)
+            yield url
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m serve.client", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="PNG, JPEG or DICOM files")
     parser.add_argument("--url", default="http://127.0.0.1:5001", help="server address (default: %(default)s)")
+    parser.add_argument(
+        "--serve",
+        metavar="MODEL_URI",
+        default=None,
+        help="start `mlflow models serve` for this model on a free port for this call, instead of --url",
+    )
     parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
     parser.add_argument("--top", type=int, default=3, help="findings shown per file (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per request (default: %(default)s)")
@@ -185,14 +263,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     try:
-        results = score_files(
-            arguments.url,
-            arguments.files,
-            threshold=arguments.threshold,
-            batch_size=arguments.batch_size,
-            timeout=arguments.timeout,
-            frame=arguments.frame,
-        )
+        if arguments.serve:
+            with temporary_server(arguments.serve) as url:
+                results = score_arguments(arguments, url)
+        else:
+            results = score_arguments(arguments, arguments.url)
     except ServerError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -202,6 +277,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{failed} of {len(results)} file(s) could not be scored", file=sys.stderr)
         return 1
     return 0
+
+
+def score_arguments(arguments: argparse.Namespace, url: str) -> list[FileResult]:
+    return score_files(
+        url,
+        arguments.files,
+        threshold=arguments.threshold,
+        batch_size=arguments.batch_size,
+        timeout=arguments.timeout,
+        frame=arguments.frame,
+    )
 
 
 if __name__ == "__main__":

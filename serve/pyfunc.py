@@ -347,7 +347,10 @@ class ImageClassifier(PythonModel):
 
         self.config = ClassifierConfig.load(context.artifacts[CONFIG_ARTIFACT])
         self.config.max_pixels = max_pixels_from_environment(self.config.max_pixels)
-        self.model = keras.models.load_model(context.artifacts[MODEL_ARTIFACT], compile=False)
+        from models import float32_copy
+
+        # Models logged by medimg are float32; one saved under mixed_float16 elsewhere would compute in float16.
+        self.model = float32_copy(keras.models.load_model(context.artifacts[MODEL_ARTIFACT], compile=False))
 
     def image_tensors(self, encoded: list[bytes], frames: list[int], first_row: int) -> np.ndarray:
         """Decode and resize checked image bytes (each at its frame) into a float32 batch [N, S, S, 3] in 0-255."""

@@ -97,9 +97,15 @@ def test_mlflow_run_with_unknown_model_fails_with_one_line(repo_root, tmp_path):
         timeout=300,
         cwd=tmp_path,
     )
-    assert result.returncode != 0
+    # What the README says happens: the command's one line, MLflow's failure (exit 1), a FAILED run tagged with why.
+    assert result.returncode == 1
     output = result.stdout + result.stderr
-    assert "error: unknown model 'nope'; valid models: densenet121, resnet50, small_cnn, vgg16" in output
+    message = "unknown model 'nope'; valid models: densenet121, resnet50, small_cnn, vgg16"
+    assert f"error: {message}" in output
+    from mlflow.tracking import MlflowClient
+
+    (run,) = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs(["0"])
+    assert run.info.status == "FAILED" and run.data.tags["medimg.config_error"] == message
 
 
 @pytest.mark.parametrize(

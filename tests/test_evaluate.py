@@ -85,6 +85,7 @@ def test_data_settings_default_to_the_training_run():
         "max_examples": 300,
         "validation_fraction": 0.2,
         "view": "all",
+        "group_pattern": "",
         "synthetic_task": "multilabel",
     }
     explicit = EvaluateSettings.from_dict({"model_uri": "models:/x@champion", "seed": "3", "max_examples": "0"})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import keras
 import pytest
 import tensorflow as tf
@@ -211,3 +214,21 @@ def test_configure_on_this_cpu_machine():
     assert setup.log_system_metrics is False
     assert setup.jit_compile is False
     assert setup.tags["hardware.device"] == "cpu"
+
+
+def test_a_gpu_the_driver_lists_but_tensorflow_cannot_use_is_named_in_a_warning(tmp_path, monkeypatch):
+    from train.hardware import GpuInfo, warn_about_hidden_gpus
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA L4 (UUID: GPU-aaaa)'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.warns(UserWarning, match=r"lists 1 GPU\(s\) but TensorFlow sees none.*tensorflow\[and-cuda\]==2.21.0"):
+        warn_about_hidden_gpus([])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.warns(UserWarning, match="CUDA_VISIBLE_DEVICES='' hides them"):
+        warn_about_hidden_gpus([])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_about_hidden_gpus([GpuInfo("NVIDIA L4", (8, 9))])

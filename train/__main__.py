@@ -83,7 +83,28 @@ def main(argv: list[str] | None = None) -> int:
         return int(getattr(importlib.import_module(module_name), function_name)(settings) or 0)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
+        record_on_project_run(str(error))
         return 2
+
+
+def record_on_project_run(message: str) -> None:
+    """Under `mlflow run`, MLflow created a run before this command started; the mistake is tagged on it.
+
+    MLflow then marks that run FAILED; the tag `medimg.config_error` says why, in the UI and in searches.
+    """
+    import os
+
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient().set_tag(run_id, "medimg.config_error", message[:5000])
+    except MlflowException:
+        # The mistake is printed already; a tracking store that cannot take the tag changes nothing about it.
+        return
 
 
 if __name__ == "__main__":

@@ -149,6 +149,7 @@ def configure(precision: str = "auto", jit_compile: bool = False) -> HardwareSet
     # Memory growth must be set before anything initialises the GPUs.
     enable_memory_growth()
     gpus = detect_gpus()
+    warn_about_hidden_gpus(gpus)
     resolved = resolve_precision(precision, gpus)
     keras.mixed_precision.set_global_policy(resolved)
     strategy = select_strategy(gpus)
@@ -168,6 +169,38 @@ def configure(precision: str = "auto", jit_compile: bool = False) -> HardwareSet
         # MLflow samples GPU utilisation and memory through NVML (nvidia-ml-py) when this is on.
         log_system_metrics=bool(gpus),
         tags=tags,
+    )
+
+
+def driver_gpus() -> list[str]:
+    """GPU indices the NVIDIA driver lists (`nvidia-smi -L`), whatever TensorFlow can use; [] without a driver."""
+    import subprocess
+
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    # Lines look like "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)"; MIG lines are indented and skipped.
+    return [
+        line[4 : line.index(":")].strip() for line in listing.splitlines() if line.startswith("GPU ") and ":" in line
+    ]
+
+
+def warn_about_hidden_gpus(gpus: list[GpuInfo]) -> None:
+    """Warn when the driver shows GPUs that TensorFlow does not see: the CPU wheel, or CUDA_VISIBLE_DEVICES hiding them."""
+    if gpus:
+        return
+    listed = driver_gpus()
+    if not listed:
+        return
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None:
+        reason = f"CUDA_VISIBLE_DEVICES={hidden!r} hides them"
+    else:
+        reason = "this TensorFlow has no CUDA libraries: pip install 'tensorflow[and-cuda]==2.21.0' or use the GPU image (docs/GPU.md)"
+    warnings.warn(
+        f"the NVIDIA driver lists {len(listed)} GPU(s) but TensorFlow sees none, so training runs on the CPU; {reason}",
+        stacklevel=2,
     )
 
 

@@ -20,19 +20,12 @@ ORPHAN_POLL_S = 5.0
 
 def visible_gpus() -> list[str]:
     """GPU ids to hand out to workers: CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`, without importing TensorFlow."""
+    from train.hardware import driver_gpus
+
     declared = os.environ.get("CUDA_VISIBLE_DEVICES")
     if declared is not None:
         return [device.strip() for device in declared.split(",") if device.strip() and device.strip() != "-1"]
-    try:
-        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    gpus = []
-    for line in listing.splitlines():
-        # Lines look like "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-...)"; MIG lines are indented and skipped.
-        if line.startswith("GPU ") and ":" in line:
-            gpus.append(line[4 : line.index(":")].strip())
-    return gpus
+    return driver_gpus()
 
 
 def worker_environment(index: int, gpus: list[str]) -> dict[str, str]:
