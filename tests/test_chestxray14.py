@@ -287,4 +287,27 @@ def test_mlflow_run_trains_chestxray14_and_logs_per_class_auroc(repo_root, nih_f
     mlflow.set_tracking_uri(tracking_uri)
     table = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/metrics/test_classes.json"))
     assert [row[0] for row in table["data"]] == list(CLASS_NAMES)
+    # Calibration, operating points, patient-level intervals and subgroups from the CSV's metadata.
+    params = run.data.params
+    assert int(params["test_groups"]) == 5 and int(params["train_groups"]) + int(params["val_groups"]) == 25
+    assert metrics["test_mean_auroc_ci_low"] <= metrics["test_mean_auroc"] <= metrics["test_mean_auroc_ci_high"]
+    assert "test_ece" in metrics and "test_ece_uncalibrated" in metrics and "val_brier" in metrics
+    points = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/metrics/operating_points.json"))
+    assert [row[0] for row in points["data"]] == list(CLASS_NAMES)
+    subgroups = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/metrics/test_subgroups.json"))
+    columns = subgroups["columns"]
+    rows = [dict(zip(columns, row, strict=True)) for row in subgroups["data"]]
+    assert {(row["attribute"], row["subgroup"]) for row in rows} >= {
+        ("view", "PA"),
+        ("view", "AP"),
+        ("sex", "M"),
+        ("sex", "F"),
+    }
+    assert {row["subgroup"] for row in rows if row["attribute"] == "age"} <= {"40-59", "60-79"}
+    assert sum(row["examples"] for row in rows if row["attribute"] == "view") == metrics["test_examples"]
+    assert {key for key in metrics if key.startswith("test_subgroup_auroc_gap_")} <= {
+        "test_subgroup_auroc_gap_view",
+        "test_subgroup_auroc_gap_sex",
+        "test_subgroup_auroc_gap_age",
+    }
     mlflow.set_tracking_uri(None)

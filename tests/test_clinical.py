@@ -338,3 +338,26 @@ def test_a_mixed_precision_run_serves_float32(tmp_path):
     tensors = np.stack([np.asarray(load_image_tensor(data, 32)) for data in encoded])
     expected = apply_calibration(reference.predict(tensors, verbose=0), classifier.config.calibration)
     assert answer["parasitized"].to_numpy() == pytest.approx(expected[:, 0], abs=1e-3)
+
+
+def test_calibration_lowers_the_test_ece_of_a_deliberately_over_confident_model(multilabel_run):
+    import mlflow
+
+    from train.stages import calibrate, load_data, score_splits
+
+    tracking_uri, result = multilabel_run
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.pyfunc.load_model(result.model_uri).unwrap_python_model().model
+    # Six times sharper logits: the same ranking, far too sure of itself.
+    predictions = model.get_layer("predictions")
+    kernel, bias = predictions.get_weights()
+    predictions.set_weights([kernel * 6.0, bias * 6.0])
+    settings = MainSettings.from_dict(
+        {**TINY, "convolutions": "2", "epochs": "3", "max_examples": "300", "synthetic_task": "multilabel"}
+    )
+    data = load_data(settings)
+    with mlflow.start_run(run_name="over-confident"):
+        scores = score_splits(model, data, settings, calibrate(model, data, settings))
+    assert scores["test_ece_uncalibrated"] > 0.15
+    assert scores["test_ece"] < scores["test_ece_uncalibrated"] / 2
+    assert scores["test_brier"] < scores["test_brier_uncalibrated"]

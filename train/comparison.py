@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import norm, rankdata
 
-from train.metrics import BOOTSTRAP_SAMPLES, CONFIDENCE, bootstrap, interval, weighted_auroc
+from train.metrics import BOOTSTRAP_SAMPLES, CONFIDENCE, bootstrap, class_mean, interval, weighted_auroc
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def paired_bootstrap(
         mean = {}
         for name, scores in (("challenger", challenger), ("champion", champion)):
             values = [weighted_auroc(labels[:, index], scores[:, index], weights) for index in classes]
-            mean[name] = np.nanmean(np.stack(values), axis=0)
+            mean[name] = class_mean(np.stack(values))
         return {**mean, "difference": mean["challenger"] - mean["champion"]}
 
     point = {name: float(values[0]) for name, values in means(np.ones((1, len(labels)))).items()}

@@ -249,6 +249,15 @@ def bootstrap(statistics, groups: np.ndarray | None, count: int, *, samples: int
     return {name: np.concatenate(parts) for name, parts in collected.items()}
 
 
+def class_mean(values: np.ndarray) -> np.ndarray:
+    """Mean over the first axis (classes) of the finite values; NaN where a resample has none (no warning)."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(values)
+    counts = finite.sum(axis=0)
+    sums = np.where(finite, values, 0.0).sum(axis=0)
+    return np.divide(sums, counts, out=np.full(sums.shape, np.nan), where=counts > 0)
+
+
 def calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> float:
     """Expected calibration error of one output: the count-weighted gap between mean probability and frequency per bin."""
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
@@ -370,7 +379,7 @@ def uncertainty(
             # The mean over the fixed set of scored classes, resampled as one number.
             keys = [f"{statistic}/{index}" for index in np.flatnonzero(scored)]
             mean_name = "mean_auroc" if statistic == "auroc" and task == "multilabel" else statistic
-            low, high = interval(np.nanmean(np.stack([resampled[key] for key in keys]), axis=0))
+            low, high = interval(class_mean(np.stack([resampled[key] for key in keys])))
             metrics.update({f"{mean_name}_ci_low": low, f"{mean_name}_ci_high": high})
     return metrics, table
 
@@ -384,7 +393,7 @@ def mean_auroc_with_interval(
 
     def statistics(weights: np.ndarray) -> dict[str, np.ndarray]:
         values = [weighted_auroc(labels[:, index], probabilities[:, index], weights) for index in classes]
-        return {"mean": np.nanmean(np.stack(values), axis=0)}
+        return {"mean": class_mean(np.stack(values))}
 
     point = float(statistics(np.ones((1, len(labels))))["mean"][0])
     low, high = interval(bootstrap(statistics, groups, len(labels), seed=seed)["mean"])
