@@ -177,18 +177,15 @@ class ServedModel:
             raise rejection_from(error) from None
         row = {key: json_value(value) for key, value in row.items()}
         threshold = float(params.get("threshold", self.default_threshold))
-        findings = [
-            {
-                "name": name,
-                "probability": row[name],
-                "threshold": float(row.get(f"threshold_{name}", threshold)),
-            }
-            for name in self.classes
-            if name in row
-        ]
-        for finding in findings:
-            finding["above_threshold"] = (
-                finding["probability"] is not None and finding["probability"] >= finding["threshold"]
+        findings = []
+        for name in (name for name in self.classes if name in row):
+            # A class's own operating point in the answer wins over the request's or the model's threshold.
+            own = row.get(f"threshold_{name}")
+            operating_point = threshold if own is None else float(own)
+            probability = row[name]
+            above = probability is not None and probability >= operating_point
+            findings.append(
+                {"name": name, "probability": probability, "threshold": operating_point, "above_threshold": above}
             )
         predicted = str(row.get("predicted") or "")
         return {

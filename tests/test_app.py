@@ -330,6 +330,27 @@ def test_basic_auth_guards_everything_but_health(spot_pyfunc, red_png, unused_po
         thread.join(timeout=30)
 
 
+def test_a_class_operating_point_in_the_answer_wins_and_unknown_columns_pass_through(spot_pyfunc, red_png):
+    """The contract with per-class operating points (threshold_<column>) and multi-frame DICOM (frame)."""
+    from serve.app import ModelInfo, ServedModel
+
+    class WithOperatingPoints:
+        """The real model, answering as a later version will: a threshold_<column> and a frame column."""
+
+        metadata = spot_pyfunc.metadata
+
+        def predict(self, frame, params=None):
+            return spot_pyfunc.predict(frame, params=params).assign(threshold_red_spot=0.999, frame=0)
+
+    served = ServedModel(WithOperatingPoints(), ModelInfo(uri="models:/spot-classifier/1"))
+    assert served.classes == ["red_spot", "green_spot", "bright_spot"]
+    body = served.answer(red_png, {"threshold": 0.1})
+    findings = {finding["name"]: finding for finding in body["findings"]}
+    assert findings["red_spot"]["threshold"] == 0.999 and findings["red_spot"]["above_threshold"] is False
+    assert findings["green_spot"]["threshold"] == 0.1 and findings["green_spot"]["above_threshold"] is True
+    assert body["answer"]["frame"] == 0 and body["answer"]["threshold_red_spot"] == 0.999
+
+
 # The page in a real browser.
 
 CHROMIUM_FLAGS = (
