@@ -37,7 +37,7 @@ def exposed() -> dict[str, set[str]]:
     metrics.requests.labels("/predict", "POST", "200").inc()
     metrics.latency.labels("/predict").observe(0.1)
     metrics.rejected.labels("not_an_image").inc()
-    answer = {"findings": [{"name": "a", "probability": 0.7, "above_threshold": True}]}
+    answer = {"findings": [{"name": "a", "probability": 0.7, "above_threshold": True}], "predicted": ["a"]}
     metrics.observe_answer(answer, explain=True, seconds=0.05)
     body, _ = metrics.exposition()
     samples: dict[str, set[str]] = {}
