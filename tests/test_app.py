@@ -164,7 +164,10 @@ def test_predict_answers_as_the_pyfunc_does_for_the_same_bytes(spot_app, spot_py
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
     expected = spot_pyfunc.predict(pd.DataFrame({"image": [base64.b64encode(red_png).decode()]})).iloc[0]
-    assert set(body["answer"]) == {"red_spot", "green_spot", "bright_spot", "predicted"}
+    # Every column of the model's answer comes through (thresholds and frame too, where the model has them).
+    assert set(body["answer"]) == set(expected.index)
+    assert {"red_spot", "green_spot", "bright_spot", "predicted"} <= set(body["answer"])
+    assert not [column for column in body["answer"] if column.startswith("gradcam_")]
     for name in ("red_spot", "green_spot", "bright_spot"):
         assert body["answer"][name] == pytest.approx(expected[name], abs=1e-6)
     assert body["predicted"] == ["red_spot"] and body["answer"]["predicted"] == expected["predicted"]
