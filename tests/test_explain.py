@@ -66,6 +66,7 @@ def test_every_family_answers_with_a_heatmap_of_its_top_finding(family, task, cl
     import keras
 
     from models import build_model
+    from serve.preprocess import load_image_tensor
 
     keras.utils.set_random_seed(0)
     outputs = 1 if task == "binary" else len(class_names)
@@ -83,7 +84,7 @@ def test_every_family_answers_with_a_heatmap_of_its_top_finding(family, task, cl
         "gradcam_input",
     ]
     # The Grad-CAM pass gives the probabilities of the model itself.
-    tensors = classifier.image_tensors([base64.b64decode(image) for image in images], 0)
+    tensors = np.stack([load_image_tensor(base64.b64decode(image), IMAGE_SIZE) for image in images])
     expected = keras.ops.convert_to_numpy(model(tensors, training=False))
     np.testing.assert_allclose(explained[probability_columns].to_numpy(), expected, atol=1e-5)
     top = [probability_columns[int(index)] for index in expected.argmax(axis=1)]
