@@ -10,13 +10,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     TF_CPP_MIN_LOG_LEVEL=2
 
-# requirements.txt is the one source of versions: the model's serving packages and the app's web packages.
+# requirements.txt is the one source of versions. All of it, not a list of the packages the model and the app
+# import: a list here would fall behind when the model gains a decoder (a few hundred MB on a TensorFlow image).
 COPY requirements.txt /tmp/requirements.txt
-RUN grep -iE '^(tensorflow|keras|mlflow|numpy|pandas|pillow|pydicom|fastapi|uvicorn|python-multipart|prometheus_client)==' \
-        /tmp/requirements.txt > /tmp/app-requirements.txt \
-    && test "$(wc -l < /tmp/app-requirements.txt)" -eq 11 \
-    && pip install --no-cache-dir -r /tmp/app-requirements.txt \
-    && rm /tmp/requirements.txt /tmp/app-requirements.txt
+RUN pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin medimg
 COPY models/ /opt/medimg/models/

@@ -147,8 +147,9 @@ class ServedModel:
             for spec in (outputs.inputs if outputs is not None else [])
             if spec.type.name == "double" and not spec.name.startswith("threshold_")
         ]
+        # None when the model has no single default: its stored per-class operating points decide.
         threshold = self.param_specs.get("threshold")
-        self.default_threshold = float(threshold.default) if threshold is not None else 0.5
+        self.default_threshold = None if threshold is None or threshold.default is None else float(threshold.default)
 
     @property
     def explains(self) -> bool:
@@ -176,19 +177,17 @@ class ServedModel:
         except Exception as error:
             raise rejection_from(error) from None
         row = {key: json_value(value) for key, value in row.items()}
-        threshold = float(params.get("threshold", self.default_threshold))
-        findings = [
-            {
-                "name": name,
-                "probability": row[name],
-                "threshold": float(row.get(f"threshold_{name}", threshold)),
-            }
-            for name in self.classes
-            if name in row
-        ]
-        for finding in findings:
-            finding["above_threshold"] = (
-                finding["probability"] is not None and finding["probability"] >= finding["threshold"]
+        threshold = params.get("threshold", self.default_threshold)
+        findings = []
+        for name in (name for name in self.classes if name in row):
+            # The operating point the answer used for the class wins over the request's or the model's threshold;
+            # a multi-class answer has none (its most probable class is the prediction).
+            operating_point = row.get(f"threshold_{name}", threshold)
+            operating_point = None if operating_point is None else float(operating_point)
+            probability = row[name]
+            above = None if probability is None or operating_point is None else probability >= operating_point
+            findings.append(
+                {"name": name, "probability": probability, "threshold": operating_point, "above_threshold": above}
             )
         predicted = str(row.get("predicted") or "")
         return {

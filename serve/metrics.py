@@ -1,7 +1,7 @@
 """Prometheus metrics of the clinician app: reads answers and request timings, writes the text exposition for GET /metrics.
 
 Requests by route and status, latency, rejected uploads by reason, each class's predicted probability
-(to watch drift), findings at their operating point, model time with and without Grad-CAM, the served
+(to watch drift), the classes each answer predicted, model time with and without Grad-CAM, the served
 model and process uptime. monitoring/grafana/dashboards/medimg-app.json charts these names.
 """
 
@@ -62,9 +62,7 @@ class AppMetrics:
             buckets=SCORE_BUCKETS,
             registry=registry,
         )
-        self.findings = Counter(
-            "medimg_findings", "Answers with a class at or above its operating point", ["class"], registry=registry
-        )
+        self.findings = Counter("medimg_findings", "Answers that predicted the class", ["class"], registry=registry)
         self.prediction = Histogram(
             "medimg_prediction_duration_seconds",
             "Model time per image, by explain",
@@ -87,7 +85,8 @@ class AppMetrics:
         for finding in answer["findings"]:
             if finding["probability"] is not None:
                 self.scores.labels(finding["name"]).observe(finding["probability"])
-            if finding["above_threshold"]:
+            # The model's own decision: a class at its operating point, or a multi-class answer's top class.
+            if finding["name"] in answer["predicted"]:
                 self.findings.labels(finding["name"]).inc()
 
     def exposition(self) -> tuple[bytes, str]:

@@ -235,7 +235,8 @@ def serving_environment(tracking_uri: str, **extra: str) -> dict:
     return env
 
 
-@pytest.fixture(scope="session")
+# The two servers live as long as the module that uses them, so they do not hold memory through the rest of the suite.
+@pytest.fixture(scope="module")
 def spot_scoring_server(spot_model, tmp_path_factory) -> str:
     """`mlflow models serve` of the spot model on a free port; yields its URL."""
     port = free_port()
@@ -271,7 +272,7 @@ runpy.run_module("serve.app", run_name="__main__", alter_sys=True)
 APP_MAX_UPLOAD_MB = 3
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def spot_app(spot_model, tmp_path_factory) -> dict:
     """`python -m serve.app --model models:/spot-classifier --max-upload-mb 3` on a free port, in an empty
     working folder with its own TMPDIR; yields its URL, log file and those two folders."""

@@ -143,7 +143,7 @@ def test_basic_auth_takes_the_tracking_server_credentials(tmp_path):
 
 
 @pytest.mark.slow
-def test_health_and_info_name_the_champion_version(spot_app, spot_model):
+def test_health_and_info_name_the_champion_version(spot_app, spot_model, spot_pyfunc):
     health = requests.get(f"{spot_app['url']}/health", timeout=10)
     assert health.status_code == 200 and health.json() == {
         "status": "ok",
@@ -152,8 +152,9 @@ def test_health_and_info_name_the_champion_version(spot_app, spot_model):
     info = requests.get(f"{spot_app['url']}/info", timeout=10).json()
     assert info["model"]["aliases"] == ["champion"] and info["model"]["uri"] == f"models:/{spot_model['name']}"
     assert info["classes"] == spot_model["classes"] and info["explains"] is True
-    assert info["threshold"] == 0.5 and info["max_upload_bytes"] == spot_app["max_upload_bytes"]
-    assert set(info["params"]) == {"threshold", "explain", "explain_class"}
+    params = {spec.name: spec.default for spec in spot_pyfunc.metadata.get_params_schema()}
+    assert info["threshold"] == params["threshold"] and info["max_upload_bytes"] == spot_app["max_upload_bytes"]
+    assert set(info["params"]) == set(params) and {"threshold", "explain", "explain_class"} <= set(params)
 
 
 @pytest.mark.slow
@@ -163,7 +164,10 @@ def test_predict_answers_as_the_pyfunc_does_for_the_same_bytes(spot_app, spot_py
     assert response.headers["cache-control"] == "no-store"
     body = response.json()
     expected = spot_pyfunc.predict(pd.DataFrame({"image": [base64.b64encode(red_png).decode()]})).iloc[0]
-    assert set(body["answer"]) == {"red_spot", "green_spot", "bright_spot", "predicted"}
+    # Every column of the model's answer comes through (thresholds and frame too, where the model has them).
+    assert set(body["answer"]) == set(expected.index)
+    assert {"red_spot", "green_spot", "bright_spot", "predicted"} <= set(body["answer"])
+    assert not [column for column in body["answer"] if column.startswith("gradcam_")]
     for name in ("red_spot", "green_spot", "bright_spot"):
         assert body["answer"][name] == pytest.approx(expected[name], abs=1e-6)
     assert body["predicted"] == ["red_spot"] and body["answer"]["predicted"] == expected["predicted"]
@@ -328,6 +332,27 @@ def test_basic_auth_guards_everything_but_health(spot_pyfunc, red_png, unused_po
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def test_a_class_operating_point_in_the_answer_wins_and_unknown_columns_pass_through(spot_pyfunc, red_png):
+    """The contract with per-class operating points (threshold_<column>) and multi-frame DICOM (frame)."""
+    from serve.app import ModelInfo, ServedModel
+
+    class WithOperatingPoints:
+        """The real model, answering as a later version will: a threshold_<column> and a frame column."""
+
+        metadata = spot_pyfunc.metadata
+
+        def predict(self, frame, params=None):
+            return spot_pyfunc.predict(frame, params=params).assign(threshold_red_spot=0.999, frame=0)
+
+    served = ServedModel(WithOperatingPoints(), ModelInfo(uri="models:/spot-classifier/1"))
+    assert served.classes == ["red_spot", "green_spot", "bright_spot"]
+    body = served.answer(red_png, {"threshold": 0.1})
+    findings = {finding["name"]: finding for finding in body["findings"]}
+    assert findings["red_spot"]["threshold"] == 0.999 and findings["red_spot"]["above_threshold"] is False
+    assert findings["green_spot"]["threshold"] == 0.1 and findings["green_spot"]["above_threshold"] is True
+    assert body["answer"]["frame"] == 0 and body["answer"]["threshold_red_spot"] == 0.999
 
 
 # The page in a real browser.

@@ -122,3 +122,8 @@ def test_the_printed_commands_work_from_a_shell_without_the_venv(clone):
     with make_in_background(clone, "ui", f"http://127.0.0.1:{ui_port}/", UI_PORT=str(ui_port)):
         page = requests.get(f"http://127.0.0.1:{ui_port}/ajax-api/2.0/mlflow/registered-models/search", timeout=30)
     assert page.status_code == 200 and "demo-classifier" in page.text
+    app_port = free_port()
+    with make_in_background(clone, "serve-app", f"http://127.0.0.1:{app_port}/health", SERVE_PORT=str(app_port)):
+        info = requests.get(f"http://127.0.0.1:{app_port}/info", timeout=30).json()
+        page = requests.get(f"http://127.0.0.1:{app_port}/", timeout=30)
+    assert page.status_code == 200 and "demo-classifier" in str(info)

@@ -10,7 +10,7 @@ const page = {
 const element = (id) => document.getElementById(id);
 
 function percent(value) {
-  return `${(100 * value).toFixed(1)}%`;
+  return value === null || value === undefined ? "–" : `${(100 * value).toFixed(1)}%`;
 }
 
 function showMessage(text) {
@@ -45,9 +45,11 @@ function isBrowserImage(file) {
   return ["image/png", "image/jpeg"].includes(file.type) || /\.(png|jpe?g)$/i.test(file.name);
 }
 
-function findingRow(finding) {
+function findingRow(finding, predicted) {
+  // A multi-class answer has no operating points: its prediction is the most probable class.
+  const positive = finding.above_threshold === null ? predicted.includes(finding.name) : finding.above_threshold;
   const row = document.createElement("tr");
-  row.className = finding.above_threshold ? "above" : "below";
+  row.className = positive ? "above" : "below";
   const name = document.createElement("td");
   name.textContent = finding.name;
   const probability = document.createElement("td");
@@ -61,6 +63,7 @@ function findingRow(finding) {
   const mark = document.createElement("div");
   mark.className = "mark";
   mark.style.left = percent(finding.threshold);
+  mark.hidden = finding.threshold === null;
   bar.append(fill, mark);
   probability.append(bar);
   const threshold = document.createElement("td");
@@ -68,8 +71,10 @@ function findingRow(finding) {
   threshold.textContent = percent(finding.threshold);
   const result = document.createElement("td");
   result.className = "result";
-  result.textContent = finding.above_threshold ? "positive" : "negative";
-  result.title = finding.above_threshold ? "at or above the operating point" : "below the operating point";
+  result.textContent = positive ? "positive" : "negative";
+  if (finding.above_threshold !== null) {
+    result.title = positive ? "at or above the operating point" : "below the operating point";
+  }
   row.append(name, probability, threshold, result);
   return row;
 }
@@ -98,7 +103,7 @@ function showImages(answer) {
 function showAnswer(result) {
   showImages(result.answer);
   const body = element("findings").querySelector("tbody");
-  body.replaceChildren(...result.findings.map(findingRow));
+  body.replaceChildren(...result.findings.map((finding) => findingRow(finding, result.predicted)));
   const predicted = result.predicted.length ? result.predicted.join(", ") : "no finding at its operating point";
   element("predicted").textContent = `Predicted: ${predicted}`;
   element("file-name").textContent = `${page.file.name}, scored by ${modelLabel(result.model)}`;
