@@ -53,8 +53,9 @@ ui: setup
 		*) $(RUN) mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --port $(UI_PORT);; \
 	esac
 
+# Three workers on two cores: most long tests wait on subprocesses (mlflow run, servers) part of the time.
 test: setup
-	$(RUN) python -m pytest
+	$(RUN) python -m pytest -n 3 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check .

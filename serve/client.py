@@ -187,6 +187,48 @@ def format_table(results: list[FileResult], top: int = 3) -> str:
 
 
 @contextlib.contextmanager
+def running_process(command: list[str], *, ready_url: str, log_path, env: dict, cwd=None, timeout: float = 300):
+    """Run a server command in its own process group until `ready_url` answers 200; stop the whole group on exit.
+
+    Raises ServerError (with the end of the log at `log_path`) when the command exits or does not answer in time.
+    """
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import requests
+
+    with open(log_path, "wb") as log:
+        # A new session makes the server and any worker it starts one process group, stopped together below.
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                tail = Path(log_path).read_text(errors="replace")[-3000:]
+                raise ServerError(f"{command[0]} exited with {process.returncode}:\n{tail}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(ready_url, timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                tail = Path(log_path).read_text(errors="replace")[-3000:]
+                raise ServerError(f"{ready_url} did not answer within {timeout:.0f} s:\n{tail}")
+            time.sleep(0.5)
+        yield process
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+
+@contextlib.contextmanager
 def temporary_server(model_uri: str, timeout: float = SERVER_START_TIMEOUT_S):
     """`mlflow models serve -m model_uri --env-manager local` on a free local port for the block; yields its URL.
 
@@ -194,13 +236,8 @@ def temporary_server(model_uri: str, timeout: float = SERVER_START_TIMEOUT_S):
     from a shell where the virtual environment is not activated. Stopped, with its workers, on exit.
     """
     import os
-    import signal
     import socket
-    import subprocess
     import tempfile
-    import time
-
-    import requests
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -210,33 +247,15 @@ def temporary_server(model_uri: str, timeout: float = SERVER_START_TIMEOUT_S):
     command += ["--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     print(f"starting mlflow models serve -m {model_uri} on {url} ...", file=sys.stderr, flush=True)
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            command, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+    with tempfile.TemporaryDirectory() as workdir:
+        log_path = Path(workdir) / "server.log"
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if process.poll() is not None:
-                    log.seek(0)
-                    last = log.read().decode(errors="replace").strip().splitlines()[-1:] or [""]
-                    raise ServerError(
-                        f"mlflow models serve exited with {process.returncode}: {last[0][:MESSAGE_LIMIT]}"
-                    )
-                with contextlib.suppress(requests.RequestException):
-                    if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise ServerError(f"mlflow models serve did not answer {url}/ping within {timeout:.0f} s")
-                time.sleep(0.5)
-            yield url
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+            with running_process(command, ready_url=f"{url}/ping", log_path=log_path, env=environment, timeout=timeout):
+                yield url
+        except ServerError as error:
+            # The log's last line says why; the whole log stays out of the one-line error.
+            lines = str(error).strip().splitlines()
+            raise ServerError(f"{lines[0]} {lines[-1][:MESSAGE_LIMIT]}" if len(lines) > 1 else lines[0]) from None
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:

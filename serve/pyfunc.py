@@ -112,6 +112,42 @@ class ClassifierConfig:
             return cls(**json.load(handle))
 
 
+def log_classifier(keras_model, config: ClassifierConfig, example_image: np.ndarray, **log_arguments):
+    """Log a Keras model as the medimg pyfunc, from code; return MLflow's ModelInfo.
+
+    The logged model carries the Keras file (float32, whatever policy it was trained under), classifier.json,
+    its own copy of serve/ and models/, a signature, one example image as input example and the pinned
+    serving requirements. `log_arguments` go to mlflow.pyfunc.log_model (e.g. registered_model_name).
+    """
+    import tempfile
+
+    import mlflow
+
+    # The repository's `models` package is imported before log_model loads the model from a staging folder
+    # that it then deletes: a `models` imported from there would break later imports of its modules.
+    import models.gradcam
+    import models.layers
+    from models import float32_copy
+    from serve.explain import png_base64
+
+    pixels = np.clip(np.asarray(example_image), 0, 255).astype(np.uint8)
+    with tempfile.TemporaryDirectory() as workdir:
+        keras_path, config_path = Path(workdir) / "model.keras", Path(workdir) / "classifier.json"
+        # Served models compute in float32: a mixed_float16 policy would run float16 math on CPU servers.
+        float32_copy(keras_model).save(keras_path)
+        config.save(str(config_path))
+        return mlflow.pyfunc.log_model(
+            name=log_arguments.pop("name", "model"),
+            python_model=str(MODEL_CODE_PATH),
+            artifacts={MODEL_ARTIFACT: str(keras_path), CONFIG_ARTIFACT: str(config_path)},
+            code_paths=[str(Path(__file__).resolve().parent), str(Path(models.gradcam.__file__).resolve().parent)],
+            signature=classifier_signature(config),
+            input_example=pd.DataFrame({IMAGE_COLUMN: [png_base64(pixels)]}),
+            pip_requirements=serving_requirements(),
+            **log_arguments,
+        )
+
+
 def serving_requirements() -> list[str]:
     """Pinned lines of requirements.txt that the served model needs."""
     pins = []

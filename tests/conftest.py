@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import free_port
+from serving_helpers import free_port, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,6 +20,33 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+
+
+# make test runs the files on three pytest-xdist workers, a file per worker at a time (--dist loadfile).
+# The longest files start first, so that none of them is left alone at the end.
+LONGEST_FIRST = (
+    "test_mlflow_server.py",
+    "test_pipeline.py",
+    "test_first_run.py",
+    "test_tune.py",
+    "test_training.py",
+    "test_evaluate.py",
+    "test_dicom.py",
+    "test_clinical.py",
+    "test_serving.py",
+    "test_chestxray14.py",
+    "test_app.py",
+    "test_s3_artifacts.py",
+    "test_tracking.py",
+    "test_explain.py",
+    "test_promote.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    # A stable sort: tests keep their order within a file, which module fixtures and ordered tests rely on.
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(scope="session")
@@ -109,48 +132,13 @@ def build_spot_model(image_size: int = SPOT_IMAGE_SIZE):
     return model
 
 
-def log_classifier(keras_model, class_names: list[str], task: str, image_size: int, workdir: Path, **log_arguments):
-    """Log a Keras model as the medimg pyfunc, from code, the way training logs it; returns the ModelInfo."""
-    import mlflow
-    import pandas as pd
-
-    # The repository's `models` package, imported before log_model loads the model from a staging folder
-    # that it then deletes: a `models` imported from there would break later imports of its modules.
-    import models.gradcam
-    import models.layers  # noqa: F401
-    from serve.explain import png_base64
-    from serve.pyfunc import (
-        CONFIG_ARTIFACT,
-        MODEL_ARTIFACT,
-        MODEL_CODE_PATH,
-        ClassifierConfig,
-        classifier_signature,
-        serving_requirements,
-    )
-
-    keras_path = workdir / "model.keras"
-    keras_model.save(keras_path)
-    config = ClassifierConfig(class_names=class_names, task=task, image_size=image_size)
-    config_path = workdir / "classifier.json"
-    config.save(str(config_path))
-    example = pd.DataFrame({"image": [png_base64(np.zeros((image_size, image_size, 3), dtype=np.uint8))]})
-    return mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(MODEL_CODE_PATH),
-        artifacts={MODEL_ARTIFACT: str(keras_path), CONFIG_ARTIFACT: str(config_path)},
-        code_paths=[str(REPO_ROOT / "serve"), str(REPO_ROOT / "models")],
-        signature=classifier_signature(config),
-        input_example=example,
-        pip_requirements=serving_requirements(),
-        **log_arguments,
-    )
-
-
 @pytest.fixture(scope="session")
 def spot_model(tmp_path_factory) -> dict:
     """The spot model registered as `spot-classifier` version 1 with alias `champion` in a session sqlite store."""
     import mlflow
     from mlflow.tracking import MlflowClient
+
+    from serve.pyfunc import ClassifierConfig, log_classifier
 
     directory = tmp_path_factory.mktemp("spot_tracking")
     tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
@@ -160,9 +148,9 @@ def spot_model(tmp_path_factory) -> dict:
     try:
         with mlflow.start_run(experiment_id=experiment):
             model = build_spot_model()
-            log_classifier(
-                model, SPOT_CLASSES, "multilabel", SPOT_IMAGE_SIZE, directory, registered_model_name=SPOT_MODEL_NAME
-            )
+            config = ClassifierConfig(class_names=SPOT_CLASSES, task="multilabel", image_size=SPOT_IMAGE_SIZE)
+            example = np.zeros((SPOT_IMAGE_SIZE, SPOT_IMAGE_SIZE, 3), dtype=np.uint8)
+            log_classifier(model, config, example, registered_model_name=SPOT_MODEL_NAME)
     finally:
         # Back to the tracking URI of the environment, as the other tracking fixtures leave it.
         mlflow.set_tracking_uri(None)
@@ -194,38 +182,6 @@ def paint_squares():
 def unused_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
     return free_port()
-
-
-@contextlib.contextmanager
-def running_server(command: list[str], *, ready_url: str, log_path: Path, env: dict, cwd: Path, timeout: float = 240):
-    """Run a server command in its own process group until `ready_url` answers 200; stop the whole group on exit."""
-    import requests
-
-    with open(log_path, "wb") as log:
-        # A new session makes the server and any worker it starts one process group, stopped together below.
-        process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"{command[0]} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(ready_url, timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"{ready_url} did not answer in {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield process
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
 
 
 def serving_environment(tracking_uri: str, **extra: str) -> dict:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import socket
 from pathlib import Path
 
 import numpy as np
+import pytest
 import requests
 
 MODEL_NAME = "served-classifier"
@@ -60,3 +62,17 @@ def split_body(images: list, params: dict | None = None, column: str = "image") 
     if params is not None:
         body["params"] = params
     return body
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], *, ready_url: str, log_path: Path, env: dict, cwd: Path, timeout: float = 240):
+    """serve.client.running_process for tests: a server that does not come up fails the test with its log."""
+    from serve.client import ServerError, running_process
+
+    try:
+        with running_process(
+            command, ready_url=ready_url, log_path=log_path, env=env, cwd=cwd, timeout=timeout
+        ) as process:
+            yield process
+    except ServerError as error:
+        pytest.fail(str(error))

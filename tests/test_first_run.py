@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from serving_helpers import free_port
+from serving_helpers import free_port, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ("samples/cell.png", "samples/cell.jpg", "samples/cell.dcm")
@@ -55,34 +54,10 @@ def make_in_background(clone: Path, target: str, ready_url: str, **variables: st
     """`make <target>` in its own process group until `ready_url` answers; stopped with everything it started."""
     command = ["make", target, *(f"{name}={value}" for name, value in variables.items())]
     log_path = clone / f"make-{target}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=clone,
-            env=plain_shell_environment(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert process.poll() is None, f"make {target} exited {process.returncode}:\n{log_path.read_text()[-3000:]}"
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(ready_url, timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, (
-                f"make {target} did not answer {ready_url}:\n{log_path.read_text()[-3000:]}"
-            )
-            time.sleep(1)
+    with running_server(
+        command, ready_url=ready_url, log_path=log_path, env=plain_shell_environment(), cwd=clone, timeout=300
+    ) as process:
         yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow

@@ -165,7 +165,7 @@ def test_a_clearly_worse_challenger_is_not_promoted_and_the_reason_says_why(stor
 def test_a_better_challenger_is_promoted_and_the_old_champion_becomes_previous(store):
     import mlflow
 
-    result = run_pipeline(store, "epochs=4", "learning_rate=0.003", "convolutions=2")
+    result = run_pipeline(store, "epochs=3", "learning_rate=0.003", "convolutions=2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert aliases(store.client, "chest") == {"champion": "3", "challenger": "2", "previous": "1"}
     version = store.client.get_model_version("chest", "3")

@@ -253,3 +253,26 @@ def test_prepare_command_line(repo_root, tmp_path):
         "train-00001-of-00003.tfrecord",
         "train-00002-of-00003.tfrecord",
     ]
+
+
+def test_a_prepared_folder_keeps_patients_and_subgroups_of_its_test_split(nih_raw, prepared_nih):
+    """Patient-level intervals and subgroup tables need each test record's patient and metadata, in read order."""
+    root, expected = nih_raw
+    manifest = read_manifest(prepared_nih)
+    assert manifest["examples"]["columns"] == ["group", "view", "sex", "age"]
+    # Patients are integer codes in the manifest, never the CSV's patient ids.
+    assert all(isinstance(row[0], int) for row in manifest["examples"]["rows"].values())
+    loaded = load_dataset("chestxray14", data_dir=str(prepared_nih), image_size=IMAGE_SIZE, validation_fraction=0.3)
+    test = loaded.splits["test"]
+    ids = [
+        example_id.numpy().decode()
+        for example_id, _, _ in split_records(prepared_nih, manifest, "test", IMAGE_SIZE, include_ids=True)
+    ]
+    assert len(test.groups) == len(ids) == test.count
+    assert test.metadata["view"].tolist() == [expected[name]["view"] for name in ids]
+    patients = [expected[name]["patient"] for name in ids]
+    # Same patient, same group code; five test patients, five codes.
+    assert len(set(test.groups.tolist())) == len(set(patients)) == 5
+    for first in range(len(ids)):
+        for second in range(len(ids)):
+            assert (test.groups[first] == test.groups[second]) == (patients[first] == patients[second])

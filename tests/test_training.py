@@ -85,15 +85,15 @@ def test_mlflow_run_trains_logs_and_registers(repo_root, tmp_path):
     assert version.source == f"models:/{logged.model_id}"
 
     # `mlflow run` logged the empty data_dir as '' : evaluation must still find the dataset settings.
-    evaluation = subprocess.run(
-        [sys.executable, "-m", "train", "evaluate", "--model-uri", "models:/smoke-classifier/1", "--run-name", "eval"],
-        capture_output=True,
-        text=True,
-        env=mlflow_env(tracking_uri),
-        cwd=repo_root,
-        timeout=600,
-    )
-    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    import mlflow
+
+    from train.__main__ import main as train_cli
+
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        assert train_cli(["evaluate", "--model-uri", "models:/smoke-classifier/1", "--run-name", "eval"]) == 0
+    finally:
+        mlflow.set_tracking_uri(None)
     all_experiments = [item.experiment_id for item in client.search_experiments()]
     (evaluated,) = client.search_runs(all_experiments, "attributes.run_name = 'eval'")
     assert evaluated.data.tags["medimg.source_run_id"] == run_id

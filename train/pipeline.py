@@ -326,11 +326,8 @@ def pipeline(settings: PipelineSettings) -> Decision:
         version = register(client, settings, challenger_uri, challenger_run, decision, evaluation)
         progress.say("decide", decision.reason)
         log_model_card(client, settings, version, evaluation, decision)
-        champion_version = version.version if decision.promoted else champion.version if champion else None
-        if champion_version is not None:
-            write_serving_image(
-                client, settings.registered_model, str(champion_version), settings.build_image, progress
-            )
+        if decision.promoted:
+            write_serving_image(client, settings.registered_model, str(version.version), settings.build_image, progress)
         sentence = (
             f"{settings.registered_model} version {version.version} "
             f"{'is the new champion' if decision.promoted else 'was not promoted'}: {decision.reason}."

@@ -68,6 +68,10 @@ class PreparedSource:
     details: dict[str, Any] = field(default_factory=dict)
     # For loader-backed datasets: the LoadedDataset whose splits are written.
     loaded: Any = None
+    # Per example id: its patient group (an integer code, never the patient id) and subgroup attributes,
+    # in the order of `example_columns`, so a prepared folder keeps patient-level intervals and subgroups.
+    example_columns: list[str] = field(default_factory=list)
+    examples: dict[str, list] = field(default_factory=dict)
 
 
 @dataclass
@@ -132,6 +136,12 @@ def chestxray14_source(config: PrepareSettings) -> PreparedSource:
                 for member in members[plan.start : plan.start + plan.count]
             ]
             plans.append(plan)
+    _, patients = np.unique(index.patient_ids, return_inverse=True)
+    attributes = list(index.subgroups)
+    examples = {
+        name: [int(patients.reshape(-1)[position]), *(str(index.subgroups[key][position]) for key in attributes)]
+        for position, name in enumerate(index.names)
+    }
     return PreparedSource(
         task="multilabel",
         class_names=list(CLASS_NAMES),
@@ -140,6 +150,8 @@ def chestxray14_source(config: PrepareSettings) -> PreparedSource:
         plans=plans,
         skipped=list(index.missing),
         details={"metadata_file": index.metadata_file.name, "left_out": index.left_out},
+        example_columns=["group", *attributes],
+        examples=examples,
     )
 
 
@@ -159,6 +171,7 @@ def loader_source(config: PrepareSettings) -> PreparedSource:
     plans = []
     for split in SPLIT_NAMES:
         plans.extend(_plan_split(split, loaded.splits[split].count, config.shard_size))
+    columns, examples = loaded_examples(loaded)
     return PreparedSource(
         task=loaded.task,
         class_names=list(loaded.class_names),
@@ -168,7 +181,25 @@ def loader_source(config: PrepareSettings) -> PreparedSource:
         skipped=list(loaded.skipped_examples),
         details={"skipped_by_loader": loaded.skipped_images},
         loaded=loaded,
+        example_columns=columns,
+        examples=examples,
     )
+
+
+def loaded_examples(loaded) -> tuple[list[str], dict[str, list]]:
+    """Groups and subgroup attributes of a loader's splits, keyed by the ids the writer gives their records."""
+    reference = loaded.splits["test"]
+    attributes = list(reference.metadata)
+    if reference.groups is None and not attributes:
+        return [], {}
+    examples = {}
+    for split in SPLIT_NAMES:
+        part = loaded.splits[split]
+        for position in range(part.count):
+            group = int(part.groups[position]) if part.groups is not None else position
+            values = [str(part.metadata[key][position]) if key in part.metadata else "unknown" for key in attributes]
+            examples[f"{split}-{position:07d}"] = [group, *values]
+    return ["group", *attributes], examples
 
 
 def fingerprint(config: PrepareSettings, source: PreparedSource) -> str:
@@ -432,6 +463,7 @@ def build_manifest(
             "max_missing_fraction": config.max_missing_fraction,
         },
         "details": source.details,
+        **({"examples": {"columns": source.example_columns, "rows": source.examples}} if source.examples else {}),
         "versions": versions,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "prepare_seconds": round(seconds, 3),

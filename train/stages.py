@@ -8,16 +8,12 @@ are imported inside the stages, so importing this module is cheap.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import io
 import json
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -521,32 +517,11 @@ def score_splits(model, data: LoadedDataset, settings: MainSettings, calibration
     return {**scores.metrics, "test_loss": float(loss)}
 
 
-def encode_png(image: np.ndarray) -> str:
-    """Base64 PNG of an image in 0-255, the input example of the logged model."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def log_model(model, data: LoadedDataset, settings: MainSettings, calibration: Calibration):
-    """Log the Keras model wrapped in the serving pyfunc, with signature and input example; register it if asked."""
+    """Log the model as the serving pyfunc with its calibration and operating points; register it if asked."""
     import mlflow
-    import pandas as pd
 
-    from serve.pyfunc import (
-        CONFIG_ARTIFACT,
-        MODEL_ARTIFACT,
-        MODEL_CODE_PATH,
-        ClassifierConfig,
-        classifier_signature,
-        serving_requirements,
-    )
-    from train.provenance import REPO_ROOT
-
-    example_image = next(iter(data.splits["val"].dataset.take(1)))[0].numpy()
-    from models import float32_copy
+    from serve.pyfunc import ClassifierConfig, log_classifier
 
     classifier_config = ClassifierConfig(
         class_names=list(data.class_names),
@@ -556,22 +531,10 @@ def log_model(model, data: LoadedDataset, settings: MainSettings, calibration: C
         operating_point=calibration.operating_point,
         calibration=calibration.parameters,
     )
-    with tempfile.TemporaryDirectory() as workdir:
-        model_path = Path(workdir) / "model.keras"
-        # Served models compute in float32: a mixed_float16 policy would run float16 math on CPU servers.
-        float32_copy(model).save(model_path)
-        config_path = Path(workdir) / "classifier.json"
-        classifier_config.save(str(config_path))
-        model_info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(MODEL_CODE_PATH),
-            artifacts={MODEL_ARTIFACT: str(model_path), CONFIG_ARTIFACT: str(config_path)},
-            code_paths=[str(REPO_ROOT / "serve"), str(REPO_ROOT / "models")],
-            signature=classifier_signature(classifier_config),
-            input_example=pd.DataFrame({"image": [encode_png(example_image)]}),
-            pip_requirements=serving_requirements(),
-            registered_model_name=settings.register_as or None,
-        )
+    example_image = next(iter(data.splits["val"].dataset.take(1)))[0].numpy()
+    model_info = log_classifier(
+        model, classifier_config, example_image, registered_model_name=settings.register_as or None
+    )
     mlflow.set_tag("medimg.model_uri", model_info.model_uri)
     return model_info
 

@@ -279,6 +279,8 @@ def load_prepared(
             positives = _sample_positives(folder, manifest, split, count)
         dataset = split_records(folder, manifest, split, image_size, count=count)
         splits[split] = Split(dataset=dataset, count=count, positives=positives)
+        if split != "train" and manifest.get("examples"):
+            splits[split].groups, splits[split].metadata = _examples_of(folder, manifest, split, count)
     hasher = hashlib.sha256()
     hasher.update(
         json.dumps(
@@ -304,6 +306,32 @@ def load_prepared(
         skipped_images=int(skipped.get("count", 0)),
         skipped_examples=list(skipped.get("examples", []))[:10],
     )
+
+
+def _examples_of(folder: Path, manifest: dict[str, Any], split: str, count: int):
+    """Patient groups and subgroup attributes of the records split_records(count=count) reads, in their order.
+
+    Reads only the records' ids and looks them up in the manifest's `examples` table (written by prepare).
+    """
+    import tensorflow as tf
+
+    table = manifest["examples"]
+    columns, rows = table["columns"], table["rows"]
+    paths = [str(path) for path in shard_paths(folder, manifest, split)]
+    if not paths or count == 0:
+        return None, {}
+    records = _records(paths, count, int(manifest["splits"][split]["count"]))
+    ids = records.map(
+        lambda serialized: tf.io.parse_single_example(serialized, {ID_FEATURE: tf.io.FixedLenFeature([], tf.string)})[
+            ID_FEATURE
+        ]
+    )
+    found = [rows.get(value.decode()) for batch in ids.batch(4096).as_numpy_iterator() for value in batch]
+    if any(row is None for row in found):
+        return None, {}
+    groups = np.array([row[0] for row in found], dtype=np.int64)
+    metadata = {name: np.array([row[index] for row in found]) for index, name in enumerate(columns) if name != "group"}
+    return groups, metadata
 
 
 def _sample_positives(folder: Path, manifest: dict[str, Any], split: str, count: int) -> np.ndarray:
