@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -200,6 +201,12 @@ def test_imagefolder_with_unreadable_files_completes_and_reports_skips(tracking_
     assert run.data.params["train_examples"] != "0"
     skipped = mlflow.artifacts.load_text(f"runs:/{run_id}/data/skipped_images.txt")
     assert "corrupt.png" in skipped and "empty.jpg" in skipped and "truncated.png" in skipped
+    # A folder of chest radiographs gets the radiograph policy by default: no vertical flips, no rotations.
+    assert run.data.params["augment"] == "auto" and run.data.params["resolved_augmentation"] == "radiograph"
+    resolved = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config/resolved_config.yaml"))
+    augmentation = resolved["resolved"]["augmentation"]
+    assert augmentation["horizontal_flip"] is True
+    assert augmentation["vertical_flip"] is False and augmentation["rotate_90"] is False
 
 
 @pytest.mark.slow
