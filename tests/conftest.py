@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import free_port, running_server
+from serving_helpers import free_port, load_pyfunc, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -289,13 +289,7 @@ def registered_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def loaded_model(registered_model):
-    import mlflow
-
-    mlflow.set_tracking_uri(registered_model["tracking_uri"])
-    try:
-        return mlflow.pyfunc.load_model(registered_model["uri"])
-    finally:
-        mlflow.set_tracking_uri(None)
+    return load_pyfunc(registered_model)
 
 
 @pytest.fixture(scope="session")

@@ -64,6 +64,17 @@ def split_body(images: list, params: dict | None = None, column: str = "image") 
     return body
 
 
+def load_pyfunc(model: dict):
+    """The pyfunc model of a fixture's `{"tracking_uri", "uri"}`, loaded from its tracking store."""
+    import mlflow
+
+    mlflow.set_tracking_uri(model["tracking_uri"])
+    try:
+        return mlflow.pyfunc.load_model(model["uri"])
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
 @contextlib.contextmanager
 def running_server(command: list[str], *, ready_url: str, log_path: Path, env: dict, cwd: Path, timeout: float = 240):
     """serve.client.running_process for tests: a server that does not come up fails the test with its log."""

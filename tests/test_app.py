@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import requests
 from PIL import Image, PngImagePlugin
+from serving_helpers import load_pyfunc
 
 RED, GREEN, WHITE = (255, 0, 0), (0, 255, 0), (255, 255, 255)
 # A name that must never reach the server's log.
@@ -87,13 +88,7 @@ def sample(samples: dict, metric: str, /, **labels) -> float:
 
 @pytest.fixture(scope="module")
 def spot_pyfunc(spot_model):
-    import mlflow
-
-    mlflow.set_tracking_uri(spot_model["tracking_uri"])
-    try:
-        return mlflow.pyfunc.load_model(spot_model["uri"])
-    finally:
-        mlflow.set_tracking_uri(None)
+    return load_pyfunc(spot_model)
 
 
 # The command line.

@@ -31,6 +31,12 @@ def run_cli(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
         (["--image-size", "8"], "image_size must be at least 32"),
         (["--nope", "1"], "unknown flag '--nope' for main; valid flags: --model, --dataset"),
         (["--dropout", "1.5"], "dropout must be in [0, 1), got 1.5"),
+        # -P name=value, as `mlflow run` takes parameters, goes through the same checks.
+        (["-P", "model=nope"], "unknown model 'nope'; valid models: densenet121, resnet50, small_cnn, vgg16"),
+        (["-P", "epochs=abc"], "epochs must be a whole number, got 'abc'"),
+        (["-P", "nope=1"], "unknown setting 'nope'; valid settings: model, dataset"),
+        (["-P", "epochs"], "-P takes NAME=VALUE, got 'epochs'"),
+        (["--epochs", "3", "-P", "epochs=4"], "epochs is given twice, as '3' and '4'; keep one"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(repo_root, arguments, expected):
@@ -60,6 +66,16 @@ def test_help_lists_every_setting(repo_root):
     assert result.returncode == 0
     for name in MainSettings.defaults():
         assert "--" + name.replace("_", "-") in result.stdout
+
+
+def test_p_pairs_and_flags_make_the_same_settings():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    MainSettings.add_arguments(parser)
+    from_pairs = MainSettings.from_arguments(parser.parse_args(["-P", "epochs=3.0", "-P", "data_dir=''", "-P", "l2=0"]))
+    from_flags = MainSettings.from_arguments(parser.parse_args(["--epochs", "3", "--data-dir", "", "--l2", "0.0"]))
+    assert from_pairs == from_flags and from_pairs.epochs == 3 and from_pairs.data_dir == ""
 
 
 def test_unknown_config_key_is_rejected():

@@ -230,10 +230,28 @@ class Settings(BaseModel):
             parser.add_argument(
                 "--" + name.replace("_", "-"), dest=name, default=None, metavar=name.upper(), help=cls.help_text(name)
             )
+        parser.add_argument(
+            "-P",
+            "--param",
+            dest="params",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="a parameter as `mlflow run` takes it (-P epochs=3); repeat for more; same as its --flag",
+        )
 
     @classmethod
     def from_arguments(cls, arguments: argparse.Namespace):
-        return cls.from_dict({name: getattr(arguments, name, None) for name in cls.model_fields})
+        """Settings from --flags and -P name=value pairs; a name given both ways with two values is a ConfigError."""
+        values = {name: getattr(arguments, name, None) for name in cls.model_fields}
+        for pair in getattr(arguments, "params", None) or []:
+            name, equals, value = pair.partition("=")
+            if not equals or not name:
+                raise ConfigError(f"-P takes NAME=VALUE, got {pair!r}")
+            if values.get(name) is not None and values[name] != value:
+                raise ConfigError(f"{name} is given twice, as {values[name]!r} and {value!r}; keep one")
+            values[name] = value
+        return cls.from_dict(values)
 
     @classmethod
     def mlproject_parameters(cls) -> dict[str, tuple[str, Any]]:
