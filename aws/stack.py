@@ -79,9 +79,8 @@ def _local_git(*arguments: str) -> str | None:
 
 def default_git_url() -> str | None:
     """The clone URL of this checkout's `origin`, as https (the new host has no SSH key for git)."""
-    url = _local_git("remote", "get-url", "origin")
-    scp_style = re.fullmatch(r"git@([^:]+):(.+)", url or "")
-    return f"https://{scp_style.group(1)}/{scp_style.group(2)}" if scp_style else url
+    url = _local_git("remote", "get-url", "origin") or ""
+    return re.sub(r"^git@([^:]+):", r"https://\1/", url) or None
 
 
 def default_git_ref() -> str:

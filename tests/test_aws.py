@@ -789,6 +789,8 @@ def test_estimate_cost_usd_math():
     assert estimate_cost_usd(0, "g4dn.xlarge") == 0.0
     for required in ("g4dn.xlarge", "g5.xlarge", "g5.2xlarge", "g6.xlarge", "p3.2xlarge", "p4d.24xlarge"):
         assert ON_DEMAND_HOURLY_USD[required] > 0
+    # aws/prices.yaml is edited by hand: every price must read as a positive number, not a string.
+    assert all(isinstance(price, float) and price > 0 for price in ON_DEMAND_HOURLY_USD.values())
 
 
 def test_estimate_cost_rejects_unknown_types_and_bad_numbers():
