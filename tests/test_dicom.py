@@ -313,6 +313,22 @@ def test_server_gives_lossless_variants_one_answer_and_honours_frame(server, loa
 
 
 @pytest.mark.slow
+def test_dicom_files_without_extension_are_images_and_other_files_are_not(tmp_path):
+    from train.data.files import is_image_file, list_image_files
+
+    dataset = image_dataset(radiograph(16, 16))
+    for name in ("a.dcm", "1.2.826.0.1.3680043.9.7.1", "IM00001", "DICOMDIR", "scan.txt"):
+        write_variant(dataset, tmp_path / "export" / name, ExplicitVRLittleEndian)
+    Image.new("L", (8, 8)).save(tmp_path / "export" / "picture", format="PNG")
+    (tmp_path / "export" / "notes").write_text("not an image")
+    (tmp_path / "export" / "empty").write_bytes(b"")
+    found = [path.name for path in list_image_files(tmp_path / "export")]
+    # Without an extension only DICOM counts (recognised by its marker, as PACS exports name files); other
+    # pictures need their extension.
+    assert found == ["1.2.826.0.1.3680043.9.7.1", "IM00001", "a.dcm"]
+    assert not is_image_file(tmp_path / "export" / "missing")
+
+
 def test_mlflow_run_trains_on_a_dicom_folder_and_evaluate_scores_it(repo_root, tmp_path, tracking_uri, capsys):
     from train.__main__ import main as train_cli
 
@@ -320,7 +336,9 @@ def test_mlflow_run_trains_on_a_dicom_folder_and_evaluate_scores_it(repo_root, t
         for index in range(12):
             pixels = radiograph(32, 32, seed=2 * index + offset)
             pixels = pixels if offset == 0 else 4095 - pixels
-            write_variant(image_dataset(pixels), tmp_path / "xrays" / label / f"{index}.dcm", JPEGLosslessSV1)
+            # PACS exports often name files without extension: by SOP Instance UID or IM00001.
+            name = (f"{index}.dcm", f"1.2.826.0.1.3680043.9.7.{index}", f"IM{index:05d}")[index % 3]
+            write_variant(image_dataset(pixels), tmp_path / "xrays" / label / name, JPEGLosslessSV1)
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
     command = ["mlflow", "run", str(repo_root), "--env-manager", "local", "--experiment-name", "dicom"]
     settings = {
@@ -337,6 +355,7 @@ def test_mlflow_run_trains_on_a_dicom_folder_and_evaluate_scores_it(repo_root, t
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("dicom").experiment_id])
     assert run.data.metrics["data.skipped_images"] == 0
+    assert sum(int(run.data.params[f"{split}_examples"]) for split in ("train", "val", "test")) == 24
     assert run.data.tags["medimg.dataset"] == "imagefolder" and 0.0 <= run.data.metrics["test_auroc"] <= 1.0
 
     # `python -m train evaluate`, in-process: the same folder, the test split held out in training.

@@ -32,13 +32,36 @@ def has_image_extension(path: str | Path) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
+def is_image_file(path: str | Path) -> bool:
+    """An image name (has_image_extension), or a DICOM file named without an image extension.
+
+    PACS exports name files without extension (`IM00001`, or the SOP Instance UID, whose last part is
+    digits); those count when they carry the DICOM marker ('DICM' after the 128-byte preamble). The
+    DICOMDIR index of a DICOM media folder holds no image and is left out.
+    """
+    path = Path(path)
+    if has_image_extension(path):
+        return True
+    if (path.suffix and not path.suffix[1:].isdigit()) or path.name.upper() == "DICOMDIR":
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def list_image_files(folder: str | Path) -> list[Path]:
-    """Image files under `folder` (recursively), sorted; hidden files such as macOS '._x.png' are left out."""
+    """Image files (is_image_file) under `folder`, recursively, sorted; hidden files such as macOS '._x.png' are left out."""
     found = []
     for directory, subdirectories, names in os.walk(folder):
         # Hidden folders (.ipynb_checkpoints, .git) hold no dataset images.
         subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
-        found.extend(Path(directory) / name for name in names if not name.startswith(".") and has_image_extension(name))
+        found.extend(
+            Path(directory) / name
+            for name in names
+            if not name.startswith(".") and is_image_file(Path(directory) / name)
+        )
     return sorted(found)
 
 

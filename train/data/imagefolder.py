@@ -183,7 +183,7 @@ def _list_class_files(
     empty = [folder for (_, folder), count in zip(classes, counts, strict=True) if count == 0]
     if empty:
         raise ValueError(
-            f"class folder(s) {', '.join(empty)} under {root} hold no .png/.jpg/.jpeg/.bmp/.gif/.dcm images"
+            f"class folder(s) {', '.join(empty)} under {root} hold no .png/.jpg/.jpeg/.bmp/.gif/.dcm or DICOM images"
         )
     return paths, class_indices, np.array(preset_list, dtype=np.int64)
 
