@@ -279,9 +279,8 @@ def test_worker_options_survive_the_command_line():
     )
     from train.__main__ import build_parser
 
-    parsed = vars(build_parser().parse_args(["tune-worker", *options.to_arguments()]))
-    parsed.pop("command")
-    assert TuneWorkerSettings.from_dict(parsed) == options
+    parsed = build_parser().parse_args(["tune-worker", *options.to_arguments()])
+    assert TuneWorkerSettings.from_arguments(parsed) == options
 
 
 # Workers and GPUs.
