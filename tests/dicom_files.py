@@ -1,7 +1,8 @@
 """Writes DICOM test files in every transfer syntax medimg decodes, and 16-bit PNGs; reads nothing, writes tmp files.
 
 pydicom encodes RLE, JPEG 2000 (pylibjpeg-openjpeg) and deflate; GDCM (requirements-dev.txt) writes
-JPEG Lossless and JPEG-LS, for which pydicom has no encoder. The code under test never decodes with GDCM.
+JPEG Lossless and JPEG-LS, and imagecodecs HTJ2K, for which pydicom has no encoder. The code under test
+decodes with the pylibjpeg plugins of requirements.txt, never with GDCM or imagecodecs.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ def write_variant(dataset, path: Path, syntax: str) -> Path:
     from pydicom.uid import (
         DeflatedExplicitVRLittleEndian,
         ExplicitVRLittleEndian,
+        HTJ2KLossless,
         ImplicitVRLittleEndian,
         JPEG2000Lossless,
         RLELossless,
@@ -115,6 +117,14 @@ def write_variant(dataset, path: Path, syntax: str) -> Path:
         dataset.save_as(source, enforce_file_format=True)
         gdcm_transcode(source, path, syntax)
         source.unlink()
+    elif syntax == HTJ2KLossless:
+        import imagecodecs
+        from pydicom.encaps import encapsulate
+
+        dataset.PixelData = encapsulate([imagecodecs.htj2k_encode(dataset.pixel_array, reversible=True)])
+        dataset["PixelData"].VR = "OB"
+        dataset.file_meta.TransferSyntaxUID = syntax
+        dataset.save_as(path, enforce_file_format=True)
     elif syntax in (RLELossless, JPEG2000Lossless):
         dataset.compress(syntax)
         dataset.save_as(path, enforce_file_format=True)

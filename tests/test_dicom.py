@@ -24,6 +24,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLossless,
@@ -43,6 +44,7 @@ LOSSLESS_SYNTAXES = [
     DeflatedExplicitVRLittleEndian,
     RLELossless,
     JPEG2000Lossless,
+    HTJ2KLossless,
     JPEGLSLossless,
     JPEGLosslessSV1,
     JPEGLossless,
@@ -127,7 +129,7 @@ def test_every_lossless_transfer_syntax_decodes_to_the_same_array(variants):
         ):
             # The plugin family the served model installs decodes it on its own (GDCM is only a test writer).
             assert pixel_array(dataset, decoding_plugin="pylibjpeg").shape == (48, 40), name
-    expected_syntaxes = {JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEG2000Lossless, RLELossless}
+    expected_syntaxes = {JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEG2000Lossless, HTJ2KLossless, RLELossless}
     written = {
         str(pydicom.dcmread(path, stop_before_pixels=True, force=True).file_meta.TransferSyntaxUID)
         for name, path in variants.items()
