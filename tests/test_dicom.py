@@ -321,13 +321,14 @@ def test_dicom_files_without_extension_are_images_and_other_files_are_not(tmp_pa
     dataset = image_dataset(radiograph(16, 16))
     for name in ("a.dcm", "1.2.826.0.1.3680043.9.7.1", "IM00001", "DICOMDIR", "scan.txt"):
         write_variant(dataset, tmp_path / "export" / name, ExplicitVRLittleEndian)
+    write_variant(dataset, tmp_path / "export" / "IM00002", "raw")
     Image.new("L", (8, 8)).save(tmp_path / "export" / "picture", format="PNG")
     (tmp_path / "export" / "notes").write_text("not an image")
     (tmp_path / "export" / "empty").write_bytes(b"")
     found = [path.name for path in list_image_files(tmp_path / "export")]
-    # Without an extension only DICOM counts (recognised by its marker, as PACS exports name files); other
-    # pictures need their extension.
-    assert found == ["1.2.826.0.1.3680043.9.7.1", "IM00001", "a.dcm"]
+    # Without an extension only DICOM counts (recognised by content, with or without the preamble, as PACS
+    # exports name files); other pictures need their extension.
+    assert found == ["1.2.826.0.1.3680043.9.7.1", "IM00001", "IM00002", "a.dcm"]
     assert not is_image_file(tmp_path / "export" / "missing")
 
 

@@ -36,9 +36,11 @@ def is_image_file(path: str | Path) -> bool:
     """An image name (has_image_extension), or a DICOM file named without an image extension.
 
     PACS exports name files without extension (`IM00001`, or the SOP Instance UID, whose last part is
-    digits); those count when they carry the DICOM marker ('DICM' after the 128-byte preamble). The
-    DICOMDIR index of a DICOM media folder holds no image and is left out.
+    digits); those count when their first bytes are DICOM (serve.preprocess.is_dicom, with or without
+    the preamble). The DICOMDIR index of a DICOM media folder holds no image and is left out.
     """
+    from serve.preprocess import DICOM_MAGIC, DICOM_MAGIC_OFFSET, is_dicom
+
     path = Path(path)
     if has_image_extension(path):
         return True
@@ -46,7 +48,7 @@ def is_image_file(path: str | Path) -> bool:
         return False
     try:
         with open(path, "rb") as handle:
-            return handle.read(132)[128:] == b"DICM"
+            return is_dicom(handle.read(DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)))
     except OSError:
         return False
 
