@@ -77,15 +77,14 @@ def roc_figure(labels, probabilities, task: str, class_names: list[str], thresho
         allowed = false_positive_rate <= (1.0 - specificity) + 1e-12
         point = int(np.argmax(np.where(allowed, true_positive_rate, -1.0)))
         axis.plot(false_positive_rate[point], true_positive_rate[point], "o", color=line.get_color(), fillstyle="none")
-    axis.set_xlabel("1 - specificity (false positive rate)")
-    axis.set_ylabel("sensitivity (true positive rate)")
-    axis.set_title(f"ROC (x: operating point, o: specificity {specificity:g})", fontsize=10)
-    axis.set_xlim(-0.01, 1.01)
-    axis.set_ylim(-0.01, 1.01)
-    axis.grid(alpha=0.3)
-    axis.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    return figure
+    title = f"ROC (x: operating point, o: specificity {specificity:g})"
+    return _unit_square(
+        figure,
+        axis,
+        ("1 - specificity (false positive rate)", "sensitivity (true positive rate)"),
+        title,
+        "lower right",
+    )
 
 
 def confusion_figure(matrices: list[np.ndarray], task: str, class_names: list[str], threshold):
@@ -182,13 +181,19 @@ def reliability_figure(labels, raw, calibrated, task: str, names: list[str], spl
         mean_predicted = np.bincount(index, weights=predicted, minlength=bins)[filled] / counts[filled]
         frequency = np.bincount(index, weights=observed, minlength=bins)[filled] / counts[filled]
         axis.plot(mean_predicted, frequency, style, marker="o", label=label)
-    axis.set_xlabel("mean predicted probability")
-    axis.set_ylabel("observed frequency")
     what = "top class" if task == "multiclass" else ("all classes pooled" if len(names) > 1 else names[0])
-    axis.set_title(f"reliability, {split} split ({what})", fontsize=10)
+    labels_xy = ("mean predicted probability", "observed frequency")
+    return _unit_square(figure, axis, labels_xy, f"reliability, {split} split ({what})", "upper left")
+
+
+def _unit_square(figure, axis, axis_labels: tuple[str, str], title: str, legend: str):
+    """Finish a plot of rates on [0, 1] x [0, 1]: axis labels, title, limits, grid and legend."""
+    axis.set_xlabel(axis_labels[0])
+    axis.set_ylabel(axis_labels[1])
+    axis.set_title(title, fontsize=10)
     axis.set_xlim(-0.01, 1.01)
     axis.set_ylim(-0.01, 1.01)
     axis.grid(alpha=0.3)
-    axis.legend(loc="upper left", fontsize=8)
+    axis.legend(loc=legend, fontsize=8)
     figure.tight_layout()
     return figure
