@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         import tensorflow as tf
 
         from train.data import load_dataset
-        from train.prepare import prepare
+        from train.data.prepare import prepare
         from train.settings import PrepareSettings
 
         common = {"seed": arguments.seed, "validation_fraction": 0.1}

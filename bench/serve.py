@@ -104,7 +104,9 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 def png_request(png: bytes, params: dict | None = None) -> bytes:
     encoded = base64.b64encode(png).decode("ascii")
-    body: dict = {"dataframe_split": {"columns": ["image"], "data": [[encoded]]}}
+    from serve.contract import IMAGE_COLUMN
+
+    body: dict = {"dataframe_split": {"columns": [IMAGE_COLUMN], "data": [[encoded]]}}
     if params:
         body["params"] = params
     return json.dumps(body).encode()
@@ -147,15 +149,16 @@ def train_model(workdir: Path, image_size: int) -> str:
     """A quickly trained small_cnn; its accuracy does not matter for timing."""
     import mlflow
 
+    from train.job.trainer import train
     from train.settings import MainSettings
-    from train.trainer import train
+    from train.tracking import names
 
     mlflow.set_experiment("bench-serve")
     config = MainSettings.from_dict(
         {"image_size": image_size, "epochs": 1, "batch_size": 16, "max_examples": 64, "augment": "false"}
     )
     run_id = train(config).run_id
-    return mlflow.get_run(run_id).data.tags["medimg.model_uri"]
+    return mlflow.get_run(run_id).data.tags[names.MODEL_URI_TAG]
 
 
 def log_tensor_model(classifier, workdir: Path) -> str:
@@ -307,7 +310,9 @@ def measure_server(url: str, body: bytes, requests_count: int, warmup: int, conc
 def measure_in_process(classifier, encoded: str, requests_count: int, warmup: int) -> dict[str, float]:
     import pandas as pd
 
-    frame = pd.DataFrame({"image": [encoded]})
+    from serve.contract import IMAGE_COLUMN
+
+    frame = pd.DataFrame({IMAGE_COLUMN: [encoded]})
     for _ in range(warmup):
         classifier.predict(None, frame)
     latencies = []
@@ -362,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         import mlflow
         from PIL import Image
 
+        from serve.contract import EXPLAIN_PARAM
         from serve.preprocess import load_image_tensor
         from train.data.synthetic import render_cell
 
@@ -390,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
 
         counts = (arguments.requests, arguments.warmup)
         in_process = measure_in_process(classifier, encoded, *counts)
-        explain_body = png_request(png, {"explain": True})
+        explain_body = png_request(png, {EXPLAIN_PARAM: True})
         with Server(model_uri, workdir, "png") as server:
             served_png = measure_server(server.url, png_body, *counts, arguments.concurrency)
             served_radiograph = measure_server(server.url, radiograph_body, *counts, arguments.concurrency)

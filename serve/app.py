@@ -11,7 +11,6 @@ classes, `GET /health`, `GET /metrics` (Prometheus). Uploaded images are never w
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at run time.
 import argparse
 import base64
-import contextlib
 import os
 import re
 import secrets
@@ -20,6 +19,16 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from serve.contract import (
+    EXPLAIN_PARAM,
+    IMAGE_COLUMN,
+    PREDICTED_COLUMN,
+    THRESHOLD_PARAM,
+    THRESHOLD_PREFIX,
+    split_labels,
+    threshold_column,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -38,7 +47,6 @@ PUBLIC_ROUTES = ("/health",)
 # Bytes read and thrown away after an oversize upload, so the client sees the 413 instead of a reset.
 DRAIN_BYTES = 256 * 1024 * 1024
 UPLOAD_FIELD = "file"
-MODEL_ID_PATTERN = re.compile(r"m-[0-9a-f]{32}")
 
 
 class Rejection(Exception):
@@ -58,6 +66,19 @@ class ModelInfo:
     version: str = ""
     aliases: list[str] = field(default_factory=list)
     run_id: str = ""
+    model_id: str = ""
+
+    @classmethod
+    def of(cls, resolved) -> "ModelInfo":
+        """From a serve.model_uri.ResolvedModel."""
+        return cls(
+            uri=resolved.uri,
+            name=resolved.name,
+            version=resolved.version,
+            aliases=list(resolved.aliases),
+            run_id=resolved.run_id,
+            model_id=resolved.model_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -94,40 +115,6 @@ def credentials_from_environment(environment: Mapping[str, str]) -> Credentials:
     return Credentials(username, password)
 
 
-def resolve_model(uri: str, client) -> tuple[str, ModelInfo]:
-    """The URI to load and what it is. `models:/NAME` means NAME@champion when that alias exists, else the latest version."""
-    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/([^/]+))?/?", uri.strip())
-    if match is None or MODEL_ID_PATTERN.fullmatch(match[1]):
-        return uri, ModelInfo(uri=uri)
-    name, alias, version = match.groups()
-    from mlflow.exceptions import MlflowException
-
-    try:
-        if alias:
-            found = client.get_model_version_by_alias(name, alias)
-        elif version and version != "latest":
-            found = client.get_model_version(name, version)
-        else:
-            found = default_version(client, name, fall_back=version is None)
-    except MlflowException as error:
-        raise ValueError(f"cannot find {uri}: {first_line(error.message)}") from None
-    info = ModelInfo(uri=uri, name=name, version=str(found.version), aliases=sorted(found.aliases), run_id=found.run_id)
-    return f"models:/{name}/{found.version}", info
-
-
-def default_version(client, name: str, *, fall_back: bool):
-    """NAME@champion when fall_back and the alias exists, else the newest version of NAME."""
-    from mlflow.exceptions import MlflowException
-
-    if fall_back:
-        with contextlib.suppress(MlflowException):
-            return client.get_model_version_by_alias(name, "champion")
-    versions = client.search_model_versions(f"name='{name}'", max_results=1, order_by=["version_number DESC"])
-    if not versions:
-        raise ValueError(f"registered model {name!r} has no versions; register one first (e.g. `make demo`)")
-    return versions[0]
-
-
 def first_line(text: str, limit: int = 200) -> str:
     line = (str(text).strip().splitlines() or [""])[0]
     return line if len(line) <= limit else line[: limit - 3] + "..."
@@ -145,16 +132,16 @@ class ServedModel:
         self.classes = [
             spec.name
             for spec in (outputs.inputs if outputs is not None else [])
-            if spec.type.name == "double" and not spec.name.startswith("threshold_")
+            if spec.type.name == "double" and not spec.name.startswith(THRESHOLD_PREFIX)
         ]
         # None when the model has no single default: its stored per-class operating points decide.
-        threshold = self.param_specs.get("threshold")
+        threshold = self.param_specs.get(THRESHOLD_PARAM)
         self.default_threshold = None if threshold is None or threshold.default is None else float(threshold.default)
 
     @property
     def explains(self) -> bool:
         """Whether the model takes the `explain` param (models logged before it existed do not)."""
-        return "explain" in self.param_specs
+        return EXPLAIN_PARAM in self.param_specs
 
     def request_params(self, query: dict[str, str]) -> dict:
         """Query parameters typed by the model's param schema; an unknown name or a bad value is a 400."""
@@ -171,30 +158,29 @@ class ServedModel:
         """The model's answer for one image: its row, each finding against its operating point, the predicted labels."""
         import pandas as pd
 
-        frame = pd.DataFrame({"image": [base64.b64encode(data).decode("ascii")]})
+        frame = pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(data).decode("ascii")]})
         try:
             row = self.pyfunc.predict(frame, params=params or None).iloc[0].to_dict()
         except Exception as error:
             raise rejection_from(error) from None
         row = {key: json_value(value) for key, value in row.items()}
-        threshold = params.get("threshold", self.default_threshold)
+        threshold = params.get(THRESHOLD_PARAM, self.default_threshold)
         findings = []
         for name in (name for name in self.classes if name in row):
             # The operating point the answer used for the class wins over the request's or the model's threshold;
             # a multi-class answer has none (its most probable class is the prediction).
-            operating_point = row.get(f"threshold_{name}", threshold)
+            operating_point = row.get(threshold_column(name), threshold)
             operating_point = None if operating_point is None else float(operating_point)
             probability = row[name]
             above = None if probability is None or operating_point is None else probability >= operating_point
             findings.append(
-                {"name": name, "probability": probability, "threshold": operating_point, "above_threshold": above}
+                {"name": name, "probability": probability, THRESHOLD_PARAM: operating_point, "above_threshold": above}
             )
-        predicted = str(row.get("predicted") or "")
         return {
             "model": asdict(self.info),
             "answer": row,
             "findings": findings,
-            "predicted": [label for label in predicted.split("|") if label],
+            PREDICTED_COLUMN: split_labels(row.get(PREDICTED_COLUMN)),
         }
 
     def describe(self, max_upload_bytes: int) -> dict:
@@ -202,7 +188,7 @@ class ServedModel:
         return {
             "model": asdict(self.info),
             "classes": self.classes,
-            "threshold": self.default_threshold,
+            THRESHOLD_PARAM: self.default_threshold,
             "params": params,
             "explains": self.explains,
             "max_upload_bytes": max_upload_bytes,
@@ -235,8 +221,20 @@ def rejection_from(error: Exception) -> Rejection:
         return Rejection(400, str(reason), re.sub(r"^row 0: ", "", first_line(error.message)))
     if isinstance(error, MlflowException) and error.error_code == "INVALID_PARAMETER_VALUE":
         return Rejection(400, "bad_param", first_line(error.message))
-    print(f"prediction failed: {type(error).__name__}", file=sys.stderr)
+    # The log names the failure and where it happened, never its message (it could quote request content).
+    print(f"prediction failed: {type(error).__name__} at {fault_origin(error)}", file=sys.stderr, flush=True)
     return Rejection(500, "internal_error", "the model failed on this image; the server log names the error type")
+
+
+def fault_origin(error: BaseException) -> str:
+    """`file:line in function` of the innermost frame of the error's traceback (the place the fault happened)."""
+    import traceback
+
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "an unknown place"
+    innermost = frames[-1]
+    return f"{Path(innermost.filename).name}:{innermost.lineno} in {innermost.name}"
 
 
 def json_value(value):
@@ -407,7 +405,7 @@ def create_app(served: ServedModel, *, max_upload_bytes: int, credentials: Crede
                 metrics.rejected.labels(rejection.reason).inc()
             content = {"error": rejection.message, "reason": rejection.reason}
             return JSONResponse(content, status_code=rejection.status, headers=NO_STORE)
-        metrics.observe_answer(answer, bool(params.get("explain")), time.perf_counter() - started)
+        metrics.observe_answer(answer, bool(params.get(EXPLAIN_PARAM)), time.perf_counter() - started)
         return JSONResponse(answer, headers=NO_STORE)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -435,7 +433,7 @@ def warm_up(served: ServedModel) -> None:
     from serve.explain import png_base64
 
     image = base64.b64decode(png_base64(np.full((64, 64, 3), 128, dtype=np.uint8)))
-    served.answer(image, {"explain": True} if served.explains else {})
+    served.answer(image, {EXPLAIN_PARAM: True} if served.explains else {})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -498,11 +496,12 @@ def load_served_model(uri: str) -> ServedModel:
     """Resolve, load and warm up the model; ValueError with one line when it cannot be found or loaded."""
     import mlflow
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    load_uri, info = resolve_model(uri, MlflowClient())
+    from serve.model_uri import resolve_model_uri
+
+    resolved = resolve_model_uri(uri)
     try:
-        served = ServedModel(mlflow.pyfunc.load_model(load_uri), info)
+        served = ServedModel(mlflow.pyfunc.load_model(resolved.load_uri), ModelInfo.of(resolved))
     except MlflowException as error:
         raise ValueError(f"cannot load {uri}: {first_line(error.message)}") from None
     try:

@@ -1,6 +1,6 @@
 """Applies a fitted calibration to model probabilities: reads the calibration stored in classifier.json, returns calibrated probabilities (NumPy only).
 
-Training fits it on the validation split (train/calibration.py): Platt scaling per sigmoid
+Training fits it on the validation split (train/scoring/calibration.py): Platt scaling per sigmoid
 output (binary, multi-label) or temperature scaling with a bias per class (multi-class). The
 served model, `evaluate` and the pipeline all call `apply_calibration`, so every probability a
 user sees is the calibrated one.

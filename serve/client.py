@@ -19,11 +19,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PREDICTED_COLUMN = "predicted"
-# Answer columns threshold_<finding>: the decision threshold each finding was called at.
-THRESHOLD_PREFIX = "threshold_"
-# The 0-based frame the server scored (multi-frame DICOM); not a probability.
-FRAME_COLUMN = "frame"
+from serve.contract import FRAME_PARAM, IMAGE_COLUMN, THRESHOLD_PARAM, join_labels, read_answer
+
 MESSAGE_LIMIT = 300
 # `mlflow models serve` loads TensorFlow and the model before it answers: a cold start takes a while.
 SERVER_START_TIMEOUT_S = 300
@@ -75,8 +72,8 @@ def post_images(
     """POST base64 images as `dataframe_split`; returns one prediction dict per image."""
     import requests
 
-    body: dict = {"dataframe_split": {"columns": ["image"], "data": [[image] for image in images]}}
-    params = {name: value for name, value in (("threshold", threshold), ("frame", frame)) if value is not None}
+    body: dict = {"dataframe_split": {"columns": [IMAGE_COLUMN], "data": [[image] for image in images]}}
+    params = {name: value for name, value in ((THRESHOLD_PARAM, threshold), (FRAME_PARAM, frame)) if value is not None}
     if params:
         body["params"] = params
     try:
@@ -95,24 +92,14 @@ def post_images(
 
 
 def to_result(path: str, prediction: dict) -> FileResult:
-    probabilities = {
-        name: float(value)
-        for name, value in prediction.items()
-        if name not in (PREDICTED_COLUMN, FRAME_COLUMN)
-        and not name.startswith(THRESHOLD_PREFIX)
-        and isinstance(value, int | float)
-    }
-    thresholds = {
-        name[len(THRESHOLD_PREFIX) :]: float(value)
-        for name, value in prediction.items()
-        if name.startswith(THRESHOLD_PREFIX) and isinstance(value, int | float)
-    }
+    """One answer row of the server, read by the answer contract."""
+    answer = read_answer(prediction)
     return FileResult(
         path=path,
-        probabilities=probabilities,
-        thresholds=thresholds,
-        predicted=str(prediction.get(PREDICTED_COLUMN, "")),
-        frame=int(prediction.get(FRAME_COLUMN, 0) or 0),
+        probabilities=answer.probabilities,
+        thresholds=answer.thresholds,
+        predicted=join_labels(answer.predicted),
+        frame=answer.frame,
     )
 
 
@@ -133,7 +120,7 @@ def score_files(
     import requests
 
     session = session or requests.Session()
-    options = {"threshold": threshold, "timeout": timeout, "session": session, "frame": frame}
+    options = dict(threshold=threshold, timeout=timeout, session=session, frame=frame)
     results: dict[int, FileResult] = {}
     readable: list[tuple[int, str, str]] = []
     for index, path in enumerate(paths):
@@ -230,7 +217,7 @@ def running_process(command: list[str], *, ready_url: str, log_path, env: dict, 
 
 @contextlib.contextmanager
 def temporary_server(model_uri: str, timeout: float = SERVER_START_TIMEOUT_S):
-    """`mlflow models serve -m model_uri --env-manager local` on a free local port for the block; yields its URL.
+    """`mlflow models serve` of the version `model_uri` resolves to (serve.model_uri), on a free local port; yields its URL.
 
     The server runs with this Python's folder first on PATH (MLflow starts `uvicorn` by name), so it works
     from a shell where the virtual environment is not activated. Stopped, with its workers, on exit.
@@ -242,11 +229,21 @@ def temporary_server(model_uri: str, timeout: float = SERVER_START_TIMEOUT_S):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    from serve.model_uri import ModelUriError, resolve_model_uri
+
+    try:
+        resolved = resolve_model_uri(model_uri)
+    except ModelUriError as error:
+        raise ServerError(str(error)) from None
     environment = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local"]
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", resolved.load_uri, "--env-manager", "local"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
-    print(f"starting mlflow models serve -m {model_uri} on {url} ...", file=sys.stderr, flush=True)
+    print(
+        f"starting mlflow models serve -m {resolved.load_uri} ({resolved.label}) on {url} ...",
+        file=sys.stderr,
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as workdir:
         log_path = Path(workdir) / "server.log"
         try:

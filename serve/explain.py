@@ -1,6 +1,6 @@
 """Grad-CAM answer columns of the served model: reads model-input images and heatmaps (NumPy), writes base64 PNG strings.
 
-With the request param `explain=true` every answer row gains three columns:
+With the request param `explain=true` every answer row gains three columns (named in serve.contract):
 `gradcam_class` (the output the heatmap explains), `gradcam_overlay` (an RGBA PNG the size of the
 model input: jet colours, alpha = heat 0-255, transparent where the class has no evidence; lay it over
 the image, stretched to the image's size) and `gradcam_input` (a PNG of the image the model saw,
@@ -14,10 +14,8 @@ import io
 
 import numpy as np
 
-CLASS_COLUMN = "gradcam_class"
-OVERLAY_COLUMN = "gradcam_overlay"
-INPUT_COLUMN = "gradcam_input"
-COLUMNS = (CLASS_COLUMN, OVERLAY_COLUMN, INPUT_COLUMN)
+from serve.contract import EXPLAINED_CLASS_COLUMN, EXPLAINED_INPUT_COLUMN, OVERLAY_COLUMN
+
 # Centres of the red, green and blue ramps of the jet colour map on the heat axis (times 4).
 JET_CENTRES = np.array([3.0, 2.0, 1.0])
 
@@ -42,4 +40,4 @@ def explanation_columns(images: np.ndarray, heatmaps: np.ndarray, classes: list[
     """The three Grad-CAM columns for a batch: model inputs (B, S, S, 3) in 0-255, heatmaps (B, S, S), class names."""
     inputs = [png_base64(np.rint(np.clip(image, 0.0, 255.0)).astype(np.uint8)) for image in images]
     overlays = [png_base64(overlay_rgba(heatmap)) for heatmap in heatmaps]
-    return {CLASS_COLUMN: list(classes), OVERLAY_COLUMN: overlays, INPUT_COLUMN: inputs}
+    return {EXPLAINED_CLASS_COLUMN: list(classes), OVERLAY_COLUMN: overlays, EXPLAINED_INPUT_COLUMN: inputs}

@@ -23,6 +23,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from serve.contract import EXPLAIN_PARAM, PREDICTED_COLUMN
+
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SCORE_BUCKETS = tuple(round(0.1 * step, 1) for step in range(1, 11))
 ROUTES = ("/", "/predict", "/info", "/health", "/metrics")
@@ -66,7 +68,7 @@ class AppMetrics:
         self.prediction = Histogram(
             "medimg_prediction_duration_seconds",
             "Model time per image, by explain",
-            ["explain"],
+            [EXPLAIN_PARAM],
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -86,7 +88,7 @@ class AppMetrics:
             if finding["probability"] is not None:
                 self.scores.labels(finding["name"]).observe(finding["probability"])
             # The model's own decision: a class at its operating point, or a multi-class answer's top class.
-            if finding["name"] in answer["predicted"]:
+            if finding["name"] in answer[PREDICTED_COLUMN]:
                 self.findings.labels(finding["name"]).inc()
 
     def exposition(self) -> tuple[bytes, str]:

@@ -17,6 +17,8 @@ import io
 
 import numpy as np
 
+from serve.contract import ACCEPTED_FORMATS_TEXT, MIDDLE_FRAME
+
 DICOM_MAGIC_OFFSET = 128
 DICOM_MAGIC = b"DICM"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -33,9 +35,7 @@ NON_IMAGE_MODALITIES = frozenset(
 )
 NON_IMAGE_SOP_WORDS = ("SR Storage", "Segmentation", "RT Structure", "RT Plan", "RT Dose", "Waveform")
 NON_IMAGE_SOP_WORDS += ("Presentation State", "Key Object", "Encapsulated", "Registration", "Raw Data")
-# frame=-1 asks for the middle frame of a multi-frame image (frames // 2, 0-based).
-MIDDLE_FRAME = -1
-NOT_AN_IMAGE = "not a PNG, JPEG, BMP, GIF or DICOM image"
+NOT_AN_IMAGE = f"not a {ACCEPTED_FORMATS_TEXT} image"
 
 
 def is_graph_decodable(data: bytes) -> bool:

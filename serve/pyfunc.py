@@ -21,7 +21,7 @@ import base64
 import binascii
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -30,24 +30,29 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-IMAGE_COLUMN = "image"
-PREDICTED_COLUMN = "predicted"
-# Answer columns named threshold_<output column> carry the decision threshold each prediction used.
-THRESHOLD_PREFIX = "threshold_"
-FRAME_COLUMN = "frame"
-# The request parameter `frame`: -1 scores the middle frame of a multi-frame image (frames // 2).
-DEFAULT_FRAME = -1
+from serve.contract import (
+    ACCEPTED_FORMATS_TEXT,
+    DECODABLE_FORMATS,
+    EXPLAIN_CLASS_PARAM,
+    EXPLAIN_PARAM,
+    FRAME_COLUMN,
+    FRAME_PARAM,
+    IMAGE_COLUMN,
+    MIDDLE_FRAME,
+    PREDICTED_COLUMN,
+    THRESHOLD_PARAM,
+    has_thresholds,
+    join_labels,
+    output_columns,
+    threshold_column,
+)
+
 CONFIG_ARTIFACT = "classifier_config"
 MODEL_ARTIFACT = "keras_model"
 DEFAULT_MAX_PIXELS = 50_000_000
 # Overrides the logged pixel limit when the model is served, e.g. MEDIMG_MAX_PIXELS=4000000.
 MAX_PIXELS_ENVIRONMENT = "MEDIMG_MAX_PIXELS"
 PREDICT_BATCH_SIZE = 32
-EXPLAIN_PARAM = "explain"
-EXPLAIN_CLASS_PARAM = "explain_class"
-# The formats tf.io.decode_image reads (PIL names); PIL recognises more (TIFF, WebP) that training never sees.
-# MPO (a camera's multi-picture JPEG) is accepted as training accepts it: its first picture is scored.
-DECODABLE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF")
 # The models-from-code file to pass as `python_model` to mlflow.pyfunc.log_model (no cloudpickle).
 MODEL_CODE_PATH = Path(__file__).resolve().with_name("model_code.py")
 REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "requirements.txt"
@@ -84,17 +89,14 @@ class ClassifierConfig:
     image_size: int
     threshold: float = 0.5
     max_pixels: int = DEFAULT_MAX_PIXELS
-    extra: dict = field(default_factory=dict)
     thresholds: list[float] | None = None
     operating_point: str = ""
     calibration: dict | None = None
 
     @property
     def output_columns(self) -> list[str]:
-        """Probability columns of the answer: the positive class for binary tasks, every class otherwise."""
-        if self.task == "binary":
-            return [self.class_names[1]]
-        return list(self.class_names)
+        """Probability columns of the answer (serve.contract.output_columns)."""
+        return output_columns(self.task, self.class_names)
 
     def output_thresholds(self) -> list[float]:
         """The decision threshold of each output column: the stored operating point, else `threshold`."""
@@ -108,8 +110,11 @@ class ClassifierConfig:
 
     @classmethod
     def load(cls, path: str) -> ClassifierConfig:
+        """Read classifier.json; keys this version does not know (written by an older or newer medimg) are ignored."""
         with open(path, encoding="utf-8") as handle:
-            return cls(**json.load(handle))
+            stored = json.load(handle)
+        known = {item.name for item in fields(cls)}
+        return cls(**{key: value for key, value in stored.items() if key in known})
 
 
 def log_classifier(keras_model, config: ClassifierConfig, example_image: np.ndarray, **log_arguments):
@@ -199,16 +204,16 @@ def classifier_signature(config: ClassifierConfig):
 
     outputs = [ColSpec("double", name) for name in config.output_columns]
     outputs.append(ColSpec("string", PREDICTED_COLUMN))
-    if config.task != "multiclass":
-        outputs += [ColSpec("double", f"{THRESHOLD_PREFIX}{name}") for name in config.output_columns]
+    if has_thresholds(config.task):
+        outputs += [ColSpec("double", threshold_column(name)) for name in config.output_columns]
     return ModelSignature(
         inputs=Schema([ColSpec("string", IMAGE_COLUMN)]),
         outputs=Schema([*outputs, ColSpec("long", FRAME_COLUMN)]),
         params=ParamSchema(
             [
                 # No default threshold: without one, the stored per-class operating points decide.
-                ParamSpec("threshold", "double", None),
-                ParamSpec(FRAME_COLUMN, "long", DEFAULT_FRAME),
+                ParamSpec(THRESHOLD_PARAM, "double", None),
+                ParamSpec(FRAME_PARAM, "long", MIDDLE_FRAME),
                 ParamSpec(EXPLAIN_PARAM, "boolean", False),
                 ParamSpec(EXPLAIN_CLASS_PARAM, "string", ""),
             ]
@@ -248,11 +253,12 @@ def image_header(data: bytes) -> tuple[str, int, int] | None:
         return None
 
 
-def check_image(data: bytes, row: int, max_pixels: int, frame: int = DEFAULT_FRAME) -> int:
+def check_image(data: bytes, row: int, max_pixels: int, frame: int = MIDDLE_FRAME) -> int:
     """Reject bytes that are not a supported image, whose header announces more than max_pixels in the
     frame that is decoded, or that lack `frame`; return the 0-based frame that will be scored."""
     from serve.preprocess import NOT_AN_IMAGE, dicom_dimensions, frame_index, is_dicom
 
+    frames = 1
     try:
         if is_dicom(data):
             width, height, frames = dicom_dimensions(data)
@@ -263,15 +269,16 @@ def check_image(data: bytes, row: int, max_pixels: int, frame: int = DEFAULT_FRA
             image_format, width, height = header
             if image_format not in DECODABLE_FORMATS:
                 raise InvalidImageInput(
-                    f"{image_format} images are not supported; send PNG, JPEG, BMP, GIF or DICOM", "unsupported_format"
+                    f"{image_format} images are not supported; send {ACCEPTED_FORMATS_TEXT}", "unsupported_format"
                 )
-            frames = 1
-        scored = frame_index(frames, frame)
     except InvalidImageInput as error:
         raise bad_input(f"row {row}: {error.message}", error.reason) from None
     except ValueError as error:
-        reason = "no_frame" if "frame" in str(error) else "unreadable_dicom"
-        raise bad_input(f"row {row}: {error}", reason) from None
+        raise bad_input(f"row {row}: {error}", "unreadable_dicom") from None
+    try:
+        scored = frame_index(frames, frame)
+    except ValueError as error:
+        raise bad_input(f"row {row}: {error}", "no_frame") from None
     # One frame is decoded, so the limit applies to one frame's pixels.
     if width * height > max_pixels:
         raise bad_input(
@@ -305,11 +312,13 @@ def predictions_frame(
     elif config.task == "multiclass":
         labels = [config.class_names[int(i)] for i in probabilities.argmax(axis=1)]
     else:
-        labels = ["|".join(name for name, flag in zip(config.class_names, row, strict=True) if flag) for row in called]
+        labels = [
+            join_labels([name for name, flag in zip(config.class_names, row, strict=True) if flag]) for row in called
+        ]
     frame[PREDICTED_COLUMN] = labels
-    if config.task != "multiclass":
+    if has_thresholds(config.task):
         for column, value in zip(config.output_columns, thresholds, strict=True):
-            frame[f"{THRESHOLD_PREFIX}{column}"] = float(value)
+            frame[threshold_column(column)] = float(value)
     frame[FRAME_COLUMN] = np.asarray(frames if frames is not None else [0] * len(frame), dtype=np.int64)
     return frame
 
@@ -326,14 +335,14 @@ def max_pixels_from_environment(default: int) -> int:
 
 def requested_frame(params: dict | None) -> int:
     """The request parameter `frame`: a whole number, -1 (the middle frame) or a 0-based frame index."""
-    value = (params or {}).get(FRAME_COLUMN)
+    value = (params or {}).get(FRAME_PARAM)
     if value is None:
-        return DEFAULT_FRAME
+        return MIDDLE_FRAME
     try:
         whole = int(value) if not isinstance(value, bool | str) and float(value) == int(value) else None
     except (TypeError, ValueError, OverflowError):
         whole = None
-    if whole is None or whole < DEFAULT_FRAME:
+    if whole is None or whole < MIDDLE_FRAME:
         raise bad_input(
             f"frame must be -1 (the middle frame) or a 0-based frame index, got {str(value)[:20]!r}", "bad_param"
         )
@@ -389,7 +398,13 @@ class ImageClassifier(PythonModel):
         self.model = float32_copy(keras.models.load_model(context.artifacts[MODEL_ARTIFACT], compile=False))
 
     def image_tensors(self, encoded: list[bytes], frames: list[int], first_row: int) -> np.ndarray:
-        """Decode and resize checked image bytes (each at its frame) into a float32 batch [N, S, S, 3] in 0-255."""
+        """Decode and resize checked image bytes (each at its frame) into a float32 batch [N, S, S, 3] in 0-255.
+
+        Bytes the decoders refuse are the client's fault (400 `undecodable_image`); any other exception is a
+        fault of the server and propagates (500).
+        """
+        import tensorflow as tf
+
         from serve.preprocess import load_image_tensor
 
         tensors = []
@@ -399,9 +414,10 @@ class ImageClassifier(PythonModel):
                 tensor = load_image_tensor(data, self.config.image_size, frame)
             except ValueError as error:
                 raise bad_input(f"row {row}: {error}", "undecodable_image") from None
-            except Exception as error:  # TensorFlow raises InvalidArgumentError for truncated or corrupt bytes.
+            except tf.errors.InvalidArgumentError:
+                # TensorFlow's decoders refuse truncated or corrupt bytes this way.
                 raise bad_input(
-                    f"row {row}: image cannot be decoded ({type(error).__name__})", "undecodable_image"
+                    f"row {row}: image cannot be decoded (corrupt or truncated)", "undecodable_image"
                 ) from None
             tensors.append(np.asarray(tensor, dtype=np.float32))
         return np.stack(tensors)
@@ -414,7 +430,7 @@ class ImageClassifier(PythonModel):
 
     def predict_probabilities(self, encoded: list[bytes], frames: list[int] | None = None) -> np.ndarray:
         """Calibrated class probabilities [N, outputs] for checked image bytes, decoded and predicted 32 at a time."""
-        frames = frames if frames is not None else [DEFAULT_FRAME] * len(encoded)
+        frames = frames if frames is not None else [MIDDLE_FRAME] * len(encoded)
         # predict_on_batch skips the tf.data set-up of predict(), which dominates one-image requests.
         chunks = [
             np.asarray(self.model.predict_on_batch(batch), dtype=np.float64) for batch in self.batches(encoded, frames)
@@ -458,7 +474,7 @@ class ImageClassifier(PythonModel):
             raise bad_input(
                 f"input must have a column '{IMAGE_COLUMN}' of base64 images; got {found_text}", "missing_column"
             )
-        threshold = (params or {}).get("threshold")
+        threshold = (params or {}).get(THRESHOLD_PARAM)
         if threshold is not None:
             try:
                 threshold = float(threshold)

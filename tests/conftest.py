@@ -261,8 +261,8 @@ def registered_model(tmp_path_factory):
     from mlflow.tracking import MlflowClient
     from serving_helpers import MODEL_NAME
 
+    from train.job.trainer import train
     from train.settings import MainSettings
-    from train.trainer import train
 
     directory = tmp_path_factory.mktemp("tracking")
     tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"

@@ -116,7 +116,9 @@ def test_a_model_that_is_not_registered_is_a_one_line_error(repo_root, spot_mode
     )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: cannot find models:/no-such-model@champion"), result.stderr[-2000:]
+    assert lines[-1].startswith("error: model URI 'models:/no-such-model@champion' does not resolve"), result.stderr[
+        -2000:
+    ]
 
 
 def test_basic_auth_takes_the_tracking_server_credentials(tmp_path):

@@ -239,7 +239,7 @@ def test_config_checks_view_and_validation_fraction():
     from train.settings import ConfigError, MainSettings
 
     assert MainSettings.from_dict({"dataset": "synthetic", "validation_fraction": "0.2"}).validation_fraction == 0.2
-    with pytest.raises(ConfigError, match="view=PA filters chestxray14 images only"):
+    with pytest.raises(ConfigError, match=r"view=PA does not apply to dataset synthetic \(only to chestxray14\)"):
         MainSettings.from_dict({"view": "PA"})
     with pytest.raises(ConfigError, match="valid views: all, PA, AP"):
         MainSettings.from_dict({"view": "LL"})

@@ -15,7 +15,7 @@ from train.data.augment import POLICIES
 from train.data.files import UnreadableImageWarning
 from train.data.splits import stratified_choice, stratified_split
 
-IMAGE_SIZE = 16
+IMAGE_SIZE = 32
 # Flat images with a distinct gray level per file let a test tell which file an element came from.
 NORMAL_LEVELS = list(range(20, 105, 5))
 PNEUMONIA_LEVELS = list(range(150, 240, 5))
@@ -181,13 +181,13 @@ def test_synthetic_binary_shapes_splits_and_labels():
 
 def test_synthetic_multilabel_prevalence_and_cap():
     loaded = load_dataset(
-        "synthetic", image_size=8, seed=2, synthetic_task="multilabel", synthetic_examples=300, max_examples=0
+        "synthetic", image_size=32, seed=2, synthetic_task="multilabel", synthetic_examples=300, max_examples=0
     )
     assert (loaded.task, loaded.num_outputs, loaded.class_names) == ("multilabel", 3, ["dots", "ring", "stripes"])
     positives = sum(split.positives for split in loaded.splits.values())
     prevalence = positives / 300
     assert np.all((prevalence > 0.3) & (prevalence < 0.5)), prevalence
-    capped = load_dataset("synthetic", image_size=8, seed=2, synthetic_task="multilabel", max_examples=40)
+    capped = load_dataset("synthetic", image_size=32, seed=2, synthetic_task="multilabel", max_examples=40)
     assert sum(split.count for split in capped.splits.values()) == 40
 
 
@@ -445,7 +445,7 @@ def test_augment_image_is_pure_and_keeps_range():
 
 
 def test_splits_over_the_cache_budget_are_decoded_every_epoch_with_the_same_values(monkeypatch, caplog):
-    loaded = load_dataset("synthetic", image_size=16, seed=5, synthetic_examples=40)
+    loaded = load_dataset("synthetic", image_size=32, seed=5, synthetic_examples=40)
     split = loaded.splits["val"]
     with caplog.at_level("WARNING"):
         cached = list(make_batches(split, batch_size=8, training=False, augmentation=None, seed=0))

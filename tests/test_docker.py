@@ -17,7 +17,7 @@ import pytest
 import yaml
 from mlflow.projects._project_spec import load_project
 
-from train.hardware import IMAGE_TAG_VARIABLE
+from train.job.hardware import IMAGE_TAG_VARIABLE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"

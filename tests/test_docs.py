@@ -137,8 +137,8 @@ def test_the_documented_malaria_split_is_the_one_training_uses(tmp_path):
     """README says 75/10/15 for TFDS malaria: the default settings give those split sizes."""
     import tensorflow_datasets as tfds
 
+    from train.job.stages import load_data, split_counts
     from train.settings import MainSettings
-    from train.stages import load_data, split_counts
 
     stated = re.search(r"seeded, stratified (\d+)/(\d+)/(\d+) train/val/test split", README)
     assert stated, "README no longer states the malaria split"

@@ -12,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from train.__main__ import main as train_cli
-from train.evaluate import data_settings
-from train.metrics import classification_metrics, confusion_matrices, sensitivity_at_specificity
+from train.release.evaluate import data_settings
+from train.scoring.metrics import classification_metrics, confusion_matrices, sensitivity_at_specificity
 from train.settings import ConfigError, EvaluateSettings
 
 PLOTS = {"plots/roc_curves.png", "plots/confusion_matrix.png", "plots/samples.png", "plots/gradcam.png"}
@@ -98,8 +98,8 @@ def test_data_settings_default_to_the_training_run():
 @pytest.mark.parametrize(
     ("arguments", "expected"),
     [
-        ([], "model_uri is required"),
-        (["--model-uri", "no-such-thing"], "is not a model URI"),
+        ([], "a model URI is required"),
+        (["--model-uri", "no-such-thing"], "is neither a model URI nor a model folder"),
         (["--model-uri", "models:/x@champion", "--split", "holdout"], "unknown split 'holdout'"),
         (["--model-uri", "models:/x@champion", "--specificity", "1.0"], "specificity must be in (0, 1)"),
         (["--model-uri", "models:/x@champion", "--dataset", "mnist"], "unknown dataset 'mnist'"),
@@ -115,7 +115,7 @@ def test_unknown_registered_model_exits_2(tracking_uri, capsys):
     assert train_cli(["evaluate", "--model-uri", "models:/nothing-here@champion"]) == 2
     # MLflow logs the creation of the fresh sqlite store first; the error is the last line.
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("error: ") and "cannot be resolved: Registered Model with name=nothing-here" in error
+    assert error.startswith("error: ") and "does not resolve: Registered Model with name=nothing-here" in error
 
 
 # Real evaluation runs.
@@ -126,8 +126,8 @@ def tracking(tmp_path_factory):
     """A module-wide sqlite tracking store with one binary and one multilabel model trained on synthetic data."""
     import mlflow
 
+    from train.job.trainer import train
     from train.settings import MainSettings
-    from train.trainer import train
 
     directory = tmp_path_factory.mktemp("evaluate")
     tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"

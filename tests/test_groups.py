@@ -13,7 +13,7 @@ from train.data import load_dataset
 from train.data.groups import MALARIA_GROUP_PATTERN, PNEUMONIA_GROUP_PATTERN, group_ids, resolve_group_pattern
 from train.data.splits import group_assignment
 
-IMAGE_SIZE = 8
+IMAGE_SIZE = 32
 # Each patient's images share one gray level, so a split's images tell which patients it holds.
 NORMAL_PATIENTS = [f"IM-{number:04d}" for number in (115, 117, 119, 121)] + ["NORMAL2-IM-0012", "NORMAL2-IM-0027"]
 PNEUMONIA_PATIENTS = [f"person{number}" for number in (1, 3, 7, 12, 19, 22, 31, 40, 41, 58)]

@@ -1,4 +1,4 @@
-"""Precision, strategy and run-tag decisions of train.hardware on faked GPU lists (the test machine has no GPU)."""
+"""Precision, strategy and run-tag decisions of train.job.hardware on faked GPU lists (the test machine has no GPU)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import keras
 import pytest
 import tensorflow as tf
 
-from train import hardware
-from train.hardware import GpuInfo
+from train.job import hardware
+from train.job.hardware import GpuInfo
 
 A100 = GpuInfo("NVIDIA A100-SXM4-80GB", (8, 0))
 V100 = GpuInfo("Tesla V100-SXM2-16GB", (7, 0))
@@ -217,7 +217,7 @@ def test_configure_on_this_cpu_machine():
 
 
 def test_a_gpu_the_driver_lists_but_tensorflow_cannot_use_is_named_in_a_warning(tmp_path, monkeypatch):
-    from train.hardware import GpuInfo, warn_about_hidden_gpus
+    from train.job.hardware import GpuInfo, warn_about_hidden_gpus
 
     fake = tmp_path / "nvidia-smi"
     fake.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA L4 (UUID: GPU-aaaa)'\n")

@@ -324,7 +324,7 @@ def test_runs_logging_one_dataset_at_once_all_link_its_single_row(server, monkey
     import mlflow
     from mlflow import MlflowClient
 
-    from train.stages import log_dataset
+    from train.job.stages import log_dataset
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server.tracking_uri)
     mlflow.set_tracking_uri(server.tracking_uri)

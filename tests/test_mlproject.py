@@ -59,8 +59,9 @@ def test_docker_entry_point_matches_root_parameters_defaults_and_command(name):
 
 @pytest.mark.parametrize("label", sorted(PROJECTS))
 def test_entry_points_declare_exactly_the_settings_fields_with_their_types_and_defaults(label):
-    """train/settings.py is the one place a parameter is declared; the MLproject files must agree with it."""
-    from train.settings import ENTRY_POINT_SETTINGS, coerce, mlproject_snippet
+    """train/settings/__init__.py is the one place a parameter is declared; the MLproject files must agree with it."""
+    from train.settings import ENTRY_POINT_SETTINGS, coerce
+    from train.settings.mlproject import mlproject_snippet
 
     declared = entry_points(PROJECTS[label])
     for name, settings in ENTRY_POINT_SETTINGS.items():
@@ -123,3 +124,36 @@ def test_python_m_train_parses_every_parameter_mlflow_passes(name):
     assert parsed["command"] == arguments[3]
     for parameter in entry_point.parameters.values():
         assert parsed.get(parameter.name) == str(parameter.default), parameter.name
+
+
+def test_the_committed_mlproject_files_are_what_the_settings_models_write(repo_root):
+    """`python -m train mlproject --check`, as `make test` runs it: exit 0 while both files are current."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "train", "mlproject", "--check"], cwd=repo_root, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_parameter_added_to_a_settings_model_but_not_written_makes_the_check_fail(tmp_path):
+    """A new field of MainSettings that the committed files lack is stale in both; writing them fixes it."""
+    from pydantic import Field, create_model
+
+    from train.settings import ENTRY_POINT_SETTINGS, MainSettings, Number
+    from train.settings.mlproject import FILES, render, stale_files
+
+    for relative, header in FILES.items():
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_text(render(header))
+    assert stale_files(tmp_path) == []
+    extended = create_model(
+        "ExtendedMain",
+        __base__=MainSettings,
+        label_smoothing=(Number, Field(0.0, ge=0.0, lt=1.0, description="label smoothing of the loss")),
+    )
+    entry_points = {**ENTRY_POINT_SETTINGS, "main": extended}
+    assert stale_files(tmp_path, entry_points) == ["MLproject", "docker/MLproject"]
+    assert "label_smoothing: {type: float, default: 0.0}" in render(FILES["MLproject"], entry_points)
+    assert "--label-smoothing {label_smoothing}" in " ".join(render(FILES["MLproject"], entry_points).split())

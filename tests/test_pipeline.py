@@ -15,8 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy.stats import norm
 
-from train.comparison import delong_components, delong_test, paired_bootstrap
-from train.pipeline import decide
+from train.release.pipeline import decide
+from train.scoring.comparison import delong_components, delong_test, paired_bootstrap
 from train.settings import ConfigError, PipelineSettings
 
 # Tiny synthetic trainings: a few seconds each on two cores.
@@ -215,8 +215,8 @@ def test_a_challenger_trained_on_another_dataset_is_refused_in_seconds(store, tm
     import mlflow
     from PIL import Image
 
+    from train.job.trainer import train
     from train.settings import MainSettings
-    from train.trainer import train
 
     for name in ("NORMAL", "PNEUMONIA"):
         (tmp_path / "xrays" / name).mkdir(parents=True)

@@ -13,8 +13,8 @@ import pytest
 from test_chestxray14 import CLASS_NAMES, IMAGE_SIZE, write_nih_folder
 
 from train.data import load_dataset, validate_dataset_args
+from train.data.prepare import prepare
 from train.data.prepared import MANIFEST_NAME, STATE_NAME, count_records, read_manifest, split_records
-from train.prepare import prepare
 from train.settings import ConfigError, PrepareSettings
 
 SHARD_SIZE = 16
@@ -147,7 +147,7 @@ def test_a_removed_shard_is_the_only_one_rewritten(nih_raw, tmp_path):
 
 
 def test_an_interrupted_prepare_resumes_with_the_missing_shards(nih_raw, tmp_path, monkeypatch):
-    import train.prepare as prepare_module
+    import train.data.prepare as prepare_module
 
     root, _ = nih_raw
     output = tmp_path / "interrupted"
@@ -185,12 +185,12 @@ def test_prepared_folder_checks_name_view_size_and_caps(prepared_nih, nih_raw, t
         prepare(nih_config(root, prepared_nih, image_size=48))
 
     small = load_dataset(
-        "chestxray14", data_dir=str(prepared_nih), image_size=16, max_examples=20, validation_fraction=0.3
+        "chestxray14", data_dir=str(prepared_nih), image_size=IMAGE_SIZE, max_examples=20, validation_fraction=0.3
     )
     assert {name: split.count for name, split in small.splits.items()} == {"train": 12, "val": 5, "test": 3}
     for split in small.splits.values():
         images, labels = zip(*split.dataset.as_numpy_iterator(), strict=True)
-        assert len(images) == split.count and images[0].shape == (16, 16, 3)
+        assert len(images) == split.count and images[0].shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
         assert np.sum(labels, axis=0).astype(int).tolist() == split.positives.tolist()
 
 

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from train.__main__ import main as train_cli
-from train.promote import promote
+from train.release.promote import promote
 from train.settings import PromoteSettings
 
 
@@ -192,8 +192,8 @@ def test_mlflow_run_promote_names_a_real_trained_model_champion(client, repo_roo
     import pandas as pd
     from PIL import Image
 
+    from train.job.trainer import train
     from train.settings import MainSettings
-    from train.trainer import train
 
     mlflow.set_experiment("real")
     run_id = train(

@@ -14,7 +14,7 @@ import pytest
 import requests
 from mlflow.exceptions import MlflowException, RestException
 
-from train.tracking import (
+from train.tracking.resilience import (
     MAX_METRICS_PER_BATCH,
     ResilientLogger,
     fail_fast_http,

@@ -106,7 +106,7 @@ def trained_run(tmp_path_factory):
     """One small in-process training run on synthetic data, shared by the read-back tests below."""
     import mlflow
 
-    from train.trainer import train
+    from train.job.trainer import train
 
     directory = tmp_path_factory.mktemp("inprocess")
     tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
@@ -172,7 +172,7 @@ def test_logged_model_predicts_like_keras(trained_run, tmp_path):
 
 @pytest.mark.slow
 def test_imagefolder_with_unreadable_files_completes_and_reports_skips(tracking_uri, tmp_path):
-    from train.trainer import train
+    from train.job.trainer import train
 
     rng = np.random.default_rng(1)
     root = tmp_path / "folder"
@@ -213,7 +213,7 @@ def test_imagefolder_with_unreadable_files_completes_and_reports_skips(tracking_
 def test_multilabel_run_logs_per_class_auroc(tracking_uri):
     import mlflow
 
-    from train.trainer import train
+    from train.job.trainer import train
 
     mlflow.set_experiment("multilabel")
     config = MainSettings.from_dict({**TINY, "synthetic_task": "multilabel"})

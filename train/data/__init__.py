@@ -9,15 +9,24 @@ A new dataset module adds itself with `register_dataset(DatasetSpec(...))` and r
 from __future__ import annotations
 
 import os
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING
 
 from train.data.chestxray14 import load_chestxray14
 from train.data.imagefolder import load_imagefolder
 from train.data.malaria import load_malaria
 from train.data.prepared import check_prepared_name, is_prepared, is_unfinished
-from train.data.spec import SPLIT_NAMES, TASKS, DatasetSpec, LoadedDataset, Split
-from train.data.splits import check_fractions
-from train.data.synthetic import SYNTHETIC_TASKS, load_synthetic
+from train.data.spec import (
+    MINIMUM_IMAGE_SIZE,
+    SPLIT_NAMES,
+    TASKS,
+    TEST_FRACTION,
+    DatasetSpec,
+    LoadedDataset,
+    LoadOptions,
+    Split,
+)
+from train.data.synthetic import load_synthetic
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -25,12 +34,16 @@ if TYPE_CHECKING:
     from train.data.augment import Augmentation
 
 __all__ = [
+    "MINIMUM_IMAGE_SIZE",
+    "TEST_FRACTION",
+    "LoadOptions",
     "SPLIT_NAMES",
     "TASKS",
     "DatasetSpec",
     "LoadedDataset",
     "Split",
     "available_datasets",
+    "check_options",
     "get_dataset_spec",
     "load_dataset",
     "make_batches",
@@ -38,7 +51,8 @@ __all__ = [
     "validate_dataset_args",
 ]
 
-MINIMUM_IMAGE_SIZE = 8
+# Options every loader takes.
+COMMON_OPTIONS = ("image_size", "seed", "max_examples", "validation_fraction")
 
 _REGISTRY: dict[str, DatasetSpec] = {}
 
@@ -82,62 +96,59 @@ def validate_dataset_args(name: str, data_dir: str | None) -> None:
         check_prepared_name(data_dir, name)
 
 
-def load_dataset(
-    name: str,
-    *,
-    data_dir: str | None = None,
-    image_size: int = 128,
-    seed: int = 42,
-    max_examples: int = 0,
-    validation_fraction: float = 0.15,
-    test_fraction: float = 0.15,
-    synthetic_task: str = "binary",
-    synthetic_examples: int = 600,
-    view: str = "all",
-    group_pattern: str = "",
-) -> LoadedDataset:
+def check_options(name: str, options: LoadOptions) -> None:
+    """ValueError naming the first option that dataset `name` does not take but was set to a non-default value."""
+    spec = get_dataset_spec(name)
+    defaults = LoadOptions()
+    for option in fields(LoadOptions):
+        value = getattr(options, option.name)
+        if option.name in spec.options or value in (getattr(defaults, option.name), None, ""):
+            continue
+        takers = ", ".join(other for other in available_datasets() if option.name in _REGISTRY[other].options)
+        grouping = f"; {name} splits {spec.grouping}" if option.name == "group_pattern" else ""
+        raise ValueError(
+            f"{option.name}={value} does not apply to dataset {name} (only to {takers}){grouping}; "
+            "leave it at its default"
+        )
+
+
+def load_dataset(name: str, **options) -> LoadedDataset:
     """Load dataset `name` into train/val/test Splits of (image float32 [S, S, 3] in 0-255, label float32).
 
-    A data_dir holding a `python -m train prepare` manifest is read from its TFRecords, whatever
-    the dataset; its splits are fixed by the preparation. `view` (all, PA, AP) filters chestxray14.
-    `group_pattern` (imagefolder, malaria) keeps each patient's or slide's images in one split: a preset
-    (`pneumonia`, `malaria`), a regular expression whose first group is the key in each file name, or
-    `none`; "" is the dataset's default (malaria's cell_images/ folder: by smear; imagefolder: per image).
-    The LoadedDataset's `group_counts` then gives the number of groups per split.
+    `options` are LoadOptions fields (data_dir, image_size, seed, max_examples, validation_fraction,
+    test_fraction, synthetic_task, synthetic_examples, view, group_pattern, max_missing_fraction); an
+    option the dataset does not take must be left at its default. A data_dir holding a
+    `python -m train prepare` manifest is read from its TFRecords, whatever the dataset; its splits are
+    fixed by the preparation. The LoadedDataset's `group_counts` gives the number of patients or slides
+    per split when splits keep them whole.
     """
-    validate_dataset_args(name, data_dir)
-    if image_size < MINIMUM_IMAGE_SIZE:
-        raise ValueError(f"image_size must be at least {MINIMUM_IMAGE_SIZE}, got {image_size}")
-    if seed < 0:
-        raise ValueError(f"seed must be zero or positive, got {seed}")
-    if max_examples < 0:
-        raise ValueError(f"max_examples must be 0 (all) or positive, got {max_examples}")
-    if synthetic_task not in SYNTHETIC_TASKS:
-        raise ValueError(f"unknown synthetic_task {synthetic_task!r}; valid choices: {', '.join(SYNTHETIC_TASKS)}")
-    check_fractions(validation_fraction, test_fraction)
-    if is_prepared(data_dir):
+    try:
+        chosen = LoadOptions(**options)
+    except TypeError:
+        unknown = sorted(set(options) - {option.name for option in fields(LoadOptions)})
+        raise ValueError(f"unknown dataset option(s) {', '.join(unknown)}") from None
+    validate_dataset_args(name, chosen.data_dir)
+    if chosen.image_size < MINIMUM_IMAGE_SIZE:
+        raise ValueError(f"image_size must be at least {MINIMUM_IMAGE_SIZE}, got {chosen.image_size}")
+    if chosen.seed < 0:
+        raise ValueError(f"seed must be zero or positive, got {chosen.seed}")
+    if chosen.max_examples < 0:
+        raise ValueError(f"max_examples must be 0 (all) or positive, got {chosen.max_examples}")
+    spec = get_dataset_spec(name)
+    spec.check_fractions(chosen.validation_fraction, chosen.test_fraction)
+    check_options(name, replace(chosen, data_dir=None))
+    if is_prepared(chosen.data_dir):
         from train.data.prepared import load_prepared
 
         return load_prepared(
-            data_dir,
+            chosen.data_dir,
             name=name,
-            image_size=image_size,
-            max_examples=max_examples,
-            view=view,
-            validation_fraction=validation_fraction,
+            image_size=chosen.image_size,
+            max_examples=chosen.max_examples,
+            view=chosen.view,
+            validation_fraction=chosen.validation_fraction,
         )
-    loaded = get_dataset_spec(name).loader(
-        data_dir=data_dir or None,
-        image_size=image_size,
-        seed=seed,
-        max_examples=max_examples,
-        validation_fraction=validation_fraction,
-        test_fraction=test_fraction,
-        synthetic_task=synthetic_task,
-        synthetic_examples=synthetic_examples,
-        view=view,
-        group_pattern=group_pattern,
-    )
+    loaded = spec.load(replace(chosen, data_dir=chosen.data_dir or None))
     if loaded.task not in TASKS:
         raise ValueError(f"loader for {name!r} returned task {loaded.task!r}; it must be one of {', '.join(TASKS)}")
     return loaded
@@ -156,16 +167,23 @@ register_dataset(
     DatasetSpec(
         name="synthetic",
         description="generated round cells, parasitized ones with dark dots (binary) or dots/ring/stripes (multilabel)",
-        requires_data_dir=False,
         loader=load_synthetic,
+        options=(*COMMON_OPTIONS, "test_fraction", "synthetic_task", "synthetic_examples"),
+        augmentation="cells",
+        limitations="Trained and tested on generated images: it demonstrates the workflow and says nothing about patients.",
+        grouping="per image (generated images have no patients)",
+        task_option="synthetic_task",
     )
 )
 register_dataset(
     DatasetSpec(
         name="malaria",
         description="NIH malaria cell images from TFDS (data_dir: optional TFDS data dir) or an extracted cell_images/ folder",
-        requires_data_dir=False,
         loader=load_malaria,
+        options=(*COMMON_OPTIONS, "data_dir", "test_fraction", "group_pattern"),
+        augmentation="cells",
+        limitations="Thin blood smear cell crops from one source (NIH malaria dataset); whole-slide behaviour is untested.",
+        grouping="by smear in the cell_images/ folder (group_pattern), per cell from TFDS",
     )
 )
 register_dataset(
@@ -175,15 +193,29 @@ register_dataset(
             "NIH ChestX-ray14 folder (Data_Entry_2017_v2020.csv, train_val_list.txt, test_list.txt, "
             "images_*/images/) or a folder written by `python -m train prepare`"
         ),
-        requires_data_dir=True,
         loader=load_chestxray14,
+        options=(*COMMON_OPTIONS, "data_dir", "view", "max_missing_fraction"),
+        augmentation="radiograph",
+        limitations=(
+            "ChestX-ray14 labels were text-mined from radiology reports (estimated above 90% accurate, not "
+            "radiologist-read), so some test labels are wrong; the images come from one hospital (NIH Clinical "
+            "Center), frontal views only."
+        ),
+        requires_data_dir=True,
+        official_test_split=True,
+        grouping="always by patient (the official patient-wise split)",
+        reads_listed_files=True,
     )
 )
 register_dataset(
     DatasetSpec(
         name="imagefolder",
         description="a folder with one subfolder per class, optionally under train/ val/ test/",
-        requires_data_dir=True,
         loader=load_imagefolder,
+        options=(*COMMON_OPTIONS, "data_dir", "test_fraction", "group_pattern"),
+        augmentation="radiograph",
+        limitations="Tested on one split of one folder of images; performance on other sites and scanners is unknown.",
+        requires_data_dir=True,
+        grouping="per image unless group_pattern names the patient in the file name",
     )
 )

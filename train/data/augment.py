@@ -5,8 +5,8 @@ Policies (the `augment` parameter):
 - `radiograph`: a radiograph has an up, and a rotated or upside-down chest is not a chest film:
   left-right flips and brightness/contrast jitter only;
 - `none`: no augmentation;
-- `auto`: the dataset's own (synthetic and malaria: cells; chestxray14 and imagefolder: radiograph,
-  the safe choice for an unknown folder of medical images).
+- `auto`: the dataset's own (`DatasetSpec.augmentation`; imagefolder takes radiograph, the safe choice for
+  an unknown folder of medical images).
 """
 
 from __future__ import annotations
@@ -16,13 +16,6 @@ from dataclasses import asdict, dataclass
 # Small photometric jitter: brightness moves by at most 8% of the 0-255 range, contrast by 10%.
 BRIGHTNESS_DELTA = 0.08 * 255.0
 CONTRAST_RANGE = (0.9, 1.1)
-AUGMENT_CHOICES = ("auto", "cells", "radiograph", "none")
-DATASET_AUGMENTATION = {
-    "synthetic": "cells",
-    "malaria": "cells",
-    "chestxray14": "radiograph",
-    "imagefolder": "radiograph",
-}
 
 
 @dataclass(frozen=True)
@@ -47,8 +40,10 @@ POLICIES = {
 
 
 def resolve_augmentation(augment: str, dataset: str) -> Augmentation | None:
-    """The policy of an `augment` value for a dataset (None for `none`)."""
-    name = DATASET_AUGMENTATION.get(dataset, "radiograph") if augment == "auto" else augment
+    """The policy of an `augment` value for a dataset (None for `none`); `auto` is the dataset spec's policy."""
+    from train.data import get_dataset_spec
+
+    name = get_dataset_spec(dataset).augmentation if augment == "auto" else augment
     return POLICIES.get(name)
 
 

@@ -468,7 +468,6 @@ def load_chestxray14(
     view: str = "all",
     max_missing_fraction: float = MAX_MISSING_FRACTION,
     max_missing_files: int = MAX_MISSING_FILES,
-    **_: object,
 ) -> LoadedDataset:
     """Index the folder, check that every used image decodes (parallel, with a progress bar) and wrap the splits."""
     from train.data.pipeline import loaded_from_files

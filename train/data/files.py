@@ -13,10 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".dcm", ".dicom")
-# Formats that tf.io.decode_image reads, as PIL names them. MPO is a camera's multi-picture JPEG: training and
-# serving both accept it and use its first picture, a complete JPEG that TensorFlow decodes.
-DECODABLE_FORMATS = frozenset({"PNG", "JPEG", "MPO", "GIF", "BMP"})
+from serve.contract import DECODABLE_FORMATS, IMAGE_EXTENSIONS
+
 # TensorFlow's BMP decoder reads 24/32-bit and 8-bit gray BMPs; it ignores palettes and fails on 1-bit files.
 DECODABLE_BMP_MODES = frozenset({"RGB", "RGBA", "L"})
 MAX_SKIP_WARNINGS = 10

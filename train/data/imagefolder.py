@@ -250,7 +250,6 @@ def load_imagefolder(
     validation_fraction: float = 0.15,
     test_fraction: float = 0.15,
     group_pattern: str = "",
-    **_: object,
 ) -> LoadedDataset:
     """Load a class-per-subfolder dataset from data_dir.
 

@@ -45,7 +45,6 @@ def load_malaria(
     validation_fraction: float = 0.15,
     test_fraction: float = 0.15,
     group_pattern: str = "",
-    **_: object,
 ) -> LoadedDataset:
     """Load malaria from the cell_images/ folder when data_dir holds one, else from TFDS (data_dir = TFDS data dir).
 

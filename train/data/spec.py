@@ -52,17 +52,73 @@ class LoadedDataset:
     group_counts: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
-class DatasetSpec:
-    """A registered dataset: its name, a one-line description and its loader.
+# The smallest square input every model family takes (VGG16 halves its input five times).
+MINIMUM_IMAGE_SIZE = 32
+# Datasets without an official test split hold out this share of their images for testing, besides validation.
+TEST_FRACTION = 0.15
 
-    The loader is called as loader(data_dir=..., image_size=..., seed=..., max_examples=...,
-    validation_fraction=..., test_fraction=..., synthetic_task=..., synthetic_examples=..., view=...,
-    group_pattern=...)
-    and returns a LoadedDataset; loaders ignore the keyword arguments they do not use.
+
+def check_fractions(validation_fraction: float, test_fraction: float) -> None:
+    """Raise ValueError unless both fractions are in (0, 1) and leave room for training examples."""
+    for name, value in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be between 0 and 1 (exclusive), got {value}")
+    if validation_fraction + test_fraction >= 1.0:
+        raise ValueError(
+            f"validation_fraction + test_fraction must be below 1 to leave training examples, "
+            f"got {validation_fraction} + {test_fraction}"
+        )
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Every option a loader may take; a DatasetSpec names the ones its loader uses (the others must stay default)."""
+
+    data_dir: str | None = None
+    image_size: int = 128
+    seed: int = 42
+    max_examples: int = 0
+    validation_fraction: float = 0.15
+    test_fraction: float = TEST_FRACTION
+    synthetic_task: str = "binary"
+    synthetic_examples: int = 600
+    view: str = "all"
+    group_pattern: str = ""
+    max_missing_fraction: float = 0.01
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registered dataset and the facts the rest of medimg asks about it (no code outside train/data/ compares names).
+
+    `options` are the LoadOptions fields its loader takes as keyword arguments; giving any other option a
+    non-default value is a mistake named in one line. `augmentation` is the policy `augment=auto` picks.
+    `official_test_split`: the test images are fixed by the dataset (validation is carved out of the rest by
+    patient), so test_fraction does not apply. `task_option` names the option that chooses the task (the
+    synthetic variants): `evaluate` sets it from the model's task. `reads_listed_files`: the loader reads only
+    files its metadata lists, so a folder written inside data_dir is never read as data.
     """
 
     name: str
     description: str
-    requires_data_dir: bool
     loader: Callable[..., LoadedDataset]
+    options: tuple[str, ...]
+    augmentation: str
+    limitations: str
+    requires_data_dir: bool = False
+    official_test_split: bool = False
+    grouping: str = "per image"
+    task_option: str = ""
+    reads_listed_files: bool = False
+
+    def load(self, options: LoadOptions) -> LoadedDataset:
+        """Call the loader with the options it takes (train.data.check_options checks the others first)."""
+        return self.loader(**{name: getattr(options, name) for name in self.options})
+
+    def check_fractions(self, validation_fraction: float, test_fraction: float = TEST_FRACTION) -> None:
+        """ValueError unless validation_fraction (and, without an official test split, test_fraction) leave a train split."""
+        if self.official_test_split:
+            if not 0.0 < validation_fraction < 1.0:
+                raise ValueError(f"validation_fraction must be between 0 and 1 (exclusive), got {validation_fraction}")
+            return
+        check_fractions(validation_fraction, test_fraction)

@@ -6,21 +6,9 @@ import math
 
 import numpy as np
 
-from train.data.spec import SPLIT_NAMES
+from train.data.spec import SPLIT_NAMES, check_fractions
 
 TRAIN, VAL, TEST = 0, 1, 2
-
-
-def check_fractions(validation_fraction: float, test_fraction: float) -> None:
-    """Raise ValueError unless both fractions are in (0, 1) and leave room for training examples."""
-    for name, value in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 < value < 1.0:
-            raise ValueError(f"{name} must be between 0 and 1 (exclusive), got {value}")
-    if validation_fraction + test_fraction >= 1.0:
-        raise ValueError(
-            f"validation_fraction + test_fraction must be below 1 to leave training examples, "
-            f"got {validation_fraction} + {test_fraction}"
-        )
 
 
 def strata_from_labels(labels: np.ndarray) -> np.ndarray:

@@ -114,13 +114,14 @@ def load_synthetic(
     test_fraction: float = 0.15,
     synthetic_task: str = "binary",
     synthetic_examples: int = 600,
-    **_: object,
 ) -> LoadedDataset:
     """Generate, split (stratified, seeded) and wrap the synthetic dataset."""
     from train.data.pipeline import arrays_split
     from train.data.spec import SPLIT_NAMES
     from train.data.splits import strata_from_labels, stratified_split
 
+    if synthetic_task not in SYNTHETIC_TASKS:
+        raise ValueError(f"unknown synthetic_task {synthetic_task!r}; valid choices: {', '.join(SYNTHETIC_TASKS)}")
     if synthetic_examples < 3:
         raise ValueError(f"synthetic_examples must be at least 3, got {synthetic_examples}")
     # Images depend only on (seed, index), so capping by generating fewer is the same as drawing a subset.

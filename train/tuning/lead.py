@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from train.settings import ConfigError, TuneSettings
+from train.tracking import names
 from train.tuning.processes import interrupt_on_sigterm, run_workers, worker_settings
 from train.tuning.report import TuningFailed, register_best, summarize
 from train.tuning.space import SearchSpace
@@ -71,14 +72,14 @@ def record_parent(run_id: str, options: TuneSettings, space: SearchSpace, study,
     """Tags, params and the search space on the parent run; the study remembers the run and the space."""
     import mlflow
 
-    from train.tracking import log_new_params
+    from train.tracking.resilience import log_new_params
 
     mlflow.set_tags(
         {
-            "medimg.tune.role": "parent",
-            "medimg.tune.study_name": study.study_name,
-            "medimg.tune.storage": redact_url(storage_url),
-            "medimg.dataset": str(space.fixed.get("dataset", "synthetic")),
+            names.TUNE_ROLE_TAG: "parent",
+            names.TUNE_STUDY_NAME_TAG: study.study_name,
+            names.TUNE_STORAGE_TAG: redact_url(storage_url),
+            names.DATASET_TAG: str(space.fixed.get("dataset", "synthetic")),
         }
     )
     log_new_params(
@@ -209,7 +210,7 @@ def _join(options: TuneSettings, study, storage_url: str, n_trials: int, parent_
     own_run = mlflow.start_run() if os.environ.get("MLFLOW_RUN_ID") else contextlib.nullcontext()
     with own_run:
         if os.environ.get("MLFLOW_RUN_ID"):
-            mlflow.set_tags({"medimg.tune.role": "joined", "medimg.tune.parent_run_id": parent_run_id})
+            mlflow.set_tags({names.TUNE_ROLE_TAG: "joined", names.TUNE_PARENT_RUN_ID_TAG: parent_run_id})
         workers = worker_settings(
             options,
             storage_url=storage_url,

@@ -20,7 +20,7 @@ ORPHAN_POLL_S = 5.0
 
 def visible_gpus() -> list[str]:
     """GPU ids to hand out to workers: CUDA_VISIBLE_DEVICES when set, else `nvidia-smi -L`, without importing TensorFlow."""
-    from train.hardware import driver_gpus
+    from train.job.hardware import driver_gpus
 
     declared = os.environ.get("CUDA_VISIBLE_DEVICES")
     if declared is not None:

@@ -6,6 +6,7 @@ import warnings
 from collections import Counter
 from typing import Any
 
+from train.tracking import names
 from train.tuning.space import SearchSpace
 from train.tuning.study import TRIAL_RUN_ATTR
 
@@ -57,7 +58,7 @@ def log_plots(study, metric: str) -> None:
                 )
         if reason:
             print(f"parameter importances not computed: {reason}", flush=True)
-            mlflow.set_tag("medimg.tune.importances", f"not computed: {reason}")
+            mlflow.set_tag(names.TUNE_IMPORTANCES_TAG, f"not computed: {reason}")
 
 
 def trials_table(study) -> str:
@@ -89,7 +90,7 @@ def summarize(study, space: SearchSpace, run_id: str) -> dict[str, Any] | None:
     import mlflow
     from optuna.trial import TrialState
 
-    from train.tracking import log_new_params
+    from train.tracking.resilience import log_new_params
 
     trials = study.get_trials(deepcopy=False)
     states = Counter(trial.state for trial in trials)
@@ -108,7 +109,7 @@ def summarize(study, space: SearchSpace, run_id: str) -> dict[str, Any] | None:
     best_run_id = best.user_attrs.get(TRIAL_RUN_ATTR, "")
     model_uri = ""
     if best_run_id:
-        model_uri = mlflow.get_run(best_run_id).data.tags.get("medimg.model_uri", "")
+        model_uri = mlflow.get_run(best_run_id).data.tags.get(names.MODEL_URI_TAG, "")
     summary = {
         "trial": best.number,
         "value": best.value,
@@ -120,9 +121,9 @@ def summarize(study, space: SearchSpace, run_id: str) -> dict[str, Any] | None:
     log_new_params(run_id, {f"best.{name}": value for name, value in best.params.items()})
     mlflow.set_tags(
         {
-            "medimg.tune.best_trial": str(best.number),
-            "medimg.tune.best_run_id": best_run_id,
-            "medimg.tune.best_model_uri": model_uri,
+            names.TUNE_BEST_TRIAL_TAG: str(best.number),
+            names.TUNE_BEST_RUN_ID_TAG: best_run_id,
+            names.TUNE_BEST_MODEL_URI_TAG: model_uri,
         }
     )
     mlflow.log_dict(summary, "tuning/best_trial.json")
@@ -137,7 +138,7 @@ def register_best(summary: dict[str, Any], name: str, study_name: str) -> str:
         raise TuningFailed(f"the best trial's run {summary['run_id']} has no medimg.model_uri tag; nothing registered")
     version = mlflow.register_model(summary["model_uri"], name)
     client = mlflow.MlflowClient()
-    client.set_model_version_tag(name, version.version, "medimg.tune.study", study_name)
-    client.set_model_version_tag(name, version.version, "medimg.tune.trial", str(summary["trial"]))
-    mlflow.set_tag("medimg.tune.registered", f"{name}/{version.version}")
+    client.set_model_version_tag(name, version.version, names.TUNE_STUDY_TAG, study_name)
+    client.set_model_version_tag(name, version.version, names.TUNE_TRIAL_TAG, str(summary["trial"]))
+    mlflow.set_tag(names.TUNE_REGISTERED_TAG, f"{name}/{version.version}")
     return str(version.version)

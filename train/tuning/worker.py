@@ -27,6 +27,7 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from train.settings import TuneWorkerSettings
+from train.tracking import names
 from train.tuning.budget import BudgetedRDBStorage, TrialBudgetSpent
 from train.tuning.processes import interrupt_on_sigterm, stop_when_orphaned
 from train.tuning.space import SearchSpace
@@ -116,7 +117,7 @@ class TrialObjective:
 
     def dataset_for(self, settings):
         """The loaded dataset of `settings`, loading it only when the data settings changed."""
-        from train.stages import load_data
+        from train.job.stages import load_data
 
         key = tuple(getattr(settings, name) for name in DATA_SETTINGS)
         if key != self.data_key:
@@ -132,14 +133,14 @@ class TrialObjective:
         params = self.space.suggest(trial)
         settings = self.space.trial_settings(params, run_name=f"trial-{trial.number}")
         tags = {
-            "medimg.tune.study_name": self.options.study_name,
-            "medimg.tune.trial": str(trial.number),
-            "medimg.tune.worker": str(self.options.worker_index),
+            names.TUNE_STUDY_NAME_TAG: self.options.study_name,
+            names.TUNE_TRIAL_TAG: str(trial.number),
+            names.TUNE_WORKER_TAG: str(self.options.worker_index),
         }
         callback = TrialPruningCallback(trial, self.space.metric, self.space.direction, run_tags=tags)
         client = mlflow.MlflowClient()
 
-        from train.trainer import train
+        from train.job.trainer import train
 
         try:
             run_id = train(
@@ -152,17 +153,17 @@ class TrialObjective:
         except (Exception, KeyboardInterrupt):
             # The trainer ended the run FAILED; the tag makes failed trials easy to filter next to pruned ones.
             if callback.run_id:
-                client.set_tag(callback.run_id, "medimg.tune.state", "FAIL")
+                client.set_tag(callback.run_id, names.TUNE_STATE_TAG, "FAIL")
             raise
         if callback.pruned:
-            client.set_tag(run_id, "medimg.tune.state", "PRUNED")
-            client.set_tag(run_id, "medimg.tune.pruned_epoch", str(callback.pruned_epoch))
+            client.set_tag(run_id, names.TUNE_STATE_TAG, "PRUNED")
+            client.set_tag(run_id, names.TUNE_PRUNED_EPOCH_TAG, str(callback.pruned_epoch))
             raise optuna.TrialPruned(
                 f"{self.space.metric}={callback.values[-1]:.4f} after epoch {callback.pruned_epoch + 1} "
                 f"(child run {run_id})"
             )
         value = callback.best_value
-        client.set_tag(run_id, "medimg.tune.state", "COMPLETE" if math.isfinite(value) else "FAIL")
+        client.set_tag(run_id, names.TUNE_STATE_TAG, "COMPLETE" if math.isfinite(value) else "FAIL")
         return value
 
 

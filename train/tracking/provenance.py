@@ -7,7 +7,9 @@ import platform
 import subprocess
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from train.tracking import names
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def git_state() -> dict[str, str]:
@@ -27,8 +29,8 @@ def git_state() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         # Inside the Docker image there is no .git; the build records the commit instead.
         commit = os.environ.get("MEDIMG_GIT_COMMIT", "")
-        return {"medimg.git_commit": commit} if commit and commit != "unknown" else {}
-    return {"medimg.git_commit": commit, "medimg.git_dirty": str(bool(dirty)).lower()}
+        return {names.GIT_COMMIT_TAG: commit} if commit and commit != "unknown" else {}
+    return {names.GIT_COMMIT_TAG: commit, names.GIT_DIRTY_TAG: str(bool(dirty)).lower()}
 
 
 def package_versions() -> dict[str, str]:

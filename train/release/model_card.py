@@ -5,17 +5,9 @@ from __future__ import annotations
 import math
 import shlex
 
+from train.data import get_dataset_spec
 from train.settings import MainSettings, PipelineSettings, unquote
-
-LIMITATIONS = {
-    "chestxray14": (
-        "ChestX-ray14 labels were text-mined from radiology reports (estimated above 90% accurate, not "
-        "radiologist-read), so some test labels are wrong; the images come from one hospital (NIH Clinical "
-        "Center), frontal views only."
-    ),
-    "synthetic": "Trained and tested on generated images: it demonstrates the workflow and says nothing about patients.",
-    "malaria": "Thin blood smear cell crops from one source (NIH malaria dataset); whole-slide behaviour is untested.",
-}
+from train.tracking import names
 
 
 def number(value: float, digits: int = 3) -> str:
@@ -74,7 +66,7 @@ def reproduce_lines(params: dict, tags: dict, name: str, version: str) -> list[s
         for key in MainSettings.model_fields
         if key in params and key != "register_as" and str(unquote(params[key])) != ""
     )
-    commit = tags.get("medimg.git_commit", "")
+    commit = tags.get(names.GIT_COMMIT_TAG, "")
     lines = ["```bash"]
     if commit:
         lines.append(f"git checkout {commit}")
@@ -85,6 +77,15 @@ def reproduce_lines(params: dict, tags: dict, name: str, version: str) -> list[s
         "```",
     ]
     return lines
+
+
+def epochs_trained(run) -> str:
+    """'N epoch(s) (limit M)': the epochs the run trained (its epochs_run metric) against its epoch limit (a param)."""
+    limit = unquote(run.data.params.get("epochs", "?"))
+    trained = run.data.metrics.get("epochs_run")
+    if trained is None:
+        return f"at most {limit} epochs"
+    return f"{number(trained, 0)} epoch(s) (limit {limit})"
 
 
 def render(settings: PipelineSettings, version, run, evaluation, decision) -> str:
@@ -112,7 +113,7 @@ def render(settings: PipelineSettings, version, run, evaluation, decision) -> st
         "## Model",
         "",
         f"{params.get('model', '?')} at {params.get('image_size', '?')} px, weights {params.get('weights', '?')}, "
-        f"trained from run `{run.info.run_id}` ({params.get('epochs_run', params.get('epochs', '?'))} epochs at most, "
+        f"trained from run `{run.info.run_id}` for {epochs_trained(run)}, "
         f"best epoch {number(run.data.metrics.get('best_epoch'), 0)}).",
         "",
         "## Data and splits",
@@ -140,7 +141,7 @@ def render(settings: PipelineSettings, version, run, evaluation, decision) -> st
         "",
         "## Limitations",
         "",
-        f"- {LIMITATIONS.get(data.name, 'Tested on one split of one dataset; performance elsewhere is unknown.')}",
+        f"- {get_dataset_spec(data.name).limitations}",
         "- Intervals cover sampling error of this test split only, not a shift to another hospital or scanner.",
         "- Probabilities hold at the training data's prevalence; a population where a finding is rarer lowers the PPV.",
         "",
@@ -156,5 +157,5 @@ def log_model_card(client, settings: PipelineSettings, version, evaluation, deci
     """Write model_card.md on the version's training run; return its text."""
     run = client.get_run(version.run_id)
     text = render(settings, version, run, evaluation, decision)
-    client.log_text(version.run_id, text, "model_card.md")
+    client.log_text(version.run_id, text, names.MODEL_CARD_ARTIFACT)
     return text

@@ -30,10 +30,12 @@ from typing import Any
 
 import numpy as np
 
-from train.settings import ConfigError, EvaluateSettings, PipelineSettings, first_line
+from train.settings import CommandFailed, ConfigError, EvaluateSettings, PipelineSettings, first_line
+from train.tracking import names
+from train.tracking.experiments import medimg_run
+from train.tracking.lineage import DataIdentity, check_same_data
 
 SANITY_FLOOR = 0.5
-SERVING_DOCKERFILE_ARTIFACT = "serving"
 
 
 @dataclass
@@ -73,7 +75,7 @@ def source_of(reference: str, client) -> tuple[str, str]:
     """(model URI, training run id) of a challenger given as a run id or a model URI."""
     from mlflow.exceptions import MlflowException
 
-    from train.evaluate import resolve_model_source
+    from train.release.evaluate import resolve_model
 
     if "/" not in reference and ":" not in reference:
         try:
@@ -82,29 +84,26 @@ def source_of(reference: str, client) -> tuple[str, str]:
             raise ConfigError(
                 f"challenger {reference!r} is neither a run id of this tracking store nor a model URI"
             ) from None
-        model_uri = run.data.tags.get("medimg.model_uri", "")
+        model_uri = run.data.tags.get(names.MODEL_URI_TAG, "")
         if not model_uri:
-            raise ConfigError(f"run {reference} logged no medimg model (no medimg.model_uri tag); train one first")
+            raise ConfigError(f"run {reference} logged no medimg model (no {names.MODEL_URI_TAG} tag); train one first")
         return model_uri, reference
-    return reference, resolve_model_source(reference, client).run_id or ""
+    resolved = resolve_model(reference, client)
+    return resolved.load_uri, resolved.run_id
 
 
-def data_of(client, run_id: str) -> tuple[str, str, str]:
-    from train.promote import data_key
-
-    return data_key(client.get_run(run_id).data.tags) if run_id else ("", "", "")
+def data_of(client, run_id: str) -> DataIdentity:
+    return DataIdentity.from_tags(client.get_run(run_id).data.tags) if run_id else DataIdentity()
 
 
-def check_same_data(challenger: tuple[str, str, str], champion: tuple[str, str, str], version: str) -> None:
+def check_challenger_data(challenger: DataIdentity, champion: DataIdentity, version: str) -> None:
     """Refuse a challenger trained on other data than the champion: their test splits would not be the same images."""
-    from train.promote import describe_data
-
-    if challenger != champion:
-        raise ConfigError(
-            f"the challenger was trained on {describe_data(challenger)}, the champion (version {version}) on "
-            f"{describe_data(champion)}; a paired comparison needs one frozen test split: train the challenger on "
-            "the champion's data settings"
-        )
+    check_same_data(
+        challenger,
+        champion,
+        what=f"the challenger was trained on other data than the champion (version {version})",
+        fix="a paired comparison needs one frozen test split: train the challenger on the champion's data settings",
+    )
 
 
 def metric_for(settings: PipelineSettings, task: str) -> str:
@@ -112,14 +111,13 @@ def metric_for(settings: PipelineSettings, task: str) -> str:
 
 
 def evaluate_step(model_uri: str, role: str, progress: Progress):
-    """Score a model on its training run's test split, logged as a nested evaluation run."""
-    import mlflow
+    """Score a model on its training run's test split, logged as a nested evaluation run named by its role."""
+    from train.release.evaluate import log_evaluation_pictures, record_evaluation, score_model
 
-    from train.evaluate import log_evaluation_pictures, record_evaluation, score_model
-
-    settings = EvaluateSettings.from_dict({"model_uri": model_uri, "split": "test", "run_name": f"evaluate {role}"})
+    settings = EvaluateSettings.from_dict({"model_uri": model_uri, "split": "test"})
     evaluation = score_model(settings)
-    with mlflow.start_run(run_name=f"evaluate {role}", nested=True) as run:
+    label = f"evaluate {role}" + (f" (version {evaluation.source.version})" if evaluation.source.version else "")
+    with medimg_run(label, nested=True) as run:
         evaluation.run_id = run.info.run_id
         record_evaluation(run.info.run_id, settings, evaluation)
         log_evaluation_pictures(settings, evaluation)
@@ -131,8 +129,8 @@ def evaluate_step(model_uri: str, role: str, progress: Progress):
 
 def compare(metric: str, challenger, champion, seed: int):
     """The paired comparison of two evaluations of the same images on `metric`."""
-    from train.comparison import delong_test, paired_bootstrap
-    from train.metrics import metric_safe, scored_classes
+    from train.scoring.comparison import delong_test, paired_bootstrap
+    from train.scoring.metrics import metric_safe, scored_classes
 
     labels = challenger.predictions.labels
     if not np.array_equal(labels, champion.predictions.labels):
@@ -184,55 +182,66 @@ def decide(settings: PipelineSettings, metric: str, challenger, comparison, cham
 def register(
     client, settings: PipelineSettings, challenger_uri: str, challenger_run: str, decision: Decision, evaluation
 ):
-    """Register the challenger (or reuse its version), tag the decision on it and move the aliases."""
+    """Register the challenger (or find the version that holds it) and tag the decision on it; aliases move later.
+
+    Returns (version, created): created is True when this call made the version.
+    """
     from mlflow.exceptions import MlflowException
 
-    from train.promote import CHALLENGER, Candidate, find_or_register, move_champion
+    from train.release.promote import Candidate, find_or_register
 
     name = settings.registered_model
     candidate = Candidate(challenger_run, challenger_uri, decision.challenger_value, 0)
     try:
-        version, _ = find_or_register(client, name, candidate)
+        version, created = find_or_register(client, name, candidate)
     except MlflowException as error:
-        raise ConfigError(f"cannot register {challenger_uri} as {name!r}: {first_line(error.message)}") from None
-    tags = decision_tags(decision, evaluation)
-    for key, value in tags.items():
+        raise CommandFailed(f"cannot register {challenger_uri} as {name!r}: {first_line(error.message)}") from None
+    for key, value in decision_tags(decision, evaluation).items():
         client.set_model_version_tag(name, version.version, key, value)
-    if decision.promoted:
-        move_champion(client, name, version.version)
+    return version, created
+
+
+def move_aliases(client, name: str, version: str, promoted: bool) -> None:
+    """The last step: champion (the old one becomes previous) when promoted, else challenger."""
+    from train.release.promote import move_champion
+
+    if promoted:
+        move_champion(client, name, version)
     else:
-        client.set_registered_model_alias(name, CHALLENGER, version.version)
-    return version
+        client.set_registered_model_alias(name, names.CHALLENGER, version)
 
 
 def decision_tags(decision: Decision, evaluation) -> dict[str, str]:
     """What the registry shows next to the version: decision, reason, metrics with intervals, p-value, data."""
     low, high = decision.challenger_ci
     tags = {
-        "medimg.decision": "promoted" if decision.promoted else "not promoted",
-        "medimg.decision_reason": decision.reason[:5000],
-        "medimg.decision_metric": decision.metric,
-        f"medimg.metric.{decision.metric}": f"{decision.challenger_value:.4f} (95% CI {low:.4f}-{high:.4f})",
-        "medimg.dataset": evaluation.data.name,
-        "medimg.dataset_digest": evaluation.data.digest,
-        "medimg.source_run_id": evaluation.source.run_id or "",
+        names.DECISION_TAG: "promoted" if decision.promoted else "not promoted",
+        names.DECISION_REASON_TAG: decision.reason[:5000],
+        names.DECISION_METRIC_TAG: decision.metric,
+        names.metric_tag(decision.metric): f"{decision.challenger_value:.4f} (95% CI {low:.4f}-{high:.4f})",
+        names.DATASET_TAG: evaluation.data.name,
+        names.DATASET_DIGEST_TAG: evaluation.data.digest,
+        names.SOURCE_RUN_ID_TAG: evaluation.source.run_id,
     }
     if decision.comparison is not None:
         comparison = decision.comparison
         tags.update(
             {
-                "medimg.compared_champion_version": decision.champion_version,
-                "medimg.champion_metric": f"{comparison.champion:.4f}",
-                "medimg.difference": f"{comparison.difference:+.4f} (95% CI {comparison.ci_low:+.4f} to {comparison.ci_high:+.4f})",
-                "medimg.p_value": f"{comparison.p_value:.4g}",
-                "medimg.comparison_method": comparison.method,
+                names.COMPARED_CHAMPION_VERSION_TAG: decision.champion_version,
+                names.CHAMPION_METRIC_TAG: f"{comparison.champion:.4f}",
+                names.DIFFERENCE_TAG: f"{comparison.difference:+.4f} (95% CI {comparison.ci_low:+.4f} to {comparison.ci_high:+.4f})",
+                names.P_VALUE_TAG: f"{comparison.p_value:.4g}",
+                names.COMPARISON_METHOD_TAG: comparison.method,
             }
         )
     return tags
 
 
-def write_serving_image(client, name: str, version: str, build: bool, progress: Progress) -> None:
-    """Log a Dockerfile that serves the version (generate-dockerfile); with `build`, build the image too."""
+def write_serving_image(name: str, version: str, build: bool, progress: Progress) -> None:
+    """Log a Dockerfile that serves the version (generate-dockerfile); with `build`, build the image too.
+
+    CommandFailed (exit 1, not a settings mistake) when either MLflow command fails.
+    """
     import mlflow
 
     uri = f"models:/{name}/{version}"
@@ -242,21 +251,20 @@ def write_serving_image(client, name: str, version: str, build: bool, progress: 
         command = [sys.executable, "-m", "mlflow", "models", "generate-dockerfile", "-m", uri, "-d", str(output)]
         result = subprocess.run(command, capture_output=True, text=True, env=environment)
         if result.returncode != 0:
-            raise ConfigError(
-                f"mlflow models generate-dockerfile failed: {first_line(result.stderr.splitlines()[-1] if result.stderr else '')}"
-            )
-        mlflow.log_artifact(str(output / "Dockerfile"), SERVING_DOCKERFILE_ARTIFACT)
-    progress.say("serve", f"Dockerfile for {uri} logged as {SERVING_DOCKERFILE_ARTIFACT}/Dockerfile")
+            last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
+            raise CommandFailed(f"mlflow models generate-dockerfile failed: {first_line(last)}")
+        mlflow.log_artifact(str(output / "Dockerfile"), names.SERVING_DOCKERFILE_ARTIFACT)
+    progress.say("serve", f"Dockerfile for {uri} logged as {names.SERVING_DOCKERFILE_ARTIFACT}/Dockerfile")
     if build:
         image = f"{name.lower()}:{version}"
         built = subprocess.run(
             [sys.executable, "-m", "mlflow", "models", "build-docker", "-m", uri, "-n", image], env=environment
         )
         if built.returncode != 0:
-            raise ConfigError(
+            raise CommandFailed(
                 f"mlflow models build-docker -m {uri} failed (exit {built.returncode}); see its output above"
             )
-        mlflow.set_tag("medimg.serving_image", image)
+        mlflow.set_tag(names.SERVING_IMAGE_TAG, image)
         progress.say("serve", f"image {image} built")
 
 
@@ -264,15 +272,18 @@ def challenge(client, settings: PipelineSettings, champion, champion_data, progr
     """Train (or take) the challenger and score it, and the champion, on the same test split; compare them."""
     import mlflow
 
-    from train.trainer import train
+    from train.job.trainer import train
 
     challenger_uri, challenger_run = source_of(settings.challenger, client) if settings.challenger else ("", "")
     if not challenger_run and not settings.challenger:
-        result = train(settings.main_settings(), parent_run_id=parent_run_id)
+        main_settings = settings.main_settings()
+        if not main_settings.run_name:
+            main_settings = main_settings.replace(run_name="train challenger")
+        result = train(main_settings, parent_run_id=parent_run_id)
         challenger_uri, challenger_run = result.model_uri, result.run_id
         progress.say("train", f"challenger run {challenger_run}, {result.metrics.get('epochs_run', 0):.0f} epoch(s)")
         if champion is not None:
-            check_same_data(data_of(client, challenger_run), champion_data, champion.version)
+            check_challenger_data(data_of(client, challenger_run), champion_data, champion.version)
     challenger = evaluate_step(challenger_uri, "challenger", progress)
     metric = metric_for(settings, challenger.data.task)
     if metric not in challenger.metrics:
@@ -285,8 +296,8 @@ def challenge(client, settings: PipelineSettings, champion, champion_data, progr
             f"models:/{settings.registered_model}/{champion.version}", "champion", progress
         )
         comparison = compare(metric, challenger, champion_evaluation, settings.seed)
-        with mlflow.start_run(run_name="compare", nested=True):
-            mlflow.log_dict(comparison.to_dict(), "comparison.json")
+        with medimg_run("compare", nested=True):
+            mlflow.log_dict(comparison.to_dict(), names.COMPARISON_ARTIFACT)
             mlflow.log_metrics(
                 {f"comparison_{key}": value for key, value in comparison.to_dict().items() if isinstance(value, float)}
             )
@@ -298,12 +309,14 @@ def challenge(client, settings: PipelineSettings, champion, champion_data, progr
 
 
 def pipeline(settings: PipelineSettings) -> Decision:
-    """Run the flow; ConfigError (exit 2) for anything refused before or during it, nothing left half-registered."""
-    import mlflow
+    """Run the flow; ConfigError (exit 2) for what is refused, CommandFailed (exit 1) for a step that fails.
+
+    Aliases move only after every other step succeeded; a version this run registered is deleted again when a
+    later step fails, so nothing is left half-done in the registry.
+    """
     from mlflow.tracking import MlflowClient
 
-    from train.model_card import log_model_card
-    from train.promote import current_champion
+    from train.release.promote import current_champion
 
     progress = Progress()
     if settings.build_image and (why := docker_engine_error()):
@@ -314,42 +327,53 @@ def pipeline(settings: PipelineSettings) -> Decision:
     champion = current_champion(client, settings.registered_model)
     champion_data = data_of(client, champion.run_id) if champion is not None else None
     if settings.challenger and champion is not None:
-        check_same_data(data_of(client, source_of(settings.challenger, client)[1]), champion_data, champion.version)
+        check_challenger_data(
+            data_of(client, source_of(settings.challenger, client)[1]), champion_data, champion.version
+        )
     progress.say("start", f"champion {settings.registered_model}/{champion.version}" if champion else "no champion yet")
-    with mlflow.start_run(
-        run_name=None if os.environ.get("MLFLOW_RUN_ID") else f"pipeline {settings.registered_model}"
-    ) as parent:
-        mlflow.set_tag("medimg.kind", "pipeline")
+    with medimg_run(f"pipeline {settings.registered_model}") as parent:
+        import mlflow
+
+        mlflow.set_tag(names.KIND_TAG, names.KIND_PIPELINE)
         challenger_uri, challenger_run, evaluation, decision = challenge(
             client, settings, champion, champion_data, progress, parent.info.run_id
         )
-        version = register(client, settings, challenger_uri, challenger_run, decision, evaluation)
+        version, created = register(client, settings, challenger_uri, challenger_run, decision, evaluation)
         progress.say("decide", decision.reason)
-        log_model_card(client, settings, version, evaluation, decision)
-        if decision.promoted:
-            write_serving_image(client, settings.registered_model, str(version.version), settings.build_image, progress)
-        sentence = (
-            f"{settings.registered_model} version {version.version} "
-            f"{'is the new champion' if decision.promoted else 'was not promoted'}: {decision.reason}."
-        )
-        mlflow.set_tags(
-            {
-                "mlflow.note.content": sentence,
-                "medimg.decision": "promoted" if decision.promoted else "not promoted",
-                "medimg.registered_version": str(version.version),
-            }
-        )
-        print(
-            json.dumps(
-                {
-                    "decision": "promoted" if decision.promoted else "not promoted",
-                    "version": str(version.version),
-                    "reason": decision.reason,
-                }
-            ),
-            flush=True,
-        )
+        try:
+            release(client, settings, version, evaluation, decision, progress)
+        except BaseException:
+            if created:
+                client.delete_model_version(settings.registered_model, version.version)
+                progress.say("undo", f"version {version.version} deleted again: a step after registering it failed")
+            raise
+        record_decision(settings, version, decision)
     return decision
+
+
+def release(client, settings: PipelineSettings, version, evaluation, decision: Decision, progress: Progress) -> None:
+    """Model card, serving Dockerfile (and image) for a promoted version, then the aliases: in that order."""
+    from train.release.model_card import log_model_card
+
+    log_model_card(client, settings, version, evaluation, decision)
+    if decision.promoted:
+        write_serving_image(settings.registered_model, str(version.version), settings.build_image, progress)
+    move_aliases(client, settings.registered_model, str(version.version), decision.promoted)
+
+
+def record_decision(settings: PipelineSettings, version, decision: Decision) -> None:
+    """The decision on the parent run (a note for the UI, tags for searches) and one JSON line on stdout."""
+    import mlflow
+
+    outcome = "promoted" if decision.promoted else "not promoted"
+    sentence = (
+        f"{settings.registered_model} version {version.version} "
+        f"{'is the new champion' if decision.promoted else 'was not promoted'}: {decision.reason}."
+    )
+    mlflow.set_tags(
+        {names.NOTE_TAG: sentence, names.DECISION_TAG: outcome, names.REGISTERED_VERSION_TAG: str(version.version)}
+    )
+    print(json.dumps({"decision": outcome, "version": str(version.version), "reason": decision.reason}), flush=True)
 
 
 def run(settings: PipelineSettings) -> int:

@@ -1,6 +1,6 @@
 """The named stages of a training job, each with typed inputs and a small result: reads settings and data, writes to the active MLflow run.
 
-`train.trainer.train` composes them (prepare runtime -> load data -> open run -> record run ->
+`train.job.trainer.train` composes them (prepare runtime -> load data -> open run -> record run ->
 build model -> fit -> score splits -> log model -> finish); `evaluate`, `tune` and `pipeline`
 reuse the ones they need instead of hooking into the whole job. TensorFlow, Keras and MLflow
 are imported inside the stages, so importing this module is cheap.
@@ -19,13 +19,16 @@ from typing import Any
 import numpy as np
 import yaml
 
+from serve.contract import output_columns
 from train.data.spec import LoadedDataset, Split
 from train.settings import ConfigError, MainSettings
+from train.tracking import names
+from train.tracking.lineage import DataIdentity
 
 
 @dataclass
 class Runtime:
-    """What the machine gave the job: precision, distribution strategy and tags (train.hardware), and its start time."""
+    """What the machine gave the job: precision, distribution strategy and tags (train.job.hardware), and its start time."""
 
     setup: Any
     started: float
@@ -81,7 +84,7 @@ class TrainingResult:
 def prepare_runtime(settings: MainSettings) -> Runtime:
     """Check the price settings, choose precision and strategy, seed everything; before any data is read."""
     from aws.cost import estimate_cost_from_environment
-    from train.hardware import configure
+    from train.job.hardware import configure
 
     started = time.perf_counter()
     try:
@@ -137,20 +140,23 @@ def split_counts(data: LoadedDataset) -> dict[str, int]:
 def tracked_run(
     settings: MainSettings, runtime: Runtime, *, parent_run_id: str | None = None, experiment_id: str | None = None
 ) -> Iterator[Any]:
-    """The MLflow run of the job (a child run when parent_run_id is given); FAILED if the block raises."""
+    """The MLflow run of the job (a child run when parent_run_id is given); FAILED if the block raises.
+
+    Named `run_name` when given, else `<model>-<dataset>-<first 6 characters of the run id>`.
+    """
     import mlflow
 
-    run_name = settings.run_name or None
-    with mlflow.start_run(
-        run_name=run_name,
+    from train.tracking.experiments import medimg_run
+
+    with medimg_run(
+        lambda run_id: f"{settings.model}-{settings.dataset}-{run_id[:6]}",
+        name=settings.run_name,
         # Under a running parent (the pipeline) the run is a nested child of it.
         nested=mlflow.active_run() is not None,
         parent_run_id=parent_run_id,
         experiment_id=experiment_id,
         log_system_metrics=runtime.setup.log_system_metrics or None,
     ) as run:
-        if run_name:
-            mlflow.set_tag("mlflow.runName", run_name)
         yield run
 
 
@@ -158,8 +164,8 @@ def record_run(run_id: str, settings: MainSettings, data: LoadedDataset, runtime
     """Params, tags, the dataset input and the resolved config: everything needed to reproduce the run."""
     import mlflow
 
-    from train.provenance import git_state, package_versions
-    from train.tracking import log_new_params
+    from train.tracking.provenance import git_state, package_versions
+    from train.tracking.resilience import log_new_params
 
     setup = runtime.setup
     counts = split_counts(data)
@@ -177,19 +183,17 @@ def record_run(run_id: str, settings: MainSettings, data: LoadedDataset, runtime
     }
     log_new_params(run_id, {**settings.to_dict(), **resolved})
     tags = {
-        "medimg.dataset": data.name,
-        "medimg.task": data.task,
-        "medimg.model": settings.model,
-        "medimg.dataset_digest": data.digest,
+        **DataIdentity.of(data).tags(),
+        names.MODEL_FAMILY_TAG: settings.model,
         **git_state(),
         **setup.tags,
     }
-    tags.update({f"medimg.version.{name}": value for name, value in package_versions().items()})
+    tags.update({names.version_tag(name): value for name, value in package_versions().items()})
     mlflow.set_tags(tags)
     log_dataset(data, settings.seed)
     mlflow.log_metric("data.skipped_images", data.skipped_images)
     if data.skipped_examples:
-        mlflow.log_text("\n".join(data.skipped_examples) + "\n", "data/skipped_images.txt")
+        mlflow.log_text("\n".join(data.skipped_examples) + "\n", names.SKIPPED_IMAGES_ARTIFACT)
     artifact = {
         "config": settings.to_dict(),
         "resolved": {
@@ -205,7 +209,7 @@ def record_run(run_id: str, settings: MainSettings, data: LoadedDataset, runtime
             "dataset_source": data.source,
         },
     }
-    mlflow.log_text(yaml.safe_dump(artifact, sort_keys=False), "config/resolved_config.yaml")
+    mlflow.log_text(yaml.safe_dump(artifact, sort_keys=False), names.RESOLVED_CONFIG_ARTIFACT)
 
 
 def augmentation_settings(settings: MainSettings) -> dict:
@@ -224,7 +228,7 @@ def log_dataset(data: LoadedDataset, seed: int) -> None:
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
 
-    from train.tracking import retry_conflicts
+    from train.tracking.resilience import retry_conflicts
 
     source = CodeDatasetSource(tags={"source": data.source, "dataset": data.name, "seed": str(seed)})
     dataset = MetaDataset(source=source, name=data.name, digest=data.digest[:36])
@@ -237,8 +241,8 @@ def build(settings: MainSettings, data: LoadedDataset, runtime: Runtime, run_id:
     import mlflow
 
     from models import build_model
-    from train.objective import imbalance_settings, loss_and_metrics, make_optimizer
-    from train.tracking import log_new_params
+    from train.job.objective import imbalance_settings, loss_and_metrics, make_optimizer
+    from train.tracking.resilience import log_new_params
 
     class_weight, positive_weight, output_bias = imbalance_settings(data)
     with runtime.setup.strategy.scope():
@@ -259,7 +263,7 @@ def build(settings: MainSettings, data: LoadedDataset, runtime: Runtime, run_id:
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=runtime.setup.jit_compile)
     summary_lines: list[str] = []
     model.summary(print_fn=lambda line, *args, **kwargs: summary_lines.append(line))
-    mlflow.log_text("\n".join(summary_lines) + "\n", "architecture/model_summary.txt")
+    mlflow.log_text("\n".join(summary_lines) + "\n", names.MODEL_SUMMARY_ARTIFACT)
     trainable = int(sum(np.prod(weight.shape) for weight in model.trainable_weights))
     log_new_params(run_id, {"total_parameters": model.count_params(), "trainable_parameters": trainable})
     return BuiltModel(model=model, class_weight=class_weight)
@@ -277,8 +281,8 @@ def batches(split: Split, settings: MainSettings, *, training: bool = False):
 
 
 def output_names(data: LoadedDataset) -> list[str]:
-    """The names of the model's outputs: the positive class for binary tasks, every class otherwise."""
-    return [data.class_names[1]] if data.task == "binary" else list(data.class_names)
+    """The names of the model's outputs, as the served answer's probability columns (serve.contract)."""
+    return output_columns(data.task, data.class_names)
 
 
 def check_monitor(data: LoadedDataset, settings: MainSettings) -> None:
@@ -311,8 +315,8 @@ def fit(
 
     import keras
 
-    from train.callbacks import EpochLogger, ValidationAuroc
-    from train.tracking import ResilientLogger
+    from train.job.callbacks import EpochLogger, ValidationAuroc
+    from train.tracking.resilience import ResilientLogger
 
     validation = batches(data.splits["val"], settings)
     metrics_logger = ResilientLogger(run_id)
@@ -384,8 +388,8 @@ def calibrate(model, data: LoadedDataset, settings: MainSettings) -> Calibration
     import mlflow
 
     from serve.calibration import apply_calibration
-    from train.calibration import fit_calibration
-    from train.metrics import choose_threshold, scored_classes
+    from train.scoring.calibration import fit_calibration
+    from train.scoring.metrics import choose_threshold, scored_classes
 
     val = predict_split(model, data.splits["val"], batch_size=settings.batch_size, seed=settings.seed)
     parameters = fit_calibration(val.labels, val.probabilities, data.task)
@@ -407,7 +411,7 @@ def calibrate(model, data: LoadedDataset, settings: MainSettings) -> Calibration
                 settings.operating_point if flag else "0.5 (class one-sided in val)" for flag in scored
             ],
         },
-        artifact_file="metrics/operating_points.json",
+        artifact_file=names.OPERATING_POINTS_ARTIFACT,
     )
     return Calibration(parameters, thresholds, settings.operating_point)
 
@@ -416,15 +420,15 @@ def log_calibration(labels, raw, calibrated, data: LoadedDataset, split: str) ->
     """ECE and Brier score of a split before (`_uncalibrated`) and after calibration, and its reliability diagram."""
     import mlflow
 
-    from train.figures import close_figures, reliability_figure
-    from train.metrics import calibration_scores
+    from train.scoring.figures import close_figures, reliability_figure
+    from train.scoring.metrics import calibration_scores
 
     scores = {f"{split}_{key}_uncalibrated": value for key, value in calibration_scores(labels, raw, data.task).items()}
     scores.update({f"{split}_{key}": value for key, value in calibration_scores(labels, calibrated, data.task).items()})
     mlflow.log_metrics(scores)
     mlflow.log_figure(
         reliability_figure(labels, raw, calibrated, data.task, output_names(data), split),
-        f"plots/reliability_{split}.png",
+        names.reliability_artifact(split),
     )
     close_figures()
     return scores
@@ -457,7 +461,7 @@ def score_predictions(
     at the thresholds with intervals; ECE and Brier before (`_uncalibrated`) and after calibration; mean
     AUROC per subgroup of the split's metadata with the best-worst gap.
     """
-    from train.metrics import calibration_scores, classification_metrics, subgroup_table, uncertainty
+    from train.scoring.metrics import calibration_scores, classification_metrics, subgroup_table, uncertainty
 
     split = data.splits[split_name]
     names = list(data.class_names)
@@ -483,15 +487,15 @@ def log_scores(scores: SplitScores, labels, raw, probabilities, data: LoadedData
     """Log a split's metrics, its class and subgroup tables and its reliability diagram on the active run."""
     import mlflow
 
-    from train.figures import close_figures, reliability_figure
+    from train.scoring.figures import close_figures, reliability_figure
 
     mlflow.log_metrics(scores.metrics)
-    mlflow.log_table(scores.classes, artifact_file=f"metrics/{split_name}_classes.json")
+    mlflow.log_table(scores.classes, artifact_file=names.classes_artifact(split_name))
     if scores.subgroups:
-        mlflow.log_table(scores.subgroups, artifact_file=f"metrics/{split_name}_subgroups.json")
+        mlflow.log_table(scores.subgroups, artifact_file=names.subgroups_artifact(split_name))
     mlflow.log_figure(
         reliability_figure(labels, raw, probabilities, data.task, output_names(data), split_name),
-        f"plots/reliability_{split_name}.png",
+        names.reliability_artifact(split_name),
     )
     close_figures()
 
@@ -535,7 +539,7 @@ def log_model(model, data: LoadedDataset, settings: MainSettings, calibration: C
     model_info = log_classifier(
         model, classifier_config, example_image, registered_model_name=settings.register_as or None
     )
-    mlflow.set_tag("medimg.model_uri", model_info.model_uri)
+    mlflow.set_tag(names.MODEL_URI_TAG, model_info.model_uri)
     return model_info
 
 
@@ -543,7 +547,7 @@ def log_fit(fitted: FitResult, train_count: int) -> dict[str, float]:
     """The fit's summary metrics and curves on the run."""
     import mlflow
 
-    from train.figures import close_figures, curves_figure
+    from train.scoring.figures import close_figures, curves_figure
 
     summary = {
         "best_epoch": fitted.best_epoch,
@@ -557,9 +561,9 @@ def log_fit(fitted: FitResult, train_count: int) -> dict[str, float]:
     if "best_val_auroc" not in summary and len(auroc_history) > fitted.best_epoch:
         summary["best_val_auroc"] = float(auroc_history[fitted.best_epoch])
     mlflow.log_metrics(summary)
-    mlflow.log_figure(curves_figure(fitted.history, fitted.best_epoch), "plots/training_curves.png")
+    mlflow.log_figure(curves_figure(fitted.history, fitted.best_epoch), names.TRAINING_CURVES_ARTIFACT)
     close_figures()
-    mlflow.log_dict(fitted.history, "metrics/history.json")
+    mlflow.log_dict(fitted.history, names.HISTORY_ARTIFACT)
     return summary
 
 

@@ -20,66 +20,38 @@ from typing import Any
 
 import numpy as np
 
+from serve.contract import output_columns
+from serve.model_uri import ModelUriError, ResolvedModel, resolve_model_uri
 from train.data import load_dataset
 from train.data.spec import LoadedDataset
-from train.figures import SAMPLE_GRID, close_figures, confusion_figure, gradcam_figure, roc_figure, samples_figure
-from train.metrics import confusion_matrices, label_text
+from train.job.stages import Predictions, SplitScores, log_scores, predict_split, score_predictions
+from train.scoring.figures import (
+    SAMPLE_GRID,
+    close_figures,
+    confusion_figure,
+    gradcam_figure,
+    roc_figure,
+    samples_figure,
+)
+from train.scoring.metrics import confusion_matrices, label_text
 from train.settings import ConfigError, EvaluateSettings, MainSettings, coerce, first_line, unquote
-from train.stages import Predictions, SplitScores, log_scores, predict_split, score_predictions
+from train.tracking import names
+from train.tracking.lineage import DataIdentity, check_same_data
 
 logger = logging.getLogger("medimg.evaluate")
 
 GRADCAM_SAMPLES = 4
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model URI points: the training run and logged model behind it, when they can be found."""
-
-    model_uri: str
-    run_id: str | None = None
-    model_id: str | None = None
-    registered: str | None = None
-
-
-def resolve_model_source(model_uri: str, client) -> ModelSource:
-    """Find the source run (and logged model id) of runs:/, models:/<id>, models:/<name>@<alias> and models:/<name>/<n>."""
-    from mlflow.exceptions import MlflowException
-
+def resolve_model(model_uri: str, client) -> ResolvedModel:
+    """The registered version, logged model and training run behind a model URI (serve.model_uri's rules)."""
     try:
-        if model_uri.startswith("runs:/"):
-            return ModelSource(model_uri, run_id=model_uri[len("runs:/") :].split("/", 1)[0])
-        if not model_uri.startswith("models:/"):
-            return ModelSource(model_uri)
-        target = model_uri[len("models:/") :].rstrip("/")
-        if "@" in target:
-            name, alias = target.split("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        elif "/" in target:
-            name, number = target.split("/", 1)
-            if number == "latest":
-                versions = client.search_model_versions(f"name='{name}'")
-                if not versions:
-                    raise ConfigError(f"registered model {name!r} has no versions; check model_uri {model_uri!r}")
-                version = max(versions, key=lambda item: int(item.version))
-            elif number.isdigit():
-                version = client.get_model_version(name, number)
-            else:
-                raise ConfigError(f"model_uri {model_uri!r}: stages are not used; use models:/{name}@<alias>")
-        else:
-            logged = client.get_logged_model(target)
-            return ModelSource(model_uri, run_id=logged.source_run_id, model_id=logged.model_id)
-    except MlflowException as error:
-        raise ConfigError(f"model_uri {model_uri!r} cannot be resolved: {first_line(error.message)}") from None
-    model_id = getattr(version, "model_id", None)
-    if not model_id and str(version.source).startswith("models:/m-"):
-        model_id = str(version.source)[len("models:/") :]
-    return ModelSource(
-        model_uri, run_id=version.run_id, model_id=model_id, registered=f"{version.name}/{version.version}"
-    )
+        return resolve_model_uri(model_uri, client)
+    except ModelUriError as error:
+        raise ConfigError(str(error)) from None
 
 
-def training_params(source: ModelSource, client) -> tuple[dict[str, str], dict[str, str]]:
+def training_params(source: ResolvedModel, client) -> tuple[dict[str, str], dict[str, str]]:
     """The params and tags of the run that trained the model (empty when it is not in this tracking store)."""
     from mlflow.exceptions import MlflowException
 
@@ -88,7 +60,7 @@ def training_params(source: ModelSource, client) -> tuple[dict[str, str], dict[s
     try:
         run = client.get_run(source.run_id)
     except MlflowException:
-        logger.warning("source run %s of %s is not in this tracking store", source.run_id, source.model_uri)
+        logger.warning("source run %s of %s is not in this tracking store", source.run_id, source.uri)
         return {}, {}
     # `mlflow run` logs empty parameters as the two characters ''.
     return {key: unquote(value) for key, value in run.data.params.items()}, dict(run.data.tags)
@@ -104,30 +76,43 @@ def data_settings(config: EvaluateSettings, source_params: dict[str, str], task:
     # the training run whenever the dataset is the same; otherwise training's defaults apply.
     inherited = source_params if same_dataset else {}
 
+    default_seed = MainSettings.defaults()["seed"]
+
     def training_value(name: str):
         return coerce(MainSettings, name, inherited.get(name, MainSettings.defaults()[name]))
 
     settings = {
         "name": dataset,
         "data_dir": config.data_dir or training_value("data_dir") or None,
-        "seed": config.seed if config.seed >= 0 else coerce(MainSettings, "seed", source_params.get("seed", 42)),
+        "seed": config.seed
+        if config.seed >= 0
+        else coerce(MainSettings, "seed", source_params.get("seed", default_seed)),
         "max_examples": config.max_examples if config.max_examples >= 0 else training_value("max_examples"),
         "validation_fraction": training_value("validation_fraction"),
         "view": training_value("view"),
         # The grouping decides which patients land in the test split, as the fractions do.
         "group_pattern": training_value("group_pattern"),
     }
-    if dataset == "synthetic":
-        if task not in ("binary", "multilabel"):
-            raise ConfigError(f"the synthetic dataset is binary or multilabel; this model's task is {task}")
-        settings["synthetic_task"] = task
+    spec = dataset_spec(dataset)
+    if spec.task_option:
+        # The dataset's variants differ by task (synthetic): score the variant the model was trained for.
+        settings[spec.task_option] = task
     return settings
+
+
+def dataset_spec(name: str):
+    from train.data import get_dataset_spec
+
+    try:
+        return get_dataset_spec(name)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def predictions_csv(labels: np.ndarray, probabilities: np.ndarray, task: str, class_names: list[str]) -> str:
     import pandas as pd
 
-    names = [class_names[1]] if task == "binary" else list(class_names)
+    names = output_columns(task, class_names)
     frame = pd.DataFrame(np.asarray(labels).reshape(len(labels), -1), columns=[f"true_{name}" for name in names])
     for index, name in enumerate(names):
         frame[f"probability_{name}"] = np.asarray(probabilities).reshape(len(probabilities), -1)[:, index]
@@ -160,7 +145,7 @@ def load_classifier(model_uri: str):
 class Evaluation:
     """One scored split: where the model and data came from, its predictions and scores (keys <split>_*)."""
 
-    source: ModelSource
+    source: ResolvedModel
     data: LoadedDataset
     data_settings: dict[str, Any]
     predictions: Predictions
@@ -178,39 +163,33 @@ class Evaluation:
         return self.scores.metrics
 
 
-def check_same_data(data: LoadedDataset, params: dict[str, str], tags: dict[str, str], allow: bool) -> None:
+def check_evaluation_data(data: LoadedDataset, params: dict[str, str], tags: dict[str, str], allow: bool) -> None:
     """Refuse data whose name, task or content digest differs from the training run's, unless allowed.
 
     A changed folder or other split settings can put training images into the "test" split.
     """
-    trained = {"dataset": tags.get("medimg.dataset") or params.get("dataset", ""), "task": tags.get("medimg.task", "")}
-    trained["digest"] = tags.get("medimg.dataset_digest", "")
-    found = {"dataset": data.name, "task": data.task, "digest": data.digest}
-    differences = [
-        f"{key} {found[key][:12] if key == 'digest' else found[key]!r} (trained on "
-        f"{trained[key][:12] if key == 'digest' else trained[key]!r})"
-        for key in ("dataset", "task", "digest")
-        if trained[key] and trained[key] != found[key]
-    ]
-    if differences and not allow:
-        raise ConfigError(
-            f"the evaluation data differs from the training run's: {'; '.join(differences)}; its test split may hold "
-            "training images. Evaluate with the training run's data settings, or pass allow_different_data=true "
-            "for an external test set"
-        )
+    if allow:
+        return
+    check_same_data(
+        DataIdentity.of(data),
+        DataIdentity.from_tags(tags, params),
+        what="the evaluation data differs from the training run's",
+        fix="its test split may hold training images. Evaluate with the training run's data settings, or pass "
+        "allow_different_data=true for an external test set",
+    )
 
 
 def score_model(settings: EvaluateSettings) -> Evaluation:
     """Load the model and its evaluation data, predict the split and compute every score; logs nothing."""
     from mlflow.tracking import MlflowClient
 
-    from train.hardware import enable_memory_growth
+    from train.job.hardware import enable_memory_growth
 
     client = MlflowClient()
-    source = resolve_model_source(settings.model_uri, client)
+    source = resolve_model(settings.model_uri, client)
     enable_memory_growth()
     params, tags = training_params(source, client)
-    classifier = load_classifier(settings.model_uri)
+    classifier = load_classifier(source.load_uri)
     classifier_config = classifier.config
     chosen = data_settings(settings, params, classifier_config.task)
     try:
@@ -222,7 +201,7 @@ def score_model(settings: EvaluateSettings) -> Evaluation:
             f"dataset {data.name!r} has {data.task} classes {data.class_names}, but the model predicts "
             f"{classifier_config.task} classes {classifier_config.class_names}; evaluate on the dataset it was trained for"
         )
-    check_same_data(data, params, tags, settings.allow_different_data)
+    check_evaluation_data(data, params, tags, settings.allow_different_data)
     split = data.splits[settings.split]
     if split.count == 0:
         raise ConfigError(f"the {settings.split} split of {data.name!r} has no examples; choose another split")
@@ -258,13 +237,18 @@ def score_model(settings: EvaluateSettings) -> Evaluation:
     )
 
 
+def evaluation_run_name(source: ResolvedModel, dataset: str, split: str) -> str:
+    """`evaluate <name> version <n> on <dataset>/<split>`: the run says which version it scored."""
+    return f"evaluate {source.label} on {dataset}/{split}"
+
+
 def evaluate(settings: EvaluateSettings) -> Evaluation:
     """Evaluate settings.model_uri on one split and log it as an evaluation run; return what was scored."""
     import mlflow
 
     evaluation = score_model(settings)
     data = evaluation.data
-    run_name = settings.run_name or f"evaluate {settings.model_uri} on {data.name}/{settings.split}"
+    run_name = settings.run_name or evaluation_run_name(evaluation.source, data.name, settings.split)
     with mlflow.start_run(run_name=run_name) as run:
         evaluation.run_id = run.info.run_id
         record_evaluation(run.info.run_id, settings, evaluation)
@@ -283,20 +267,18 @@ def record_evaluation(run_id: str, settings: EvaluateSettings, evaluation: Evalu
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from train.tracking import log_new_params
+    from train.tracking.resilience import log_new_params
 
     source, data, chosen = evaluation.source, evaluation.data, evaluation.data_settings
     mlflow.set_tags(
         {
-            "medimg.kind": "evaluation",
-            "medimg.evaluated_model_uri": settings.model_uri,
-            "medimg.source_run_id": source.run_id or "",
-            "medimg.evaluated_model_id": source.model_id or "",
-            "medimg.registered_model_version": source.registered or "",
-            "medimg.dataset": data.name,
-            "medimg.dataset_digest": data.digest,
-            "medimg.split": settings.split,
-            "medimg.task": data.task,
+            names.KIND_TAG: names.KIND_EVALUATION,
+            names.EVALUATED_MODEL_URI_TAG: settings.model_uri,
+            names.SOURCE_RUN_ID_TAG: source.run_id,
+            names.EVALUATED_MODEL_ID_TAG: source.model_id,
+            names.REGISTERED_MODEL_VERSION_TAG: source.registered,
+            **DataIdentity.of(data).tags(),
+            names.SPLIT_TAG: settings.split,
         }
     )
     resolved = {f"resolved_{key}": value for key, value in chosen.items() if key != "name"}
@@ -312,7 +294,7 @@ def record_evaluation(run_id: str, settings: EvaluateSettings, evaluation: Evalu
         },
     )
     if settings.allow_different_data:
-        mlflow.set_tag("medimg.allow_different_data", "true")
+        mlflow.set_tag(names.ALLOW_DIFFERENT_DATA_TAG, "true")
     predictions = evaluation.predictions
     log_scores(
         evaluation.scores, predictions.labels, predictions.probabilities, evaluation.probabilities, data, settings.split
@@ -337,18 +319,18 @@ def log_evaluation_pictures(settings: EvaluateSettings, evaluation: Evaluation) 
     labels, probabilities, samples = predictions.labels, evaluation.probabilities, predictions.images
     task, class_names, threshold = data.task, list(data.class_names), evaluation.thresholds
     mlflow.log_figure(
-        roc_figure(labels, probabilities, task, class_names, threshold, settings.specificity), "plots/roc_curves.png"
+        roc_figure(labels, probabilities, task, class_names, threshold, settings.specificity), names.ROC_ARTIFACT
     )
     matrices = confusion_matrices(labels, probabilities, task, threshold)
-    mlflow.log_figure(confusion_figure(matrices, task, class_names, threshold), "plots/confusion_matrix.png")
-    mlflow.log_dict({"matrices": [matrix.tolist() for matrix in matrices]}, "metrics/confusion_matrix.json")
+    mlflow.log_figure(confusion_figure(matrices, task, class_names, threshold), names.CONFUSION_ARTIFACT)
+    mlflow.log_dict({"matrices": [matrix.tolist() for matrix in matrices]}, names.CONFUSION_TABLE_ARTIFACT)
     grid = SAMPLE_GRID * SAMPLE_GRID
     mlflow.log_figure(
         samples_figure(samples[:grid], labels[:grid], probabilities[:grid], task, class_names, threshold),
-        "plots/samples.png",
+        names.SAMPLES_ARTIFACT,
     )
     log_gradcam(evaluation.keras_model, samples[:GRADCAM_SAMPLES], labels, probabilities, task, class_names)
-    mlflow.log_text(predictions_csv(labels, probabilities, task, class_names), "predictions/predictions.csv")
+    mlflow.log_text(predictions_csv(labels, probabilities, task, class_names), names.PREDICTIONS_ARTIFACT)
     close_figures()
 
 
@@ -377,6 +359,6 @@ def log_gradcam(keras_model, images, labels, probabilities, task: str, class_nam
             )
     except ValueError as error:
         logger.warning("Grad-CAM skipped: %s", error)
-        mlflow.set_tag("medimg.gradcam", f"skipped: {first_line(str(error))[:200]}")
+        mlflow.set_tag(names.GRADCAM_TAG, f"skipped: {first_line(str(error))[:200]}")
         return
-    mlflow.log_figure(gradcam_figure(np.asarray(images), np.asarray(heatmaps), titles), "plots/gradcam.png")
+    mlflow.log_figure(gradcam_figure(np.asarray(images), np.asarray(heatmaps), titles), names.GRADCAM_ARTIFACT)

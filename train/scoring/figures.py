@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from train.metrics import decisions, label_text, threshold_metrics
+from train.scoring.metrics import decisions, label_text, threshold_metrics
 
 # The sample grid of evaluation runs is SAMPLE_GRID x SAMPLE_GRID images.
 SAMPLE_GRID = 3

@@ -288,9 +288,11 @@ def calibration_scores(labels: np.ndarray, probabilities: np.ndarray, task: str)
 def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: str) -> float:
     """The decision threshold of one output chosen on `scores` by the operating-point rule.
 
-    youden: the threshold maximising sensitivity + specificity - 1; sensitivity:x: the highest threshold
-    whose sensitivity is at least x (best specificity there); specificity:x: the lowest threshold whose
-    specificity is at least x (best sensitivity there); a number: that threshold.
+    youden: the threshold maximising sensitivity + specificity - 1, in the middle of the range of thresholds
+    that reach that maximum (a separable validation split ties every threshold between its highest negative
+    and lowest positive score; the middle keeps a margin to both); sensitivity:x: the highest threshold whose
+    sensitivity is at least x (best specificity there); specificity:x: the lowest threshold whose specificity
+    is at least x (best sensitivity there); a number: that threshold.
     """
     from sklearn.metrics import roc_curve
 
@@ -300,19 +302,42 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: str) -> float
     if kind == "threshold":
         return value
     truth = np.asarray(labels).reshape(-1) >= 0.5
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if truth.all() or not truth.any():
         raise ValueError("the operating point needs positive and negative examples in the validation split")
-    false_positive_rate, true_positive_rate, thresholds = roc_curve(truth, np.asarray(scores).reshape(-1))
+    if kind == "youden":
+        return youden_threshold(truth, scores)
+    false_positive_rate, true_positive_rate, thresholds = roc_curve(truth, scores)
     # roc_curve starts with an infinite threshold that calls nothing positive.
     thresholds = np.clip(thresholds, 0.0, 1.0)
-    if kind == "youden":
-        index = int(np.argmax(true_positive_rate - false_positive_rate))
-    elif kind == "sensitivity":
+    if kind == "sensitivity":
         index = int(np.flatnonzero(true_positive_rate >= value - 1e-12)[0])
     else:
         allowed = np.flatnonzero(false_positive_rate <= 1.0 - value + 1e-12)
         index = int(allowed[-1])
     return float(thresholds[index])
+
+
+def youden_threshold(truth: np.ndarray, scores: np.ndarray) -> float:
+    """The middle of the widest run of thresholds that maximise Youden's J (sensitivity + specificity - 1).
+
+    A threshold t calls `score >= t` positive; between two neighbouring distinct scores every threshold gives
+    the same decisions, so each distinct score s_i stands for the interval (s_{i+1}, s_i] of thresholds.
+    """
+    distinct = np.unique(scores)[::-1]
+    positives, negatives = truth.sum(), (~truth).sum()
+    called = scores[None, :] >= distinct[:, None]
+    youden = (called & truth).sum(axis=1) / positives - (called & ~truth).sum(axis=1) / negatives
+    best = np.flatnonzero(youden >= youden.max() - 1e-12)
+    # Contiguous runs of tied indices; each run covers (score below its last index, score of its first index].
+    runs = np.split(best, np.flatnonzero(np.diff(best) > 1) + 1)
+    intervals = []
+    for run in runs:
+        high = float(distinct[run[0]])
+        low = float(distinct[run[-1] + 1]) if run[-1] + 1 < len(distinct) else 0.0
+        intervals.append((high - low, low, high))
+    _, low, high = max(intervals)
+    return float(np.clip((low + high) / 2.0, 0.0, 1.0))
 
 
 def class_table(labels: np.ndarray, task: str, class_names: list[str]) -> tuple[list[str], np.ndarray]:

@@ -1,6 +1,6 @@
 """Trains one model on one dataset (`python -m train main`): reads MainSettings; writes an MLflow run with params, metrics, artifacts and the model.
 
-The job is a short composition of the named stages in train/stages.py. The run records what
+The job is a short composition of the named stages in train/job/stages.py. The run records what
 it needs to be reproduced: the resolved config, git commit, dataset digest, package versions
 and hardware.
 """
@@ -8,8 +8,7 @@ and hardware.
 from __future__ import annotations
 
 from train.data.spec import LoadedDataset
-from train.settings import MainSettings
-from train.stages import (
+from train.job.stages import (
     TrainingResult,
     build,
     calibrate,
@@ -24,6 +23,7 @@ from train.stages import (
     score_splits,
     tracked_run,
 )
+from train.settings import MainSettings
 
 
 def train(

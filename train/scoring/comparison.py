@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import norm, rankdata
 
-from train.metrics import BOOTSTRAP_SAMPLES, CONFIDENCE, bootstrap, class_mean, interval, weighted_auroc
+from train.scoring.metrics import BOOTSTRAP_SAMPLES, CONFIDENCE, bootstrap, class_mean, interval, weighted_auroc
 
 
 @dataclass(frozen=True)

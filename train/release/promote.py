@@ -21,13 +21,12 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from train.settings import ConfigError, PromoteSettings, first_line
+from train.settings import CommandFailed, ConfigError, PromoteSettings, first_line
+from train.tracking import names
+from train.tracking.experiments import medimg_run
+from train.tracking.lineage import DataIdentity
+from train.tracking.names import CHALLENGER, CHAMPION, PREVIOUS
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-PREVIOUS = "previous"
-MODEL_URI_TAG = "medimg.model_uri"
-DATA_TAGS = ("medimg.dataset", "medimg.task", "medimg.dataset_digest")
 # Without --metric: the first of these that every comparable run has.
 AUTOMATIC_METRICS = ("test_mean_auroc", "test_auroc", "best_val_auroc")
 
@@ -38,8 +37,8 @@ class Candidate:
     model_uri: str
     value: float
     start_time: int
-    # (dataset, task, dataset digest) of the run's training data.
-    data: tuple[str, str, str] = ("", "", "")
+    # The run's training data (dataset, task, content digest).
+    data: DataIdentity = DataIdentity()
     metrics: dict | None = None
 
 
@@ -84,15 +83,6 @@ def is_better(value: float, than: float, mode: str) -> bool:
     return value > than if mode == "max" else value < than
 
 
-def data_key(tags: dict[str, str]) -> tuple[str, str, str]:
-    return tuple(tags.get(name, "") for name in DATA_TAGS)
-
-
-def describe_data(key: tuple[str, str, str]) -> str:
-    dataset, task, digest = key
-    return f"{dataset or 'unknown dataset'}/{task or 'unknown task'} (digest {digest[:12] or 'none'})"
-
-
 def candidates(client, ids: list[str]) -> list[Candidate]:
     """FINISHED runs that logged a model, with their metrics and training data (value filled in later)."""
     found = []
@@ -102,28 +92,29 @@ def candidates(client, ids: list[str]) -> list[Candidate]:
             ids, filter_string="attributes.status = 'FINISHED'", max_results=1000, page_token=page_token
         )
         for run in page:
-            model_uri = run.data.tags.get(MODEL_URI_TAG, "")
+            model_uri = run.data.tags.get(names.MODEL_URI_TAG, "")
             if model_uri:
                 metrics = {key: value for key, value in run.data.metrics.items() if math.isfinite(value)}
                 start = int(run.info.start_time or 0)
-                found.append(Candidate(run.info.run_id, model_uri, math.nan, start, data_key(run.data.tags), metrics))
+                data = DataIdentity.from_tags(run.data.tags)
+                found.append(Candidate(run.info.run_id, model_uri, math.nan, start, data, metrics))
         page_token = page.token
         if not page_token:
             return found
 
 
-def comparable(found: list[Candidate], reference: tuple[str, str, str] | None) -> list[Candidate]:
+def comparable(found: list[Candidate], reference: DataIdentity | None) -> list[Candidate]:
     """The candidates trained on the reference data (the champion's, else the newest run's); one line on the rest."""
     if not found:
         return []
     if reference is None:
         reference = max(found, key=lambda candidate: candidate.start_time).data
-    kept = [candidate for candidate in found if candidate.data == reference]
-    excluded = [candidate for candidate in found if candidate.data != reference]
+    kept = [candidate for candidate in found if candidate.data.same_as(reference)]
+    excluded = [candidate for candidate in found if not candidate.data.same_as(reference)]
     if excluded:
-        kinds = sorted({describe_data(candidate.data) for candidate in excluded})
+        kinds = sorted({candidate.data.describe() for candidate in excluded})
         print(
-            f"promote compares runs on {describe_data(reference)} only; excluded {len(excluded)} run(s) trained on "
+            f"promote compares runs on {reference.describe()} only; excluded {len(excluded)} run(s) trained on "
             f"other data: {', '.join(kinds)}",
             flush=True,
         )
@@ -167,7 +158,7 @@ def find_or_register(client, name: str, candidate: Candidate) -> tuple[Any, bool
             return version, False
     version = mlflow.register_model(candidate.model_uri, name)
     if str(version.status) != "READY":
-        raise ConfigError(f"model version {name}/{version.version} is {version.status}, not READY; try again later")
+        raise CommandFailed(f"model version {name}/{version.version} is {version.status}, not READY; try again later")
     return version, True
 
 
@@ -191,21 +182,21 @@ def champion_value(client, champion, metric: str) -> float | None:
             value = None
         if value is not None and math.isfinite(value):
             return float(value)
-    tagged = champion.tags.get(f"medimg.metric.{metric}") if champion.tags else None
+    tagged = champion.tags.get(names.metric_tag(metric)) if champion.tags else None
     try:
         return float(tagged) if tagged is not None else None
     except ValueError:
         return None
 
 
-def champion_data(client, champion) -> tuple[str, str, str] | None:
+def champion_data(client, champion) -> DataIdentity | None:
     """The training data of the current champion's source run (None when there is no champion or no run)."""
     from mlflow.exceptions import MlflowException
 
     if champion is None or not champion.run_id:
         return None
     try:
-        return data_key(client.get_run(champion.run_id).data.tags)
+        return DataIdentity.from_tags(client.get_run(champion.run_id).data.tags)
     except MlflowException:
         return None
 
@@ -241,12 +232,12 @@ def promote(config: PromoteSettings) -> PromotionResult:
     try:
         version, created = find_or_register(client, name, best)
     except MlflowException as error:
-        raise ConfigError(f"cannot register {best.model_uri} as {name!r}: {first_line(error.message)}") from None
+        raise CommandFailed(f"cannot register {best.model_uri} as {name!r}: {first_line(error.message)}") from None
     tags = {
-        "medimg.source_run_id": best.run_id,
-        "medimg.promotion_metric": metric,
-        f"medimg.metric.{metric}": repr(best.value),
-        "medimg.dataset_digest": best.data[2],
+        names.SOURCE_RUN_ID_TAG: best.run_id,
+        names.PROMOTION_METRIC_TAG: metric,
+        names.metric_tag(metric): repr(best.value),
+        names.DATASET_DIGEST_TAG: best.data.digest,
     }
     for key, value in tags.items():
         if value and (version.tags or {}).get(key) != value:
@@ -310,7 +301,7 @@ def rollback(name: str) -> PromotionResult:
     champion = current_champion(client, name)
     move_champion(client, name, previous.version)
     client.set_model_version_tag(
-        name, previous.version, "medimg.rolled_back_from", str(getattr(champion, "version", ""))
+        name, previous.version, names.ROLLED_BACK_FROM_TAG, str(getattr(champion, "version", ""))
     )
     result = PromotionResult(
         registered_model=name,
@@ -329,18 +320,18 @@ def rollback(name: str) -> PromotionResult:
 
 
 def log_to_active_run(result: PromotionResult) -> None:
-    """Under `mlflow run -e promote` MLflow made a run for this command; record the decision on it."""
+    """Under `mlflow run -e promote` MLflow made a run for this command; record the decision on it and name it."""
     if not os.environ.get("MLFLOW_RUN_ID"):
         return
     import mlflow
 
-    with mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"]):
+    with medimg_run(f"promote {result.registered_model}", run_id=os.environ["MLFLOW_RUN_ID"]):
         mlflow.set_tags(
             {
-                "medimg.kind": "promotion",
-                "medimg.promoted_run_id": result.run_id,
-                "medimg.promoted_version": f"{result.registered_model}/{result.version}",
-                "medimg.promotion_action": result.action,
+                names.KIND_TAG: names.KIND_PROMOTION,
+                names.PROMOTED_RUN_ID_TAG: result.run_id,
+                names.PROMOTED_VERSION_TAG: f"{result.registered_model}/{result.version}",
+                names.PROMOTION_ACTION_TAG: result.action,
             }
         )
 

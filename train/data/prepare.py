@@ -33,6 +33,7 @@ import numpy as np
 from train.data.prepared import FORMAT, FORMAT_VERSION, IMAGE_ENCODING, MANIFEST_NAME, STATE_NAME, count_records
 from train.data.spec import SPLIT_NAMES
 from train.settings import ConfigError, PrepareSettings
+from train.tracking import names
 
 # Lines of skipped images kept in the manifest; the count covers all of them.
 MAX_SKIPPED_IN_MANIFEST = 100
@@ -564,7 +565,7 @@ def log_to_active_run(result: PrepareResult) -> None:
     manifest = result.manifest
     with mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"]):
         mlflow.log_dict(manifest, "prepare/manifest.json")
-        mlflow.set_tags({"medimg.dataset": manifest["dataset"], "medimg.prepared_dir": str(result.output_dir)})
+        mlflow.set_tags({names.DATASET_TAG: manifest["dataset"], names.PREPARED_DIR_TAG: str(result.output_dir)})
         metrics = {f"prepared_{split}_examples": count for split, count in manifest["counts"].items()}
         metrics.update(
             {

@@ -8,7 +8,7 @@ import time
 import keras
 import numpy as np
 
-from train.metrics import auroc_scores, scored_classes
+from train.scoring.metrics import auroc_scores, scored_classes
 
 
 class ValidationAuroc(keras.callbacks.Callback):
@@ -16,7 +16,7 @@ class ValidationAuroc(keras.callbacks.Callback):
 
     A class without both label values in the validation split has no AUROC: it is left out, never
     given an invented value, and `val_n_classes_scored` says over how many classes the mean runs.
-    Training with monitor=val_auroc refuses such a split before fitting (train.stages.check_monitor).
+    Training with monitor=val_auroc refuses such a split before fitting (train.job.stages.check_monitor).
 
     Keras' streaming AUC approximates with 200 thresholds; the best epoch and the
     reported numbers use the exact value instead.

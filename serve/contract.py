@@ -1,0 +1,120 @@
+"""The served answer's contract, in one place: request column and params, answer columns per task, accepted formats; reads and writes nothing.
+
+Every place that produces or reads an answer imports its names from here: the logged pyfunc
+(`serve.pyfunc`), `mlflow models serve` clients (`serve.client`), the clinician app (`serve.app`),
+the PACS worker (`serve.pacs`), batch scoring (`train.batch`), `evaluate` and the benchmarks.
+Importing it costs nothing (standard library only).
+
+An answer has one row per image:
+
+| column | type | meaning |
+|---|---|---|
+| one per output (`output_columns`) | double | calibrated probability of that finding |
+| `predicted` | string | the decision: binary, the class name; multiclass, the most probable class; multilabel, every finding at or above its threshold joined with `|` (empty when none) |
+| `threshold_<output>` | double | binary and multilabel: the threshold that output was decided at |
+| `frame` | long | the 0-based frame scored (multi-frame DICOM; 0 otherwise) |
+| `gradcam_class`, `gradcam_overlay`, `gradcam_input` | string | with `explain=true`: the output explained, an RGBA heatmap PNG and the model-input PNG (base64) |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+# The request: one column of base64 images, and the params a request may set.
+IMAGE_COLUMN = "image"
+THRESHOLD_PARAM = "threshold"
+FRAME_PARAM = "frame"
+EXPLAIN_PARAM = "explain"
+EXPLAIN_CLASS_PARAM = "explain_class"
+# frame=-1 asks for the middle frame of a multi-frame image (frames // 2, 0-based).
+MIDDLE_FRAME = -1
+
+# The answer.
+PREDICTED_COLUMN = "predicted"
+THRESHOLD_PREFIX = "threshold_"
+FRAME_COLUMN = FRAME_PARAM
+LABEL_SEPARATOR = "|"
+EXPLAINED_CLASS_COLUMN = "gradcam_class"
+OVERLAY_COLUMN = "gradcam_overlay"
+EXPLAINED_INPUT_COLUMN = "gradcam_input"
+
+TASKS = ("binary", "multilabel", "multiclass")
+
+# What a scorer accepts: the formats TensorFlow decodes in the graph (PIL's names; MPO is a camera's multi-picture
+# JPEG, scored by its first picture) plus DICOM, with or without a file extension.
+DECODABLE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".dcm", ".dicom")
+ACCEPTED_FORMATS_TEXT = "PNG, JPEG, BMP, GIF or DICOM"
+
+# Rows of an archive scored by `batch` carry the answer plus where it came from and which model gave it.
+PATH_COLUMN = "path"
+SHA256_COLUMN = "sha256"
+ERROR_COLUMN = "error"
+MODEL_NAME_COLUMN = "model_name"
+MODEL_VERSION_COLUMN = "model_version"
+MODEL_ID_COLUMN = "model_id"
+
+
+def output_columns(task: str, class_names: Sequence[str]) -> list[str]:
+    """The probability columns of an answer: the positive class for binary tasks, every class otherwise."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASKS)}")
+    return [class_names[1]] if task == "binary" else list(class_names)
+
+
+def has_thresholds(task: str) -> bool:
+    """Whether answers carry `threshold_<output>` columns: binary and multilabel do; multiclass takes the top class."""
+    return task != "multiclass"
+
+
+def threshold_column(output: str) -> str:
+    return f"{THRESHOLD_PREFIX}{output}"
+
+
+def answer_columns(task: str, class_names: Sequence[str]) -> list[str]:
+    """Every column of an answer without explanation, in order."""
+    outputs = output_columns(task, class_names)
+    thresholds = [threshold_column(name) for name in outputs] if has_thresholds(task) else []
+    return [*outputs, PREDICTED_COLUMN, *thresholds, FRAME_COLUMN]
+
+
+def join_labels(labels: Sequence[str]) -> str:
+    return LABEL_SEPARATOR.join(labels)
+
+
+def split_labels(predicted: str | None) -> list[str]:
+    """The labels of a `predicted` cell (an empty cell: none)."""
+    return [label for label in str(predicted or "").split(LABEL_SEPARATOR) if label]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer row read back: probabilities and thresholds by output, the predicted labels and the frame."""
+
+    probabilities: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    predicted: list[str] = field(default_factory=list)
+    frame: int = 0
+
+
+def read_answer(row: Mapping[str, object], outputs: Sequence[str] | None = None) -> Answer:
+    """An answer row (a JSON object of the REST answer, a DataFrame row as a dict) read by the contract.
+
+    `outputs` names the probability columns when known (a model's output schema); without them every
+    other numeric column is one.
+    """
+    special = (PREDICTED_COLUMN, FRAME_COLUMN, EXPLAINED_CLASS_COLUMN, OVERLAY_COLUMN, EXPLAINED_INPUT_COLUMN)
+    numbers = {name: value for name, value in row.items() if isinstance(value, int | float) and value == value}
+    if outputs is None:
+        outputs = [name for name in numbers if name not in special and not name.startswith(THRESHOLD_PREFIX)]
+    return Answer(
+        probabilities={name: float(numbers[name]) for name in outputs if name in numbers},
+        thresholds={
+            name.removeprefix(THRESHOLD_PREFIX): float(value)
+            for name, value in numbers.items()
+            if name.startswith(THRESHOLD_PREFIX)
+        },
+        predicted=split_labels(row.get(PREDICTED_COLUMN)),  # type: ignore[arg-type]
+        frame=int(row.get(FRAME_COLUMN) or 0),  # type: ignore[call-overload]
+    )
