@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,6 +125,41 @@ def last_conv_layer_name(model: keras.Model) -> str:
         if output is not None and len(output.shape) == 4:
             return layer.name
     raise ValueError(f"model {model.name!r} has no layer with a 4D output; Grad-CAM needs a convolutional model.")
+
+
+# Predictors made for each model, so a model scored many times traces its graph once (see batch_predictor).
+_PREDICTORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def batch_predictor(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    """A function that predicts a batch of any size [N, ...] -> NumPy [N, outputs] with one compiled graph.
+
+    Keras's predict_on_batch traces a graph per batch shape; scoring batches of changing size in a loop (the
+    last batch of a split, one image and then 32 in serving) traces again and again, which TensorFlow warns
+    about and which costs seconds each time. On the TensorFlow backend this traces once, with a free batch
+    dimension; other backends use predict_on_batch. The predictor is made once per model and kept.
+    """
+    import keras
+    import numpy as np
+
+    if model in _PREDICTORS:
+        return _PREDICTORS[model]
+    if keras.backend.backend() != "tensorflow":
+
+        def predictor(batch):
+            return np.asarray(model.predict_on_batch(batch))
+
+    else:
+        import tensorflow as tf
+
+        signature = [tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)]
+        graph = tf.function(lambda images: model(images, training=False), input_signature=signature)
+
+        def predictor(batch):
+            return np.asarray(graph(tf.convert_to_tensor(batch, dtype=tf.float32)))
+
+    _PREDICTORS[model] = predictor
+    return predictor
 
 
 def float32_copy(model: keras.Model) -> keras.Model:

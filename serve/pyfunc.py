@@ -430,11 +430,12 @@ class ImageClassifier(PythonModel):
 
     def predict_probabilities(self, encoded: list[bytes], frames: list[int] | None = None) -> np.ndarray:
         """Calibrated class probabilities [N, outputs] for checked image bytes, decoded and predicted 32 at a time."""
+        from models import batch_predictor
+
         frames = frames if frames is not None else [MIDDLE_FRAME] * len(encoded)
-        # predict_on_batch skips the tf.data set-up of predict(), which dominates one-image requests.
-        chunks = [
-            np.asarray(self.model.predict_on_batch(batch), dtype=np.float64) for batch in self.batches(encoded, frames)
-        ]
+        # One traced graph for every batch size, without the tf.data set-up of predict() (models.batch_predictor).
+        predict = batch_predictor(self.model)
+        chunks = [np.asarray(predict(batch), dtype=np.float64) for batch in self.batches(encoded, frames)]
         return self.calibrated(np.concatenate(chunks, axis=0))
 
     def calibrated(self, probabilities: np.ndarray) -> np.ndarray:
@@ -449,6 +450,7 @@ class ImageClassifier(PythonModel):
         The top finding is the most probable one after calibration, the probability the answer shows;
         calibration can reorder classes, so a calibrated model picks it before the gradient pass.
         """
+        from models import batch_predictor
         from models.gradcam import TOP_CLASS, GradCam
         from serve.explain import explanation_columns
 
@@ -459,7 +461,7 @@ class ImageClassifier(PythonModel):
         for batch in self.batches(encoded, frames):
             indices = class_index
             if class_index == TOP_CLASS and self.config.calibration:
-                raw = np.asarray(self.model.predict_on_batch(batch), dtype=np.float64)
+                raw = np.asarray(batch_predictor(self.model)(batch), dtype=np.float64)
                 indices = self.calibrated(raw).argmax(axis=1)
             heatmaps, probabilities, explained = self.gradcam(batch, indices)
             chunks.append(self.calibrated(np.asarray(probabilities, dtype=np.float64)))

@@ -352,6 +352,29 @@ def test_a_class_operating_point_in_the_answer_wins_and_unknown_columns_pass_thr
     assert body["answer"]["frame"] == 0 and body["answer"]["threshold_red_spot"] == 0.999
 
 
+def test_a_fault_of_the_server_while_decoding_is_a_500_not_the_clients_400(spot_pyfunc, red_png, monkeypatch, capsys):
+    """Only bad input is a 400: an unexpected exception in the decoder is a 500 whose log names it, not the image."""
+    import serve.preprocess
+    from serve.app import ModelInfo, Rejection, ServedModel
+
+    def broken(*arguments, **options):
+        raise RuntimeError("decoder state lost for patient-image-7")
+
+    monkeypatch.setattr(serve.preprocess, "load_image_tensor", broken)
+    served = ServedModel(spot_pyfunc, ModelInfo(uri="models:/spot-classifier/1"))
+    with pytest.raises(Rejection) as rejected:
+        served.answer(red_png, {})
+    assert (rejected.value.status, rejected.value.reason) == (500, "internal_error")
+    log = capsys.readouterr().err
+    assert "prediction failed: RuntimeError at " in log and "in broken" in log
+    assert "patient-image-7" not in log and "patient-image-7" not in rejected.value.message
+    # Truncated bytes stay the client's fault.
+    monkeypatch.undo()
+    with pytest.raises(Rejection) as truncated:
+        served.answer(red_png[: len(red_png) // 2], {})
+    assert (truncated.value.status, truncated.value.reason) == (400, "undecodable_image")
+
+
 # The page in a real browser.
 
 CHROMIUM_FLAGS = (

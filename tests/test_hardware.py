@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import keras
@@ -224,7 +225,12 @@ def test_a_gpu_the_driver_lists_but_tensorflow_cannot_use_is_named_in_a_warning(
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    with pytest.warns(UserWarning, match=r"lists 1 GPU\(s\) but TensorFlow sees none.*tensorflow\[and-cuda\]==2.21.0"):
+    from importlib.metadata import version
+
+    installed = re.escape(version("tensorflow"))
+    with pytest.warns(
+        UserWarning, match=rf"lists 1 GPU\(s\) but TensorFlow sees none.*tensorflow\[and-cuda\]=={installed}'"
+    ):
         warn_about_hidden_gpus([])
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     with pytest.warns(UserWarning, match="CUDA_VISIBLE_DEVICES='' hides them"):

@@ -97,6 +97,43 @@ def test_pipeline_settings_need_a_registered_model_and_a_comparable_metric():
         PipelineSettings.from_dict({"registered_model": "m", "register_as": "other"})
 
 
+def test_the_model_card_states_the_epochs_trained_not_the_epoch_limit():
+    """epochs_run is a metric of the training run; the card once printed the epochs param (the limit) as trained."""
+    from train.release.model_card import render
+
+    classes = {"class": ["parasitized"], "positives": [40], "negatives": [50], "threshold": [0.5]}
+    for statistic in ("auroc", "sensitivity", "specificity", "ppv", "npv"):
+        classes.update({statistic: [0.9], f"{statistic}_ci_low": [0.8], f"{statistic}_ci_high": [0.95]})
+    data = SimpleNamespace(
+        name="synthetic",
+        task="binary",
+        class_names=["uninfected", "parasitized"],
+        source="synthetic",
+        digest="d" * 40,
+        splits={"test": SimpleNamespace(groups=None)},
+    )
+    evaluation = SimpleNamespace(
+        metrics={"test_auroc": 0.9},
+        data=data,
+        classifier_config=None,
+        scores=SimpleNamespace(classes=classes, subgroups={}),
+    )
+    run = SimpleNamespace(
+        info=SimpleNamespace(run_id="r" * 32),
+        data=SimpleNamespace(
+            params={"epochs": "10", "model": "small_cnn", "image_size": "64", "weights": "none"},
+            metrics={"epochs_run": 4.0, "best_epoch": 1.0},
+            tags={},
+        ),
+    )
+    decision = SimpleNamespace(promoted=True, reason="first champion", metric="test_auroc")
+    card = render(
+        PipelineSettings.from_dict({"registered_model": "m"}), SimpleNamespace(version="1"), run, evaluation, decision
+    )
+    assert "for 4 epoch(s) (limit 10), best epoch 1" in card
+    assert "ChestX-ray14" not in card and "generated images" in card
+
+
 # The real flow through `mlflow run`.
 
 
@@ -208,6 +245,49 @@ def test_rollback_restores_the_previous_champion(store):
     assert result.returncode == 0, result.stderr
     assert aliases(store.client, "chest") == {"champion": "1", "challenger": "2", "previous": "3"}
     assert json.loads(result.stdout.strip().splitlines()[-1])["action"] == "rollback"
+
+
+@pytest.mark.slow
+def test_a_step_that_fails_after_registering_moves_no_alias_and_leaves_no_version(store, monkeypatch):
+    """The serving Dockerfile fails: @champion stays, the new version is deleted again, exit 1 tagged as a failure."""
+    import mlflow
+
+    import train.release.pipeline as pipeline_module
+    from train.__main__ import main
+    from train.job.trainer import train
+    from train.settings import MainSettings
+
+    before = aliases(store.client, "chest")
+    versions = len(store.client.search_model_versions("name='chest'"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    mlflow.set_tracking_uri(store.uri)
+    try:
+        challenger = train(
+            MainSettings.from_dict({**TINY, "epochs": "3", "learning_rate": "0.003", "convolutions": "2"})
+        )
+        project_run = store.client.create_run(store.client.get_experiment_by_name("pipeline").experiment_id)
+    finally:
+        mlflow.set_tracking_uri(None)
+
+    class FailingMlflowCommands:
+        """subprocess for the pipeline module only: `mlflow models generate-dockerfile` fails."""
+
+        @staticmethod
+        def run(command, **options):
+            return subprocess.CompletedProcess(command, 1, "", "MlflowException: no space left on device\n")
+
+    monkeypatch.setattr(pipeline_module, "subprocess", FailingMlflowCommands)
+    monkeypatch.setenv("MLFLOW_RUN_ID", project_run.info.run_id)
+    mlflow.set_tracking_uri(store.uri)
+    try:
+        code = main(["pipeline", "--registered-model", "chest", "--challenger", challenger.run_id, "--margin", "0.5"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert code == 1
+    assert aliases(store.client, "chest") == before
+    assert len(store.client.search_model_versions("name='chest'")) == versions
+    tags = store.client.get_run(project_run.info.run_id).data.tags
+    assert "generate-dockerfile failed" in tags["medimg.failure"] and "medimg.config_error" not in tags
 
 
 @pytest.mark.slow

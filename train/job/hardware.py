@@ -197,7 +197,12 @@ def warn_about_hidden_gpus(gpus: list[GpuInfo]) -> None:
     if hidden is not None:
         reason = f"CUDA_VISIBLE_DEVICES={hidden!r} hides them"
     else:
-        reason = "this TensorFlow has no CUDA libraries: pip install 'tensorflow[and-cuda]==2.21.0' or use the GPU image (docs/GPU.md)"
+        from importlib.metadata import version
+
+        reason = (
+            f"this TensorFlow has no CUDA libraries: pip install 'tensorflow[and-cuda]=={version('tensorflow')}' "
+            "or use the GPU image (docs/GPU.md)"
+        )
     warnings.warn(
         f"the NVIDIA driver lists {len(listed)} GPU(s) but TensorFlow sees none, so training runs on the CPU; {reason}",
         stacklevel=2,

@@ -360,14 +360,16 @@ def fit(
 
 def predict_split(model, split: Split, *, batch_size: int, seed: int, keep_images: int = 0) -> Predictions:
     """Predict every example of a split batch by batch; keep the first `keep_images` images for pictures."""
+    from models import batch_predictor
     from train.data import make_batches
 
+    predict = batch_predictor(model)
     labels, probabilities, images = [], [], []
     kept = 0
     for image_batch, label_batch in make_batches(
         split, batch_size=batch_size, training=False, augmentation=None, seed=seed
     ):
-        probabilities.append(np.asarray(model.predict_on_batch(image_batch), dtype=np.float64))
+        probabilities.append(np.asarray(predict(image_batch), dtype=np.float64))
         labels.append(np.asarray(label_batch))
         if kept < keep_images:
             images.append(np.asarray(image_batch)[: keep_images - kept])

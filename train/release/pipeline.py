@@ -101,7 +101,8 @@ def check_challenger_data(challenger: DataIdentity, champion: DataIdentity, vers
     check_same_data(
         challenger,
         champion,
-        what=f"the challenger was trained on other data than the champion (version {version})",
+        what=f"the challenger was trained on {challenger.describe()}, the champion (version {version}) on "
+        f"{champion.describe()}",
         fix="a paired comparison needs one frozen test split: train the challenger on the champion's data settings",
     )
 
