@@ -12,8 +12,11 @@ export MLFLOW_TRACKING_URI
 # The model `make serve`, `make client` and `make serve-app` use, and the samples the client scores.
 DEMO_MODEL ?= demo-classifier
 MODEL_URI ?= models:/$(DEMO_MODEL)@champion
+DEMO_EXPERIMENT ?= medimg-demo
 PORT ?= 5001
 UI_PORT ?= 5000
+# The UI of the store in effect: a tracking server's own address, or the one `make ui` starts.
+UI_URL = $(if $(filter http://% https://%,$(MLFLOW_TRACKING_URI)),$(MLFLOW_TRACKING_URI),http://127.0.0.1:$(UI_PORT))
 SAMPLES := samples/cell.png samples/cell.jpg samples/cell.dcm
 
 .PHONY: setup demo serve client ui test lint format
@@ -29,13 +32,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 # Train a small_cnn on synthetic cells through the eval-and-deploy pipeline (first run: version 1 becomes
 # @champion), write sample inputs and score them through a temporarily served model.
 demo: setup
-	$(RUN) mlflow run . --env-manager local --experiment-name medimg-demo -e pipeline \
+	$(RUN) mlflow run . --env-manager local --experiment-name $(DEMO_EXPERIMENT) -e pipeline \
 		-P registered_model=$(DEMO_MODEL) -P dataset=synthetic -P model=small_cnn -P image_size=64 -P epochs=3
 	$(BIN)/python -m train.samples samples
 	$(RUN) python -m serve.client --serve $(MODEL_URI) $(SAMPLES)
 	@echo ""
 	@echo "Demo finished (tracking store: $(MLFLOW_TRACKING_URI)). Next, from this folder:"
-	@echo "  make ui        # the MLflow UI: runs, metrics, the registered model and its model card"
+	@echo "  make ui        # the MLflow UI: runs, metrics, the registered model and its model card; then open"
+	@$(BIN)/python -m train.tracking.experiments --ui $(UI_URL) --experiment $(DEMO_EXPERIMENT) | sed 's/^[^ ]* /                  /'
 	@echo "  make serve     # serve $(MODEL_URI) over REST on port $(PORT)"
 	@echo "  make client    # in a second shell: score $(SAMPLES) with the served model"
 	@echo "  make serve-app # the clinician page on http://127.0.0.1:8080"
@@ -46,10 +50,13 @@ serve: setup
 client: setup
 	$(RUN) python -m serve.client --url http://127.0.0.1:$(PORT) $(SAMPLES)
 
-# A tracking server has its UI already; a sqlite store gets one here.
+# A tracking server has its UI already; a sqlite store gets one here. Either way the links open each experiment's
+# runs table in the model-training view.
 ui: setup
+	@echo "Runs of each experiment in the MLflow UI:"
+	@$(BIN)/python -m train.tracking.experiments --ui $(UI_URL) || true
 	@case "$(MLFLOW_TRACKING_URI)" in \
-		http://*|https://*) echo "The tracking server's UI is at $(MLFLOW_TRACKING_URI)";; \
+		http://*|https://*) ;; \
 		*) $(RUN) mlflow ui --backend-store-uri "$(MLFLOW_TRACKING_URI)" --port $(UI_PORT);; \
 	esac
 

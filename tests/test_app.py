@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -376,41 +375,6 @@ def test_a_fault_of_the_server_while_decoding_is_a_500_not_the_clients_400(spot_
 
 
 # The page in a real browser.
-
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1280,900",
-)
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    """Headless Debian Chromium driven by chromedriver through selenium; skipped where they are missing, except in CI."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    chromedriver = shutil.which("chromedriver")
-    if chromium is None or chromedriver is None:
-        missing = "Chromium and chromedriver are missing: install the Debian packages chromium and chromium-driver"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the browser tests: {missing}")
-        pytest.skip(missing)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
 
 
 def open_page(browser, url: str):

@@ -80,7 +80,7 @@ def test_make_demo_in_a_fresh_clone_trains_registers_and_scores_the_samples(clon
 
 @pytest.mark.slow
 def test_the_printed_commands_work_from_a_shell_without_the_venv(clone):
-    port, ui_port = free_port(), free_port()
+    port = free_port()
     with make_in_background(clone, "serve", f"http://127.0.0.1:{port}/ping", PORT=str(port)):
         client = subprocess.run(
             ["make", "client", f"PORT={port}"],
@@ -94,11 +94,54 @@ def test_the_printed_commands_work_from_a_shell_without_the_venv(clone):
     rows = [line for line in client.stdout.splitlines() if line.startswith("samples/")]
     assert [row.split()[0] for row in rows] == list(SAMPLES)
     assert all("ERROR" not in row and "threshold" in row for row in rows)
-    with make_in_background(clone, "ui", f"http://127.0.0.1:{ui_port}/", UI_PORT=str(ui_port)):
-        page = requests.get(f"http://127.0.0.1:{ui_port}/ajax-api/2.0/mlflow/registered-models/search", timeout=30)
-    assert page.status_code == 200 and "demo-classifier" in page.text
     app_port = free_port()
     with make_in_background(clone, "serve-app", f"http://127.0.0.1:{app_port}/health", SERVE_PORT=str(app_port)):
         info = requests.get(f"http://127.0.0.1:{app_port}/info", timeout=30).json()
         page = requests.get(f"http://127.0.0.1:{app_port}/", timeout=30)
     assert page.status_code == 200 and "demo-classifier" in str(info)
+
+
+# Runs of the demo, as the MLflow UI shows them: named by what they are, in the model-training view.
+DEMO_RUN_NAMES = ("pipeline demo-classifier", "train challenger", "evaluate challenger")
+
+
+@pytest.mark.slow
+def test_the_demo_runs_have_readable_names_and_the_experiment_is_model_training(clone):
+    from mlflow.tracking import MlflowClient
+
+    from train.tracking.experiments import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, is_generated_name
+
+    client = MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("medimg-demo")
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    names = [run.info.run_name for run in client.search_runs([experiment.experiment_id])]
+    assert sorted(names) == sorted(DEMO_RUN_NAMES)
+    assert not any(is_generated_name(name) for name in names)
+
+
+@pytest.mark.slow
+def test_the_link_make_ui_prints_opens_the_demo_runs_table_not_the_genai_overview(clone, browser):
+    """`make ui` prints each experiment's runs link; headless Chromium shows the runs by name in model training."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ui_port = free_port()
+    with make_in_background(clone, "ui", f"http://127.0.0.1:{ui_port}/", UI_PORT=str(ui_port)):
+        printed = (clone / "make-ui.log").read_text()
+        (link,) = [line.split(": ", 1)[1] for line in printed.splitlines() if line.startswith("medimg-demo: ")]
+        assert link == f"http://127.0.0.1:{ui_port}/#/experiments/1/runs?workflowType=machine_learning"
+        models = requests.get(f"http://127.0.0.1:{ui_port}/ajax-api/2.0/mlflow/registered-models/search", timeout=30)
+        assert models.status_code == 200 and "demo-classifier" in models.text
+        browser.get(link)
+        WebDriverWait(browser, 60).until(lambda driver: DEMO_RUN_NAMES[0] in driver.page_source)
+        # The pipeline's steps are nested runs: expand the parent row to list them.
+        browser.find_element(By.CSS_SELECTOR, '[col-id="attributes.`Run Name`"] button').click()
+        WebDriverWait(browser, 30).until(lambda driver: all(name in driver.page_source for name in DEMO_RUN_NAMES))
+        text = browser.find_element(By.TAG_NAME, "body").text
+        assert "Runs" in text and "matching runs" in text
+        assert "Token usage" not in text and "token usage" not in text.lower()
+        if os.environ.get("MEDIMG_UI_SCREENSHOT"):
+            # Regenerates docs/images/mlflow-ui.png from exactly this link (the assistant panel closed).
+            for close in browser.find_elements(By.CSS_SELECTOR, 'button[aria-label="Close"]'):
+                close.click()
+            browser.save_screenshot(os.environ["MEDIMG_UI_SCREENSHOT"])

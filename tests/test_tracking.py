@@ -308,3 +308,55 @@ def test_logger_keeps_metrics_while_a_real_server_is_killed_and_restarted(postgr
             launcher.down(data_dir)
         finally:
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_medimg_runs_mark_their_experiment_as_model_training_but_keep_a_kind_a_user_set(tracking_uri):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from train.tracking.experiments import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, medimg_run
+
+    client = MlflowClient(tracking_uri)
+    ours = client.create_experiment("chest-models")
+    theirs = client.create_experiment("assistant", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    with medimg_run("evaluate chest version 2", experiment_id=ours) as run:
+        pass
+    with medimg_run("train", experiment_id=theirs):
+        pass
+    assert client.get_experiment(ours).tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+    assert client.get_experiment(theirs).tags[EXPERIMENT_KIND_TAG] == "genai_development"
+    assert client.get_run(run.info.run_id).info.run_name == "evaluate chest version 2"
+    # A name the user gave wins; a run that `mlflow run` created with a generated name gets medimg's name.
+    with medimg_run("default", name="my-baseline", experiment_id=ours) as named:
+        pass
+    assert client.get_run(named.info.run_id).info.run_name == "my-baseline"
+    created = client.create_run(ours)
+    with medimg_run("pipeline chest", run_id=created.info.run_id):
+        pass
+    assert client.get_run(created.info.run_id).info.run_name == "pipeline chest"
+    given = client.create_run(ours, run_name="nightly")
+    with medimg_run("pipeline chest", run_id=given.info.run_id):
+        pass
+    assert client.get_run(given.info.run_id).info.run_name == "nightly"
+    mlflow.set_tracking_uri(None)
+
+
+def test_generated_run_names_are_recognised_and_ours_are_not():
+    from mlflow.utils.name_utils import _generate_random_name
+
+    from train.tracking.experiments import is_generated_name, runs_link
+
+    assert all(is_generated_name(_generate_random_name()) for _ in range(200))
+    for ours in ("small_cnn-synthetic-1a2b3c", "pipeline demo-classifier", "train challenger", "trial-3", "nightly"):
+        assert not is_generated_name(ours)
+    assert (
+        runs_link("http://127.0.0.1:5000/", "7")
+        == "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+    )
+
+
+def test_a_training_run_is_named_by_model_dataset_and_run_id(registered_model):
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(registered_model["tracking_uri"]).get_run(registered_model["run_id"])
+    assert run.info.run_name == f"small_cnn-synthetic-{run.info.run_id[:6]}"

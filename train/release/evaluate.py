@@ -36,6 +36,7 @@ from train.scoring.figures import (
 from train.scoring.metrics import confusion_matrices, label_text
 from train.settings import ConfigError, EvaluateSettings, MainSettings, coerce, first_line, unquote
 from train.tracking import names
+from train.tracking.experiments import medimg_run
 from train.tracking.lineage import DataIdentity, check_same_data
 
 logger = logging.getLogger("medimg.evaluate")
@@ -244,12 +245,11 @@ def evaluation_run_name(source: ResolvedModel, dataset: str, split: str) -> str:
 
 def evaluate(settings: EvaluateSettings) -> Evaluation:
     """Evaluate settings.model_uri on one split and log it as an evaluation run; return what was scored."""
-    import mlflow
 
     evaluation = score_model(settings)
     data = evaluation.data
-    run_name = settings.run_name or evaluation_run_name(evaluation.source, data.name, settings.split)
-    with mlflow.start_run(run_name=run_name) as run:
+    default_name = evaluation_run_name(evaluation.source, data.name, settings.split)
+    with medimg_run(default_name, name=settings.run_name) as run:
         evaluation.run_id = run.info.run_id
         record_evaluation(run.info.run_id, settings, evaluation)
         log_evaluation_pictures(settings, evaluation)

@@ -1,4 +1,8 @@
-"""Where medimg's runs land and what they are called: marks experiments as model training and names runs; writes experiment tags and run names.
+"""Where medimg's runs land and what they are called: marks experiments as model training, names runs, prints the UI links; writes experiment tags and run names.
+
+    python -m train.tracking.experiments --ui http://127.0.0.1:5000 [--experiment medimg-demo]
+
+prints the address of each experiment's runs table in the MLflow UI (of the tracking store in effect).
 
 MLflow 3 opens an experiment without a kind in its GenAI workspace (traces, token usage); medimg's
 experiments are model training (`mlflow.experimentKind = custom_model_development`), which opens them
@@ -69,3 +73,43 @@ def medimg_run(
         if name or (chosen and (not current or is_generated_name(current))):
             mlflow.set_tag(RUN_NAME_TAG, chosen)
         yield run
+
+
+def experiment_links(ui_url: str, experiment: str = "", client=None) -> list[tuple[str, str]]:
+    """(experiment name, runs-table link) of `experiment`, or of every experiment with a run, newest first."""
+    if client is None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+    if experiment:
+        found = client.get_experiment_by_name(experiment)
+        experiments = [found] if found is not None else []
+    else:
+        experiments = [
+            item
+            for item in client.search_experiments(order_by=["last_update_time DESC"])
+            if client.search_runs([item.experiment_id], max_results=1)
+        ]
+    return [(item.name, runs_link(ui_url, item.experiment_id)) for item in experiments]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m train.tracking.experiments", description=__doc__.splitlines()[0])
+    parser.add_argument("--ui", required=True, help="address of the MLflow UI, e.g. http://127.0.0.1:5000")
+    parser.add_argument("--experiment", default="", help="one experiment by name (default: every one with runs)")
+    arguments = parser.parse_args(argv)
+    links = experiment_links(arguments.ui, arguments.experiment)
+    if not links:
+        what = f"experiment {arguments.experiment!r}" if arguments.experiment else "any experiment with runs"
+        print(f"the tracking store has no {what} yet; run `make demo` first", file=sys.stderr)
+        return 1
+    for name, link in links:
+        print(f"{name}: {link}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -25,6 +25,7 @@ import yaml
 
 from train.settings import ConfigError, TuneSettings
 from train.tracking import names
+from train.tracking.experiments import medimg_run
 from train.tuning.processes import interrupt_on_sigterm, run_workers, worker_settings
 from train.tuning.report import TuningFailed, register_best, summarize
 from train.tuning.space import SearchSpace
@@ -157,7 +158,6 @@ def tune(options: TuneSettings) -> dict[str, Any]:
             "storage (postgresql+psycopg2://...), see docs/TUNING.md",
             flush=True,
         )
-    import mlflow
 
     study_name = options.study_name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     study = open_study(open_storage(storage_url), study_name, space)
@@ -165,11 +165,10 @@ def tune(options: TuneSettings) -> dict[str, Any]:
     if joined is not None:
         return joined
     print(f"study {study_name!r} in {redact_url(storage_url)}: {n_trials} trials", flush=True)
-    run_name = None if os.environ.get("MLFLOW_RUN_ID") else f"tune-{study_name}"
     # A continued study stays in its experiment unless the environment (or `mlflow run`) chooses one.
     chosen = any(os.environ.get(name) for name in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"))
     experiment_id = None if chosen else study.user_attrs.get(EXPERIMENT_ATTR)
-    with mlflow.start_run(run_name=run_name, experiment_id=experiment_id) as run, lead_heartbeat(study):
+    with medimg_run(f"tune-{study_name}", experiment_id=experiment_id) as run, lead_heartbeat(study):
         record_parent(run.info.run_id, options, space, study, storage_url, n_trials)
         run_own_workers(options, study, storage_url, n_trials, run, started)
         wait_for_running_trials(study)
@@ -207,7 +206,8 @@ def _join(options: TuneSettings, study, storage_url: str, n_trials: int, parent_
         flush=True,
     )
     # `mlflow run` opened a run for this command; it records that it only added workers.
-    own_run = mlflow.start_run() if os.environ.get("MLFLOW_RUN_ID") else contextlib.nullcontext()
+    joined_name = f"tune-{study.study_name} (joined)"
+    own_run = medimg_run(joined_name) if os.environ.get("MLFLOW_RUN_ID") else contextlib.nullcontext()
     with own_run:
         if os.environ.get("MLFLOW_RUN_ID"):
             mlflow.set_tags({names.TUNE_ROLE_TAG: "joined", names.TUNE_PARENT_RUN_ID_TAG: parent_run_id})
