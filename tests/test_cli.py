@@ -34,6 +34,7 @@ def run_cli(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
         # -P name=value, as `mlflow run` takes parameters, goes through the same checks.
         (["-P", "model=nope"], "unknown model 'nope'; valid models: densenet121, resnet50, small_cnn, vgg16"),
         (["-P", "epochs=abc"], "epochs must be a whole number, got 'abc'"),
+        (["-P", "dataset=mnist"], "unknown dataset 'mnist'; valid datasets:"),
         (["-P", "nope=1"], "unknown setting 'nope'; valid settings: model, dataset"),
         (["-P", "epochs"], "-P takes NAME=VALUE, got 'epochs'"),
         (["--epochs", "3", "-P", "epochs=4"], "epochs is given twice, as '3' and '4'; keep one"),
