@@ -114,7 +114,7 @@ def test_mlflow_run_with_unknown_model_fails_with_one_line(repo_root, tmp_path):
         timeout=300,
         cwd=tmp_path,
     )
-    # What the README says happens: the command's one line, MLflow's failure (exit 1), a FAILED run tagged with why.
+    # What docs/TRAINING.md says happens: the command's one line, MLflow's failure (exit 1), a FAILED run tagged with why.
     assert result.returncode == 1
     output = result.stdout + result.stderr
     message = "unknown model 'nope'; valid models: densenet121, resnet50, small_cnn, vgg16"
