@@ -34,6 +34,7 @@ def run_cli(*arguments: str, cwd=None) -> subprocess.CompletedProcess:
         # -P name=value, as `mlflow run` takes parameters, goes through the same checks.
         (["-P", "model=nope"], "unknown model 'nope'; valid models: densenet121, resnet50, small_cnn, vgg16"),
         (["-P", "epochs=abc"], "epochs must be a whole number, got 'abc'"),
+        (["-P", "dataset=mnist"], "unknown dataset 'mnist'; valid datasets:"),
         (["-P", "nope=1"], "unknown setting 'nope'; valid settings: model, dataset"),
         (["-P", "epochs"], "-P takes NAME=VALUE, got 'epochs'"),
         (["--epochs", "3", "-P", "epochs=4"], "epochs is given twice, as '3' and '4'; keep one"),
@@ -113,7 +114,7 @@ def test_mlflow_run_with_unknown_model_fails_with_one_line(repo_root, tmp_path):
         timeout=300,
         cwd=tmp_path,
     )
-    # What the README says happens: the command's one line, MLflow's failure (exit 1), a FAILED run tagged with why.
+    # What docs/TRAINING.md says happens: the command's one line, MLflow's failure (exit 1), a FAILED run tagged with why.
     assert result.returncode == 1
     output = result.stdout + result.stderr
     message = "unknown model 'nope'; valid models: densenet121, resnet50, small_cnn, vgg16"

@@ -61,6 +61,27 @@ def force_down(data_dir: Path) -> None:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def make(target: str, data_dir: Path, repo_root: Path) -> subprocess.CompletedProcess:
+    """`make <target>` of the Makefile (as docs/TRACKING_SERVER.md shows it) on `data_dir`, with this test session's
+    interpreter; `-o` keeps make from reinstalling the venv the session already runs in."""
+    return subprocess.run(
+        [
+            "make",
+            "-s",
+            "-o",
+            ".venv/.installed",
+            target,
+            f"SERVER_DIR={data_dir}",
+            f"BIN={Path(sys.executable).parent}",
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def query(info: launcher.ServerInfo, sql: str, *parameters) -> list[tuple]:
     """Run SQL against the tracking database as the `mlflow` role, with the password from the pgpass file."""
     import psycopg2
@@ -200,15 +221,8 @@ def test_up_status_and_a_second_up_reuse_one_server(server, repo_root):
     again = launcher.up(server.data_dir)
     assert (again.port, again.server_pid, again.postgres_port) == (server.port, server.server_pid, server.postgres_port)
 
-    # The command line prints the export line on stdout (for eval) and reuses the running server.
-    completed = subprocess.run(
-        [sys.executable, "-m", "mlflow_server", "up", "--data-dir", str(server.data_dir)],
-        cwd=repo_root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    # `make server` (python -m mlflow_server up) prints the export line on stdout, for eval, and reuses the server.
+    completed = make("server", server.data_dir, repo_root)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == f"export MLFLOW_TRACKING_URI={server.tracking_uri}"
     status_command = [sys.executable, "-m", "mlflow_server", "status", "--data-dir", str(server.data_dir)]
@@ -442,7 +456,7 @@ def test_training_survives_the_server_being_killed_and_restarted(server, repo_ro
 
 @pytest.mark.slow
 @requires_postgres
-def test_basic_auth_server_needs_credentials_and_down_leaves_no_process(monkeypatch):
+def test_basic_auth_server_needs_credentials_and_down_leaves_no_process(monkeypatch, repo_root):
     data_dir = make_data_dir("medimg-mlflow-auth-")
     try:
         info = launcher.up(data_dir, auth=True, workers=1)
@@ -471,7 +485,8 @@ def test_basic_auth_server_needs_credentials_and_down_leaves_no_process(monkeypa
 
         postgres_pid = launcher.status(data_dir).postgres_pid
         server_group = info.server_pid
-        launcher.down(data_dir)
+        stopped = make("server-stop", data_dir, repo_root)  # python -m mlflow_server down
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         assert group_members(server_group) == []
         assert not process_is_running(postgres_pid)
         assert not [

@@ -18,6 +18,7 @@ import pytest
 from moto import server as moto_server
 
 from mlflow_server import launcher
+from mlflow_server.__main__ import main as mlflow_server_main
 from mlflow_server.postgres import PostgresCluster
 
 BUCKET = "medimg-test-artifacts"
@@ -88,7 +89,10 @@ def tracking_server(s3_server):
     data_dir = Path(tempfile.mkdtemp(prefix="medimg-s3-"))
     data_dir.chmod(0o755)
     try:
-        yield launcher.up(data_dir, artifacts_destination=f"s3://{BUCKET}/{PREFIX}", workers=1)
+        # The command line docs/TRACKING_SERVER.md shows, in-process: python -m mlflow_server up --artifacts-destination.
+        arguments = ["up", "--data-dir", str(data_dir), "--artifacts-destination", f"s3://{BUCKET}/{PREFIX}"]
+        assert mlflow_server_main([*arguments, "--workers", "1"]) == 0
+        yield launcher.status(data_dir).info
     finally:
         _stop_launcher(data_dir)
 
