@@ -334,6 +334,20 @@ def test_header_statistics_read_size_bit_depth_and_modality_without_decoding_pix
     assert header_statistics(b"not an image at all") == ImageStats()
 
 
+def test_an_explained_answer_gives_the_mean_intensity_without_a_second_decode():
+    from serve.contract import EXPLAINED_INPUT_COLUMN
+    from serve.explain import png_base64
+    from serve.monitoring import image_statistics
+
+    model_input = np.full((32, 32, 3), 40, dtype=np.uint8)
+    model_input[:16] = 200
+    row = {EXPLAINED_INPUT_COLUMN: png_base64(model_input)}
+    # Bytes no decoder reads: the mean can only come from the answer's model-input PNG.
+    stats = image_statistics(b"undecodable upload", image_size=32, answer_row=row)
+    assert stats.mean_intensity == pytest.approx(120.0) and stats.width is None
+    assert image_statistics(b"undecodable upload", image_size=32).mean_intensity is None
+
+
 def test_a_reference_survives_classifier_json_and_an_older_file_means_no_reference(tmp_path):
     from serve.monitoring import DriftMonitor, ImageStats, ModelReference
     from serve.pyfunc import ClassifierConfig
@@ -411,15 +425,16 @@ def value_of(samples: dict, name: str, /, **labels) -> float:
 
 
 @pytest.fixture(scope="module")
-def served_classifier(registered_model):
-    """The suite's trained model as the app serves it (resolved, loaded and warmed up by serve.app)."""
+def served_classifier(registered_model, loaded_model):
+    """The suite's trained model as the app serves it: the session's loaded pyfunc, named by serve.model_uri."""
     import mlflow
 
-    from serve.app import load_served_model
+    from serve.app import ModelInfo, ServedModel
+    from serve.model_uri import resolve_model_uri
 
     mlflow.set_tracking_uri(registered_model["tracking_uri"])
     try:
-        return load_served_model(registered_model["uri"])
+        return ServedModel(loaded_model, ModelInfo.of(resolve_model_uri(registered_model["uri"])))
     finally:
         mlflow.set_tracking_uri(None)
 
@@ -497,14 +512,11 @@ def drift_metrics(served_classifier, answered) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def exposed(served_classifier, answered, cell_batches) -> dict[str, set[str]]:
     """Sample names of a live app's /metrics, and the labels each carries, after drifted answers and requests of
-    every kind (an answer with and without explain, a rejected upload, a health check)."""
+    every kind (an answer, a rejected upload, a health check)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     image = png_bytes(cell_batches["inverted"][0])
-    calls = [
-        ("POST", "/predict", {"file": ("cell.png", image)}),
-        ("POST", "/predict?explain=true", {"file": ("cell.png", image)}),
-    ]
+    calls = [("POST", "/predict", {"file": ("cell.png", image)})]
     calls += [("POST", "/predict", {"file": ("notes.txt", b"plain text")}), ("GET", "/health", None)]
     found: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(live_metrics(served_classifier, answered["inverted"], calls)):
@@ -513,7 +525,9 @@ def exposed(served_classifier, answered, cell_batches) -> dict[str, set[str]]:
     return found
 
 
-def test_the_reference_is_the_validation_split_scored_by_the_served_model(served_classifier, validation_split):
+def test_the_reference_is_the_validation_split_scored_by_the_served_model(
+    served_classifier, validation_split, registered_model, tmp_path
+):
     from serve.monitoring import ModelReference, score_histogram
 
     reference = ModelReference.from_config(served_classifier.config)
@@ -527,6 +541,49 @@ def test_the_reference_is_the_validation_split_scored_by_the_served_model(served
     assert item.positive_rate == pytest.approx(np.mean(scores >= item.threshold))
     assert reference.mean_intensity == pytest.approx(images.mean(), abs=0.01)
     assert sum(reference.inputs["intensity"].values()) == len(images)
+    # Generated cells have no files: no header facts to compare.
+    assert set(reference.inputs) == {"intensity"}
+    from mlflow.tracking import MlflowClient
+
+    from train.tracking.names import MONITORING_REFERENCE_ARTIFACT
+
+    client = MlflowClient(registered_model["tracking_uri"])
+    local = client.download_artifacts(registered_model["run_id"], MONITORING_REFERENCE_ARTIFACT, str(tmp_path))
+    assert json.loads(Path(local).read_text()) == served_classifier.config.reference
+
+
+def test_a_split_read_from_files_gives_the_reference_their_header_facts(tmp_path, tracking_uri):
+    import mlflow
+    from dicom_files import image_dataset, radiograph
+
+    from serve.monitoring import ModelReference
+    from train.data.pipeline import files_split
+    from train.data.spec import LoadedDataset
+    from train.job.stages import Predictions, monitoring_reference
+    from train.settings import MainSettings
+
+    paths = []
+    for index in range(3):
+        path = tmp_path / f"image{index}.png"
+        Image.fromarray(np.full((30, 40, 3), 100, dtype=np.uint8)).save(path)
+        paths.append(path)
+    dataset = image_dataset(radiograph(300, 200, bits=12), modality="DX")
+    dataset.save_as(tmp_path / "scan.dcm", enforce_file_format=True)
+    paths.append(tmp_path / "scan.dcm")
+    labels = np.array([[0.0], [1.0], [0.0], [1.0]])
+    split = files_split(paths, labels, 32)
+    data = LoadedDataset("folder", "binary", ["normal", "finding"], 1, {"val": split}, "digest", str(tmp_path))
+    val = Predictions(
+        labels, np.array([[0.1], [0.8], [0.3], [0.95]]), np.zeros((0,)), np.array([90.0, 100.0, 110.0, 20.0])
+    )
+    settings = MainSettings.from_dict({"image_size": "32", "dataset": "synthetic"})
+    with mlflow.start_run():
+        stored = monitoring_reference(val, val.probabilities, [0.5], data, settings)
+    reference = ModelReference.from_dict(stored)
+    assert reference.inputs["size"] == {"64": 3, "512": 1} and reference.inputs["bit_depth"] == {"8": 3, "12": 1}
+    assert reference.inputs["modality"] == {"none": 3, "DX": 1}
+    assert reference.inputs["intensity"] == {"16-32": 1, "80-96": 1, "96-112": 2}
+    assert reference.classes["finding"].positive_rate == 0.5 and reference.examples == 4
 
 
 MODEL_LABELS = {"model_name": "served-classifier", "model_version": "1"}
