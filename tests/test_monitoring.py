@@ -20,7 +20,7 @@ import requests
 import yaml
 from PIL import Image
 
-from serve.contract import IMAGE_COLUMN
+from serve.contract import IMAGE_COLUMN, PREDICTED_COLUMN
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MONITORING = REPO_ROOT / "monitoring"
@@ -373,8 +373,8 @@ def test_a_reference_survives_classifier_json_and_an_older_file_means_no_referen
     assert older.reference is None and ModelReference.from_config(older) is None
     monitor = DriftMonitor.for_config(older, window=2)
     for _ in range(3):
-        monitor.observe({"a": 0.9, "b": 0.1, "predicted": "a"})
-    monitor.observe({"a": 0.9, "predicted": "a"})
+        monitor.observe({"a": 0.9, "b": 0.1, PREDICTED_COLUMN: "a"})
+    monitor.observe({"a": 0.9, PREDICTED_COLUMN: "a"})
     assert monitor.figures() == {"reference_available": 0.0, "window_answers": 2.0} and monitor.answers_total == 3
     assert monitor.reference_state == "none" and monitor.image_statistics(b"") is None
 
