@@ -552,14 +552,13 @@ def test_the_reference_is_the_validation_split_scored_by_the_served_model(
     assert json.loads(Path(local).read_text()) == served_classifier.config.reference
 
 
-def test_a_split_read_from_files_gives_the_reference_their_header_facts(tmp_path, tracking_uri):
-    import mlflow
+def test_a_split_read_from_files_gives_the_reference_their_header_facts(tmp_path):
     from dicom_files import image_dataset, radiograph
 
     from serve.monitoring import ModelReference
     from train.data.pipeline import files_split
     from train.data.spec import LoadedDataset
-    from train.job.stages import Predictions, monitoring_reference
+    from train.job.stages import Predictions, reference_of
     from train.settings import MainSettings
 
     paths = []
@@ -577,9 +576,7 @@ def test_a_split_read_from_files_gives_the_reference_their_header_facts(tmp_path
         labels, np.array([[0.1], [0.8], [0.3], [0.95]]), np.zeros((0,)), np.array([90.0, 100.0, 110.0, 20.0])
     )
     settings = MainSettings.from_dict({"image_size": "32", "dataset": "synthetic"})
-    with mlflow.start_run():
-        stored = monitoring_reference(val, val.probabilities, [0.5], data, settings)
-    reference = ModelReference.from_dict(stored)
+    reference = ModelReference.from_dict(reference_of(val, val.probabilities, [0.5], data, settings))
     assert reference.inputs["size"] == {"64": 3, "512": 1} and reference.inputs["bit_depth"] == {"8": 3, "12": 1}
     assert reference.inputs["modality"] == {"none": 3, "DX": 1}
     assert reference.inputs["intensity"] == {"16-32": 1, "80-96": 1, "96-112": 2}
@@ -613,10 +610,13 @@ def test_drift_alerts_hold_after_300_shifted_answers_and_only_then(drift_metrics
     psi = value_of(samples, "medimg_drift_score_psi", **labels)
     threshold = max(0.25, value_of(samples, "medimg_drift_score_psi_critical", **labels))
     expected = dict.fromkeys(DRIFT_ALERTS, [])
+    intensity = {**MODEL_LABELS, "feature": "intensity"}
+    input_psi = value_of(samples, "medimg_drift_input_psi", **intensity)
+    input_threshold = max(0.25, value_of(samples, "medimg_drift_input_psi_critical", **intensity))
     if batch == "like validation":
-        assert psi < threshold
+        assert psi < threshold and input_psi < input_threshold
     else:
-        assert psi > threshold
+        assert psi > threshold and input_psi > input_threshold
         description = (
             f"PSI {psi:.2f} of the calibrated parasitized scores of served-classifier version 1 against its "
             "validation split, above the drift threshold for 15 minutes."

@@ -429,11 +429,18 @@ def calibrate(model, data: LoadedDataset, settings: MainSettings) -> Calibration
 
 
 def monitoring_reference(val: Predictions, calibrated, thresholds, data: LoadedDataset, settings: MainSettings) -> dict:
-    """The validation split as serve.monitoring's reference (logged on the run too): calibrated scores per output,
-    positive shares at the thresholds, the mean intensity of every model input and, when the split was read from
-    files, the header facts (size, bit depth, modality) of up to REFERENCE_HEADER_FILES of them."""
+    """The validation split as serve.monitoring's reference, also logged on the active run (see reference_of)."""
     import mlflow
 
+    reference = reference_of(val, calibrated, thresholds, data, settings)
+    mlflow.log_dict(reference, names.MONITORING_REFERENCE_ARTIFACT)
+    return reference
+
+
+def reference_of(val: Predictions, calibrated, thresholds, data: LoadedDataset, settings: MainSettings) -> dict:
+    """serve.monitoring.ModelReference of the validation split, as a dict: calibrated scores per output, positive
+    shares at the thresholds, the mean intensity of every model input and, when the split was read from files,
+    the header facts (size, bit depth, modality) of up to REFERENCE_HEADER_FILES of them."""
     from serve.monitoring import ImageStats, ModelReference, header_statistics
 
     stats = [ImageStats(mean_intensity=float(value)) for value in val.mean_intensities]
@@ -445,7 +452,7 @@ def monitoring_reference(val: Predictions, calibrated, thresholds, data: LoadedD
                 stats.append(header_statistics(handle.read()))
         except OSError:
             continue
-    reference = ModelReference.build(
+    return ModelReference.build(
         calibrated,
         task=data.task,
         outputs=output_names(data),
@@ -453,8 +460,6 @@ def monitoring_reference(val: Predictions, calibrated, thresholds, data: LoadedD
         image_size=settings.image_size,
         image_stats=stats,
     ).to_dict()
-    mlflow.log_dict(reference, names.MONITORING_REFERENCE_ARTIFACT)
-    return reference
 
 
 def log_calibration(labels, raw, calibrated, data: LoadedDataset, split: str) -> dict[str, float]:
