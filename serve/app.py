@@ -4,8 +4,10 @@
 
 Routes: `GET /` the page (serve/static/), `POST /predict` one multipart upload (field `file`) scored by
 the model's own pyfunc, the same bytes-to-answer path as `mlflow models serve`; query parameters are
-the model's params (`explain`, `explain_class`, `threshold`, ...). `GET /info` the model and its
-classes, `GET /health`, `GET /metrics` (Prometheus). Uploaded images are never written to disk or logs.
+the model's params (`explain`, `explain_class`, `threshold`, ...). `GET /info` the model, its
+classes and its monitoring (reference `available` or `none`, window, figures), `GET /health`,
+`GET /metrics` (Prometheus, with the drift gauges of serve.monitoring over the last
+`--monitoring-window` answers). Uploaded images are never written to disk or logs.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at run time.
@@ -33,6 +35,8 @@ from serve.contract import (
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_UPLOAD_MB = 50
+# Answers the drift figures of /metrics are computed over (serve.monitoring.DEFAULT_WINDOW).
+DEFAULT_MONITORING_WINDOW = 500
 STATIC_DIR = Path(__file__).resolve().with_name("static")
 MODEL_ENVIRONMENT = "MEDIMG_MODEL_URI"
 # The tracking server's convention (mlflow_server/): MLFLOW_AUTH=true turns auth on; clients log in with
@@ -137,6 +141,15 @@ class ServedModel:
         # None when the model has no single default: its stored per-class operating points decide.
         threshold = self.param_specs.get(THRESHOLD_PARAM)
         self.default_threshold = None if threshold is None or threshold.default is None else float(threshold.default)
+        # The medimg pyfunc's ClassifierConfig (its monitoring reference); None for other pyfuncs.
+        unwrap = getattr(pyfunc_model, "unwrap_python_model", None)
+        self.config = getattr(unwrap(), "config", None) if unwrap is not None else None
+
+    def monitor(self, window: int):
+        """A serve.monitoring.DriftMonitor of this model (without a reference for models logged before them)."""
+        from serve.monitoring import DriftMonitor, ModelReference
+
+        return DriftMonitor(ModelReference.from_config(self.config), self.classes, window)
 
     @property
     def explains(self) -> bool:
@@ -342,21 +355,28 @@ async def read_upload(request, limit: int) -> bytes:
     return parser.finish()
 
 
-def create_app(served: ServedModel, *, max_upload_bytes: int, credentials: Credentials | None = None):
-    """The FastAPI application around one loaded model."""
+def create_app(
+    served: ServedModel,
+    *,
+    max_upload_bytes: int,
+    credentials: Credentials | None = None,
+    monitoring_window: int = DEFAULT_MONITORING_WINDOW,
+):
+    """The FastAPI application around one loaded model; app.state holds its metrics and its drift monitor."""
     from fastapi import FastAPI, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import FileResponse, JSONResponse, Response
     from fastapi.staticfiles import StaticFiles
+    from starlette.background import BackgroundTask
 
     app = FastAPI(title="medimg", docs_url=None, redoc_url=None, openapi_url=None)
     from serve.metrics import AppMetrics, route_label
 
     info = served.info
-    metrics = AppMetrics(
-        {"name": info.name, "version": info.version, "aliases": ",".join(info.aliases), "uri": info.uri}, served.classes
-    )
-    app.state.metrics = metrics
+    monitor = served.monitor(monitoring_window)
+    labels = {"name": info.name, "version": info.version, "aliases": ",".join(info.aliases), "uri": info.uri}
+    metrics = AppMetrics({**labels, "reference": monitor.reference_state}, served.classes, monitor)
+    app.state.metrics, app.state.monitor = metrics, monitor
 
     @app.middleware("http")
     async def guard_and_measure(request: Request, call_next):
@@ -382,7 +402,7 @@ def create_app(served: ServedModel, *, max_upload_bytes: int, credentials: Crede
 
     @app.get("/info")
     async def info():
-        return served.describe(max_upload_bytes)
+        return {**served.describe(max_upload_bytes), "monitoring": monitor.describe()}
 
     @app.get("/health")
     async def health():
@@ -406,10 +426,20 @@ def create_app(served: ServedModel, *, max_upload_bytes: int, credentials: Crede
             content = {"error": rejection.message, "reason": rejection.reason}
             return JSONResponse(content, status_code=rejection.status, headers=NO_STORE)
         metrics.observe_answer(answer, bool(params.get(EXPLAIN_PARAM)), time.perf_counter() - started)
-        return JSONResponse(answer, headers=NO_STORE)
+        monitor.observe(answer["answer"])
+        # The monitor reads the image's statistics after the answer has left, so they cost the user no time.
+        watch = BackgroundTask(observe_upload, monitor, answer["answer"], data) if monitor.compares_images else None
+        return JSONResponse(answer, headers=NO_STORE, background=watch)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+def observe_upload(monitor, row: dict, data: bytes) -> None:
+    """Add the image statistics of one answered upload to the drift monitor (serve.monitoring)."""
+    stats = monitor.image_statistics(data, answer_row=row)
+    if stats is not None:
+        monitor.observe_image(stats)
 
 
 # Answers carry images derived from patient data: no cache may keep them.
@@ -463,6 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"require HTTP basic auth with the tracking server's credentials: user ${USERNAME_ENVIRONMENTS[0]} (default {DEFAULT_USERNAME}), "
         f"password ${PASSWORD_ENVIRONMENT} or the file ${PASSWORD_FILE_ENVIRONMENT} (default: on when ${AUTH_ENVIRONMENT}=true)",
     )
+    parser.add_argument(
+        "--monitoring-window",
+        type=int,
+        default=DEFAULT_MONITORING_WINDOW,
+        help=f"recent answers the drift figures of /metrics cover (default: {DEFAULT_MONITORING_WINDOW})",
+    )
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser
 
@@ -474,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"no model: pass --model models:/NAME@champion or set {MODEL_ENVIRONMENT}")
         if arguments.max_upload_mb <= 0:
             raise ValueError(f"--max-upload-mb must be positive, got {arguments.max_upload_mb:g}")
+        if arguments.monitoring_window < 1:
+            raise ValueError(f"--monitoring-window must be at least 1 answer, got {arguments.monitoring_window}")
         credentials = credentials_from_environment(os.environ) if arguments.auth else None
         if credentials is not None and not os.environ.get(PASSWORD_ENVIRONMENT):
             # The same admin reads models from a tracking server that has auth on.
@@ -485,7 +523,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    app = create_app(served, max_upload_bytes=int(arguments.max_upload_mb * 1e6), credentials=credentials)
+    app = create_app(
+        served,
+        max_upload_bytes=int(arguments.max_upload_mb * 1e6),
+        credentials=credentials,
+        monitoring_window=arguments.monitoring_window,
+    )
     label = f"{served.info.name} version {served.info.version}" if served.info.name else served.info.uri
     print(f"serving {label} on http://{arguments.host}:{arguments.port}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=arguments.host, port=arguments.port, log_level=arguments.log_level)

@@ -1,8 +1,10 @@
 """Prometheus metrics of the clinician app: reads answers and request timings, writes the text exposition for GET /metrics.
 
-Requests by route and status, latency, rejected uploads by reason, each class's predicted probability
-(to watch drift), the classes each answer predicted, model time with and without Grad-CAM, the served
-model and process uptime. monitoring/grafana/dashboards/medimg-app.json charts these names.
+Requests by route and status, latency, rejected uploads by reason, each class's predicted probability,
+the classes each answer predicted, model time with and without Grad-CAM, the served model (with the
+label `reference`: `available`, or `none` for models logged without a monitoring reference) and
+process uptime; with a serve.monitoring.DriftMonitor, its drift and estimated-performance gauges.
+monitoring/grafana/dashboards/medimg-app.json charts these names and monitoring/rules/ alerts on them.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ ROUTES = ("/", "/predict", "/info", "/health", "/metrics")
 class AppMetrics:
     """The app's Prometheus registry: requests, latency, rejections, scores, the model and uptime."""
 
-    def __init__(self, model: dict[str, str], classes: list[str]):
-        """model: the labels of medimg_model_info (name, version, aliases, uri); classes: the probability columns."""
+    def __init__(self, model: dict[str, str], classes: list[str], monitor=None):
+        """model: the labels of medimg_model_info (name, version, aliases, uri, reference); classes: the probability
+        columns; monitor: a serve.monitoring.DriftMonitor whose gauges carry the model's name and version."""
         # The *_created series only repeat the start time for every label set.
         disable_created_metrics()
         self.registry = registry = CollectorRegistry()
@@ -77,6 +80,8 @@ class AppMetrics:
         Gauge("medimg_process_uptime_seconds", "Seconds since the app started", registry=registry).set_function(
             lambda: time.monotonic() - started
         )
+        if monitor is not None:
+            monitor.register(registry, model_name=model.get("name", ""), model_version=model.get("version", ""))
         # Series at zero from the start, so dashboards show every class before its first answer.
         for name in classes:
             self.scores.labels(name)

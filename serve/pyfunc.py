@@ -81,7 +81,9 @@ class ClassifierConfig:
 
     `thresholds` (one per output column) and `calibration` are chosen on the validation split after
     training; `operating_point` is the rule that chose the thresholds. `threshold` is the fallback for
-    models logged without them.
+    models logged without them. `reference` is what monitoring compares answers with (the validation
+    split's calibrated scores and input statistics, `serve.monitoring.ModelReference.to_dict`); None for
+    models logged before it existed.
     """
 
     class_names: list[str]
@@ -92,6 +94,7 @@ class ClassifierConfig:
     thresholds: list[float] | None = None
     operating_point: str = ""
     calibration: dict | None = None
+    reference: dict | None = None
 
     @property
     def output_columns(self) -> list[str]:

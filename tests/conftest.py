@@ -69,6 +69,20 @@ def postgres_bin() -> Path:
         pytest.skip(str(missing))
 
 
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus's promtool (Debian package `prometheus`): skips on a developer machine without it, fails in CI."""
+    import shutil
+
+    path = shutil.which("promtool")
+    if path is None:
+        missing = "promtool is not installed (apt-get install prometheus)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Prometheus rule and exposition checks: {missing}")
+        pytest.skip(missing)
+    return path
+
+
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch) -> str:
     """A fresh embedded sqlite tracking store for one test, also exported to subprocesses."""

@@ -277,9 +277,31 @@ def test_metrics_count_requests_rejections_scores_and_name_the_model(spot_app, r
     assert moved("medimg_findings_total", **{"class": "green_spot"}) == 0
     assert moved("medimg_prediction_duration_seconds_count", explain="true") == 1
     model = {"name": "spot-classifier", "version": "1", "aliases": "champion", "uri": "models:/spot-classifier"}
-    assert sample(after, "medimg_model_info", **model) == 1
+    assert sample(after, "medimg_model_info", **model, reference="none") == 1
     assert 0 < sample(before, "medimg_process_uptime_seconds") < sample(after, "medimg_process_uptime_seconds")
     assert sample(after, "process_start_time_seconds") > 0
+
+
+@pytest.mark.slow
+def test_a_model_logged_without_a_monitoring_reference_serves_and_says_so(spot_app, red_png, promtool):
+    url = spot_app["url"]
+    before = metric_samples(url)
+    assert post_file(url, red_png).status_code == 200
+    response = requests.get(f"{url}/metrics", timeout=30)
+    after = metric_samples(url)
+    model = {"model_name": "spot-classifier", "model_version": "1"}
+    assert sample(after, "medimg_monitoring_reference_available", **model) == 0
+    assert (
+        sample(after, "medimg_monitoring_answers_total", **model)
+        - sample(before, "medimg_monitoring_answers_total", **model)
+        == 1
+    )
+    assert not [name for name, _ in after if name.startswith(("medimg_drift_", "medimg_estimated_"))]
+    monitoring = requests.get(f"{url}/info", timeout=10).json()["monitoring"]
+    assert monitoring["reference"] == "none" and set(monitoring["figures"]) == {"reference_available", "window_answers"}
+    # The exposition of a live app passes Prometheus's own linter.
+    check = subprocess.run([promtool, "check", "metrics"], input=response.content, capture_output=True, timeout=60)
+    assert check.returncode == 0 and not check.stdout.strip(), check.stdout.decode() + check.stderr.decode()
 
 
 @pytest.mark.slow

@@ -87,7 +87,8 @@ def files_split(
     # deterministic=True keeps the file order, so the cache and the seeded shuffle repeat run to run.
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.ignore_errors(log_warning=True)
-    return Split(dataset=dataset, count=len(paths), positives=labels.sum(axis=0).astype(np.int64))
+    positives = labels.sum(axis=0).astype(np.int64)
+    return Split(dataset=dataset, count=len(paths), positives=positives, paths=[str(path) for path in paths])
 
 
 def _graph_decodable_files(paths: Sequence[str | Path]) -> list[bool]:

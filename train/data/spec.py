@@ -28,6 +28,9 @@ class Split:
     groups: np.ndarray | None = None
     # Per example, in the dataset's order: subgroup attributes (e.g. view, sex, age band) for subgroup metrics.
     metadata: dict[str, np.ndarray] = field(default_factory=dict)
+    # The image files of a split read from files (None for generated, TFDS or prepared data): monitoring reads
+    # their headers (size, bit depth, modality) for the model's reference.
+    paths: list[str] | None = None
 
 
 @dataclass

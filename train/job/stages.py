@@ -25,6 +25,9 @@ from train.settings import ConfigError, MainSettings
 from train.tracking import names
 from train.tracking.lineage import DataIdentity
 
+# The validation files whose headers (size, bit depth, modality) go into the monitoring reference, at most.
+REFERENCE_HEADER_FILES = 1000
+
 
 @dataclass
 class Runtime:
@@ -56,11 +59,13 @@ class FitResult:
 
 @dataclass
 class Calibration:
-    """What the validation split fixed after fitting: the calibration and each output's decision threshold."""
+    """What the validation split fixed after fitting: the calibration, each output's decision threshold and
+    the monitoring reference (serve.monitoring.ModelReference as a dict)."""
 
     parameters: dict | None
     thresholds: list[float] | None
     operating_point: str
+    reference: dict | None = None
 
 
 @dataclass
@@ -70,6 +75,8 @@ class Predictions:
     labels: np.ndarray
     probabilities: np.ndarray
     images: np.ndarray
+    # Mean of each model-input image (0-255), for the monitoring reference.
+    mean_intensities: np.ndarray = field(default_factory=lambda: np.zeros((0,)))
 
 
 @dataclass
@@ -364,13 +371,14 @@ def predict_split(model, split: Split, *, batch_size: int, seed: int, keep_image
     from train.data import make_batches
 
     predict = batch_predictor(model)
-    labels, probabilities, images = [], [], []
+    labels, probabilities, images, means = [], [], [], []
     kept = 0
     for image_batch, label_batch in make_batches(
         split, batch_size=batch_size, training=False, augmentation=None, seed=seed
     ):
         probabilities.append(np.asarray(predict(image_batch), dtype=np.float64))
         labels.append(np.asarray(label_batch))
+        means.append(np.asarray(image_batch, dtype=np.float64).mean(axis=(1, 2, 3)))
         if kept < keep_images:
             images.append(np.asarray(image_batch)[: keep_images - kept])
             kept += len(images[-1])
@@ -379,13 +387,15 @@ def predict_split(model, split: Split, *, batch_size: int, seed: int, keep_image
         labels=np.concatenate(labels).reshape(-1, outputs) if labels else np.zeros((0, outputs)),
         probabilities=np.concatenate(probabilities).reshape(-1, outputs) if probabilities else np.zeros((0, outputs)),
         images=np.concatenate(images) if images else np.zeros((0,)),
+        mean_intensities=np.concatenate(means) if means else np.zeros((0,)),
     )
 
 
 def calibrate(model, data: LoadedDataset, settings: MainSettings) -> Calibration:
     """Fit calibration on the validation split, then choose each output's threshold there by the operating point.
 
-    Logs ECE and Brier score before and after calibration, a reliability diagram and the operating points.
+    Logs ECE and Brier score before and after calibration, a reliability diagram and the operating points;
+    keeps the split's calibrated scores and input statistics as the model's monitoring reference.
     """
     import mlflow
 
@@ -399,7 +409,8 @@ def calibrate(model, data: LoadedDataset, settings: MainSettings) -> Calibration
     log_calibration(val.labels, val.probabilities, calibrated, data, "val")
     if data.task == "multiclass":
         # The most probable class is the decision; there is no threshold to choose.
-        return Calibration(parameters, None, "most probable class")
+        reference = monitoring_reference(val, calibrated, None, data, settings)
+        return Calibration(parameters, None, "most probable class", reference)
     scored = scored_classes(val.labels)
     thresholds = [
         choose_threshold(val.labels[:, index], calibrated[:, index], settings.operating_point) if scored[index] else 0.5
@@ -415,7 +426,42 @@ def calibrate(model, data: LoadedDataset, settings: MainSettings) -> Calibration
         },
         artifact_file=names.OPERATING_POINTS_ARTIFACT,
     )
-    return Calibration(parameters, thresholds, settings.operating_point)
+    reference = monitoring_reference(val, calibrated, thresholds, data, settings)
+    return Calibration(parameters, thresholds, settings.operating_point, reference)
+
+
+def monitoring_reference(val: Predictions, calibrated, thresholds, data: LoadedDataset, settings: MainSettings) -> dict:
+    """The validation split as serve.monitoring's reference, also logged on the active run (see reference_of)."""
+    import mlflow
+
+    reference = reference_of(val, calibrated, thresholds, data, settings)
+    mlflow.log_dict(reference, names.MONITORING_REFERENCE_ARTIFACT)
+    return reference
+
+
+def reference_of(val: Predictions, calibrated, thresholds, data: LoadedDataset, settings: MainSettings) -> dict:
+    """serve.monitoring.ModelReference of the validation split, as a dict: calibrated scores per output, positive
+    shares at the thresholds, the mean intensity of every model input and, when the split was read from files,
+    the header facts (size, bit depth, modality) of up to REFERENCE_HEADER_FILES of them."""
+    from serve.monitoring import ImageStats, ModelReference, header_statistics
+
+    stats = [ImageStats(mean_intensity=float(value)) for value in val.mean_intensities]
+    paths = data.splits["val"].paths or []
+    # Evenly spaced files: a large split costs a bounded number of header reads.
+    for index in np.unique(np.linspace(0, len(paths) - 1, min(len(paths), REFERENCE_HEADER_FILES)).astype(int)):
+        try:
+            with open(paths[index], "rb") as handle:
+                stats.append(header_statistics(handle.read()))
+        except OSError:
+            continue
+    return ModelReference.build(
+        calibrated,
+        task=data.task,
+        outputs=output_names(data),
+        thresholds=thresholds,
+        image_size=settings.image_size,
+        image_stats=stats,
+    ).to_dict()
 
 
 def log_calibration(labels, raw, calibrated, data: LoadedDataset, split: str) -> dict[str, float]:
@@ -536,6 +582,7 @@ def log_model(model, data: LoadedDataset, settings: MainSettings, calibration: C
         thresholds=calibration.thresholds,
         operating_point=calibration.operating_point,
         calibration=calibration.parameters,
+        reference=calibration.reference,
     )
     example_image = next(iter(data.splits["val"].dataset.take(1)))[0].numpy()
     model_info = log_classifier(

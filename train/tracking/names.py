@@ -91,6 +91,8 @@ MODEL_SUMMARY_ARTIFACT = "architecture/model_summary.txt"
 TRAINING_CURVES_ARTIFACT = "plots/training_curves.png"
 HISTORY_ARTIFACT = "metrics/history.json"
 OPERATING_POINTS_ARTIFACT = "metrics/operating_points.json"
+# The monitoring reference stored in the served model (serve.monitoring.ModelReference), also on the run.
+MONITORING_REFERENCE_ARTIFACT = "monitoring/reference.json"
 SKIPPED_IMAGES_ARTIFACT = "data/skipped_images.txt"
 MODEL_CARD_ARTIFACT = "model_card.md"
 SERVING_DOCKERFILE_ARTIFACT = "serving"
