@@ -162,6 +162,8 @@ HARDWARE = ("GPU", "Docker engine", "AWS account", "network", "download")
 # Modules whose command line takes a subcommand first (`python -m train tune ...`).
 SUBCOMMAND_MODULES = ("train", "mlflow_server", "aws")
 SETUP_COMMANDS = ("export", "source", "cd")
+# Programs that only filter what the command before them printed (after a pipe).
+FILTER_COMMANDS = ("grep", "head", "tail", "sed", "sort", "wc", "jq")
 
 
 def quoted(word: str) -> str:
@@ -234,7 +236,7 @@ def command_parts(command: str) -> list[tuple[str, str]] | None:
     command = re.sub(r"^(?:\w+=(?:\"[^\"]*\"|'[^']*'|\S*)\s+)+", "", command)
     words = shlex.split(command.split("\n")[0])
     program = Path(words[0]).name
-    if program in SETUP_COMMANDS:
+    if program in SETUP_COMMANDS or program in FILTER_COMMANDS:
         return []
     if program == "make":
         targets = [word for word in words[1:] if not word.startswith("-") and "=" not in word]
@@ -245,6 +247,9 @@ def command_parts(command: str) -> list[tuple[str, str]] | None:
         return mlflow_parts(words)
     if program == "curl":
         return curl_parts(command)
+    if program == "promtool":
+        # `promtool test rules FILE`: the test passes the subcommand words and the file to promtool.
+        return [("promtool", r"\bpromtool\b"), *((word, quoted(word)) for word in words[1:3])]
     return None
 
 

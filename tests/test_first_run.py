@@ -98,7 +98,10 @@ def test_the_printed_commands_work_from_a_shell_without_the_venv(clone):
     with make_in_background(clone, "serve-app", f"http://127.0.0.1:{app_port}/health", SERVE_PORT=str(app_port)):
         info = requests.get(f"http://127.0.0.1:{app_port}/info", timeout=30).json()
         page = requests.get(f"http://127.0.0.1:{app_port}/", timeout=30)
+        metrics = requests.get(f"http://127.0.0.1:{app_port}/metrics", timeout=30).text
     assert page.status_code == 200 and "demo-classifier" in str(info)
+    # The demo model carries its validation reference, so the app watches its answers for drift.
+    assert 'medimg_monitoring_reference_available{model_name="demo-classifier",model_version="1"} 1.0' in metrics
 
 
 # Runs of the demo, as the MLflow UI shows them: named by what they are, in the model-training view.
