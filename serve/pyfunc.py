@@ -21,7 +21,7 @@ import base64
 import binascii
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +81,9 @@ class ClassifierConfig:
 
     `thresholds` (one per output column) and `calibration` are chosen on the validation split after
     training; `operating_point` is the rule that chose the thresholds. `threshold` is the fallback for
-    models logged without them.
+    models logged without them. `modalities` are the DICOM Modality values of the images the model was trained
+    on (the dataset's fact, e.g. CR and DX); the PACS worker scores only those unless told otherwise. Empty
+    (and absent in classifier.json files written before it existed) means any image modality.
     """
 
     class_names: list[str]
@@ -92,6 +94,7 @@ class ClassifierConfig:
     thresholds: list[float] | None = None
     operating_point: str = ""
     calibration: dict | None = None
+    modalities: list[str] = field(default_factory=list)
 
     @property
     def output_columns(self) -> list[str]:

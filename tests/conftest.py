@@ -307,3 +307,22 @@ def server(registered_model, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     with running_server(command, ready_url=f"{url}/ping", log_path=workdir / "server.log", env=env, cwd=workdir):
         yield url
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A real Orthanc with its DICOMweb plugin (Debian `orthanc`, `orthanc-dicomweb`) on free HTTP and DICOM ports,
+    its database in a session folder; the PACS worker tests also need `storescu` (dcmtk) and `dciodvfy`
+    (dicom3tools). Missing packages skip the tests on a developer machine but fail them in CI (CI set)."""
+    from orthanc import OrthancServer, missing_tools
+
+    missing = missing_tools()
+    if missing:
+        message = f"the PACS tests need the Debian packages {', '.join(missing)} (apt-get install {' '.join(missing)})"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PACS tests: {message}")
+        pytest.skip(message)
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc"))
+    server.start()
+    yield server
+    server.stop()
