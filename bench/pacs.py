@@ -46,7 +46,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def train_model(image_size: int) -> str:
+def train_model(image_size: int, workdir: Path) -> str:
     """A quickly trained small_cnn registered as MODEL_NAME@champion; its accuracy does not matter for timing."""
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -54,10 +54,13 @@ def train_model(image_size: int) -> str:
     from train.job.trainer import train
     from train.settings import MainSettings
 
+    client = MlflowClient()
+    if client.get_experiment_by_name("bench-pacs") is None:
+        # The model's files stay in the work folder, beside its tracking store.
+        client.create_experiment("bench-pacs", artifact_location=(workdir / "artifacts").as_uri())
     mlflow.set_experiment("bench-pacs")
     settings = {"image_size": image_size, "epochs": 1, "batch_size": 16, "max_examples": 64, "augment": "false"}
     train(MainSettings.from_dict({**settings, "register_as": MODEL_NAME}))
-    client = MlflowClient()
     (version,) = client.search_model_versions(f"name='{MODEL_NAME}'")
     client.set_registered_model_alias(MODEL_NAME, "champion", version.version)
     return f"models:/{MODEL_NAME}@champion"
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         import mlflow
 
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        model_uri = arguments.model_uri or train_model(arguments.image_size)
+        model_uri = arguments.model_uri or train_model(arguments.image_size, workdir)
         orthanc = OrthancServer(workdir / "orthanc")
         orthanc.start()
         try:

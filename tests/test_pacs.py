@@ -171,8 +171,9 @@ class PacsBed:
     log_files: list[Path] = field(default_factory=list)
     metrics_port: int = 0
 
-    def send(self, name: str, modality: str, images: int) -> Study:
-        """A new study of `images` images sent with storescu, with its own patient."""
+    def send(self, name: str, modality: str, images: int, broken: int = 0) -> Study:
+        """A new study of `images` images sent with storescu, with its own patient; the last `broken` images have
+        their pixel data cut short (a header that promises more pixels than the file holds)."""
         import pydicom
 
         number = len(self.studies) + 1
@@ -186,6 +187,10 @@ class PacsBed:
             study_date=TODAY,
             seed=number * 10,
         )
+        for path in paths[len(paths) - broken :]:
+            dataset = pydicom.dcmread(path)
+            dataset.PixelData = dataset.PixelData[: len(dataset.PixelData) // 3]
+            dataset.save_as(path, enforce_file_format=True)
         headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
         study = Study(name, modality, paths, headers[0].StudyInstanceUID, headers[0].SeriesInstanceUID)
         study.sop_uids = [str(header.SOPInstanceUID) for header in headers]
@@ -236,16 +241,37 @@ class PacsBed:
         return code, buffer.getvalue()
 
     def start(self, name: str) -> subprocess.Popen:
-        """The worker as a service: its own process (killable), polling every 0.2 s, /metrics on a free port."""
+        """The worker as a service: its own process (killable), polling every 0.2 s, /metrics on a free port, under
+        an audit hook that logs every file opened for writing once the model is loaded (/metrics opens then)."""
         log_path = self.folder / f"{name}.log"
         self.log_files.append(log_path)
         self.metrics_port = free_port()
         env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri, "PYTHONPATH": str(REPO_ROOT)}
-        command = [sys.executable, "-m", "serve.pacs", *self.arguments("--metrics-port", str(self.metrics_port))]
+        command = [sys.executable, "-c", AUDITED_WORKER, *self.arguments("--metrics-port", str(self.metrics_port))]
         with open(log_path, "wb") as log:
             return subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.folder, start_new_session=True
             )
+
+
+# Runs `python -m serve.pacs` with an audit hook that reports every file opened for writing once the worker serves
+# /metrics (after its model is loaded): the ledger (sqlite, written from C) is the only file it may write.
+AUDITED_WORKER = """
+import os, runpy, sys
+port = int(sys.argv[sys.argv.index("--metrics-port") + 1])
+armed = []
+def hook(event, args):
+    if event == "open" and armed:
+        path, mode, flags = args
+        writing = any(letter in str(mode or "") for letter in "wax+") or (flags or 0) & (os.O_WRONLY | os.O_RDWR)
+        if writing:
+            print(f"AUDIT write-open {path!r}", file=sys.stderr, flush=True)
+    elif event == "socket.bind" and isinstance(args[1], tuple) and args[1][1:2] == (port,):
+        armed.append(True)
+sys.addaudithook(hook)
+sys.argv = ["serve.pacs", *sys.argv[1:]]
+runpy.run_module("serve.pacs", run_name="__main__", alter_sys=True)
+"""
 
 
 @contextlib.contextmanager
@@ -272,6 +298,17 @@ def wait_for(condition, timeout: float, what: str, process: subprocess.Popen | N
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n{tail(log)}")
         time.sleep(0.05)
+
+
+def wait_reported(bed: PacsBed, study: Study, process: subprocess.Popen, log: Path) -> None:
+    """Wait until every image of the study has its SR and its Secondary Capture (stored by one STOW-RS, one after
+    the other)."""
+
+    def reported() -> bool:
+        results = bed.results(study)
+        return len(results["SR"]) >= len(study.sop_uids) and len(results["SC"]) >= len(study.sop_uids)
+
+    wait_for(reported, 60, f"the results of {study.name}", process, log)
 
 
 def tail(path: Path | None) -> str:
@@ -389,39 +426,53 @@ def test_a_second_run_writes_nothing(bed):
 
 
 @pytest.mark.slow
-def test_qido_polling_finds_only_the_new_study(bed):
+def test_qido_polling_finds_the_new_study_and_skips_its_broken_image_with_a_reason(bed):
     before = bed.orthanc.instance_count()
-    study = bed.send("polled", "DX", 1)
+    study = bed.send("polled", "DX", 2, broken=1)
     code, log = bed.run("--feed", "qido")
     assert code == 0, log
     results = bed.results(study)
     assert len(results["SR"]) == len(results["SC"]) == 1
-    assert bed.orthanc.instance_count() == before + 3, "the new image and its two results, nothing else"
+    reported = set(text_items(bed.retrieve(study, results["SR"][0]))["IMAGE"])
+    assert reported == {study.sop_uids[0]}, "the intact image is reported, the broken one is not"
+    assert bed.orthanc.instance_count() == before + 4, "the two new images and one image's two results, nothing else"
+    assert re.search(r"instance [0-9a-f]{20} not scored \(undecodable_image\)", log), log
+    assert "1 image(s) scored, 1 skipped (undecodable_image: 1)" in log
+    # A broken image is not tried again.
+    code, log = bed.run("--feed", "qido")
+    assert code == 0 and "not scored" not in log and bed.orthanc.instance_count() == before + 4
 
 
 @pytest.mark.slow
 def test_orthanc_away_for_30_seconds_loses_no_study(bed, service):
     log = bed.log_files[-1]
+    wait_reported(bed, bed.send("before-outage", "CR", 1), service, log)
     # Sent, then Orthanc stops at once: the study waits in the PACS, unscored or half-scored, through the outage.
-    before = bed.send("before-outage", "CR", 1)
+    waiting = bed.send("waiting-out-outage", "DX", 1)
     stopped = time.monotonic()
     bed.orthanc.stop()
     time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped)))
     assert service.poll() is None, f"the worker died while Orthanc was away:\n{tail(log)}"
     bed.orthanc.start()
     after = bed.send("after-outage", "DX", 1)
-    for study in (before, after):
-        wait_for(lambda study=study: bed.results(study)["SR"], 60, f"the SR of {study.name}", service, log)
-        assert len(bed.results(study)["SC"]) == 1
+    wait_reported(bed, waiting, service, log)
+    wait_reported(bed, after, service, log)
     text = log.read_text()
+    assert "AUDIT write-open" not in text, "the worker wrote a file besides its ledger"
     assert text.count("PACS unreachable") == 1 and text.count("PACS reachable again") == 1, text
     assert text.index("PACS unreachable") < text.index("PACS reachable again")
-    exposition = requests.get(f"http://127.0.0.1:{bed.metrics_port}/metrics", timeout=10).text
+    metrics_url = f"http://127.0.0.1:{bed.metrics_port}/metrics"
+
+    def counted() -> bool:
+        # The SR is listed as soon as the PACS stored it; the worker counts it when the store answers.
+        values = metric_values(requests.get(metrics_url, timeout=10).text)
+        return values["medimg_pacs_arrival_to_report_seconds_count"] >= 3
+
+    wait_for(counted, 10, "the three reports in /metrics", service, log)
+    exposition = requests.get(metrics_url, timeout=10).text
     values = metric_values(exposition)
-    assert values["medimg_pacs_up"] == 1.0
+    assert values["medimg_pacs_up"] == 1.0 and values["medimg_pacs_instances_scored_total"] >= 3
     assert sum(value for name, value in values.items() if name.startswith("medimg_pacs_errors_total")) >= 1
-    assert values["medimg_pacs_instances_scored_total"] >= 2
-    assert values["medimg_pacs_arrival_to_report_seconds_count"] == values["medimg_pacs_instances_scored_total"]
     checked = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 

@@ -25,7 +25,7 @@ TOKEN_FILE_ENVIRONMENT = "MEDIMG_PACS_TOKEN_FILE"
 UNAVAILABLE_STATUSES = frozenset({401, 403, 408, 429})
 GONE_STATUSES = frozenset({404, 410})
 # Attributes asked of QIDO-RS for each instance: enough to decide eligibility without retrieving it.
-INSTANCE_FIELDS = ("Modality", "SOPClassUID", "SeriesDescription", "Manufacturer", "NumberOfFrames")
+INSTANCE_FIELDS = ("Modality", "SOPClassUID", "SeriesDescription", "Manufacturer")
 # Orthanc's change feed: a page of changes per request.
 CHANGES_PAGE = 200
 

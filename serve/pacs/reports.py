@@ -27,6 +27,10 @@ MANUFACTURER = "medimg"
 SR_SERIES_DESCRIPTION = "medimg AI findings"
 SC_SERIES_DESCRIPTION = "medimg AI heatmap - NOT FOR DIAGNOSTIC USE"
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
+NOT_FOR_DIAGNOSIS_TEXT = (
+    f"{NOT_FOR_DIAGNOSIS}: output of an AI model (medimg), not reviewed by a radiologist; "
+    "its findings and heatmap are burned into the picture."
+)
 # Series numbers of the results, high so that viewers list them after the acquired series.
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
@@ -275,6 +279,7 @@ def secondary_capture(source, pixels: np.ndarray, algorithm: Algorithm, uids: Re
     """The Secondary Capture of burned-in `pixels` (uint8 RGB) in the source's study, marked not for diagnosis."""
     from highdicom.sc import SCImage
     from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian
 
     header = header_of(source)
     orientation = [str(value) for value in (source.get("PatientOrientation") or [])]
@@ -289,6 +294,7 @@ def secondary_capture(source, pixels: np.ndarray, algorithm: Algorithm, uids: Re
         sop_instance_uid=uids.sc_instance,
         instance_number=int(source.get("InstanceNumber") or 1),
         manufacturer=MANUFACTURER,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
         # The rows and columns keep the source's directions; highdicom needs two, the source may have none.
         patient_orientation=tuple(orientation) if len(orientation) == 2 else ("L", "F"),
         series_description=SC_SERIES_DESCRIPTION,
@@ -302,13 +308,13 @@ def secondary_capture(source, pixels: np.ndarray, algorithm: Algorithm, uids: Re
     capture.Laterality = str(source.get("Laterality") or source.get("ImageLaterality") or "").strip()
     capture.BurnedInAnnotation = "YES"
     capture.RecognizableVisualFeatures = "NO"
-    capture.ImageComments = f"{NOT_FOR_DIAGNOSTIC_TEXT} Grad-CAM heatmap of {explained}"[:10240]
-    capture.DerivationDescription = f"{NOT_FOR_DIAGNOSTIC_TEXT} medimg {algorithm.name} {algorithm.version}"[:1024]
+    heatmap = f" Grad-CAM heatmap of {explained}." if explained else ""
+    capture.ImageComments = f"{NOT_FOR_DIAGNOSIS_TEXT}{heatmap}"
+    capture.DerivationDescription = f"{NOT_FOR_DIAGNOSIS_TEXT} Model {algorithm.name} version {algorithm.version}."[
+        :1024
+    ]
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
     capture.SourceImageSequence = [reference]
     return capture
-
-
-NOT_FOR_DIAGNOSTIC_TEXT = f"{NOT_FOR_DIAGNOSIS}: AI output of a research model, the findings and heatmap burned in."

@@ -182,8 +182,8 @@ class Worker:
         self.pacs.store(results, row.study_uid)
         self.ledger.record(row.sop_uid, REPORTED, model=self.scorer.label)
         self.scored += 1
-        self.metrics.instances.inc()
         self.metrics.delay.observe(max(0.0, time.time() - arrived))
+        self.metrics.instances.inc()
 
     def answered(self, answer: dict, image: bytes) -> None:
         """The one place every answer row passes with the bytes of its image (before its results are stored)."""
