@@ -145,6 +145,27 @@ def test_credentials_come_from_the_environment_or_a_file(tmp_path):
         session_from_environment({"MEDIMG_PACS_TOKEN": "abc", "MEDIMG_PACS_USERNAME": "ai"})
 
 
+def test_pacs_failures_are_told_apart_from_one_instance_s_faults():
+    from requests import ConnectionError, HTTPError, Response
+
+    from serve.pacs.dicomweb import InstanceGone, InstanceUnreadable, PacsUnavailable, StoreRejected, classify
+
+    def http(status: int) -> HTTPError:
+        response = Response()
+        response.status_code = status
+        return HTTPError(f"{status} for url: http://pacs/dicom-web/studies/1.2.3", response=response)
+
+    for operation in ("changes", "search", "retrieve", "store"):
+        for error in (http(503), http(401), http(429), ConnectionError("http://pacs/studies/1.2.3")):
+            unavailable = classify(operation, error)
+            assert isinstance(unavailable, PacsUnavailable) and "1.2.3" not in str(unavailable), (operation, error)
+    assert isinstance(classify("retrieve", http(404)), InstanceGone)
+    assert isinstance(classify("retrieve", http(406)), InstanceUnreadable)
+    assert isinstance(classify("retrieve", ValueError("multipart")), InstanceUnreadable)
+    assert isinstance(classify("store", http(409)), StoreRejected)
+    assert isinstance(classify("search", ValueError("not json")), PacsUnavailable)
+
+
 # The worker against a real Orthanc.
 
 
@@ -423,6 +444,19 @@ def test_a_second_run_writes_nothing(bed):
     assert code == 0, log
     assert bed.orthanc.instance_count() == before
     assert "stopped: 0 image(s) in 0 study(ies) scored" in log
+
+
+@pytest.mark.slow
+def test_skip_backlog_starts_after_what_the_pacs_holds(bed, tmp_path):
+    from serve.pacs.feeds import ORTHANC_POSITION
+    from serve.pacs.ledger import Ledger
+
+    before = bed.orthanc.instance_count()
+    code, log = bed.run("--skip-backlog", "--state-dir", str(tmp_path / "fresh"))
+    assert code == 0 and "Orthanc change feed from now" in log, log
+    assert bed.orthanc.instance_count() == before
+    with Ledger(tmp_path / "fresh") as ledger:
+        assert ledger.meta(ORTHANC_POSITION) == str(bed.orthanc.get("/changes?last")["Last"])
 
 
 @pytest.mark.slow

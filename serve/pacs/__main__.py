@@ -98,7 +98,11 @@ def run(settings, session, ledger) -> int:
         scorer.outputs,
     )
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port, settings.metrics_host)
+        try:
+            metrics.serve(settings.metrics_port, settings.metrics_host)
+        except OSError as error:
+            print(f"error: cannot serve /metrics on port {settings.metrics_port}: {error.strerror}", file=sys.stderr)
+            return 2
     stop = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())
@@ -125,7 +129,16 @@ def run(settings, session, ledger) -> int:
         counts.get("failed", 0),
         counts.get("skipped", 0),
     )
-    return worker.run(once=settings.once)
+    try:
+        return worker.run(once=settings.once)
+    except Exception as error:
+        from serve.app import fault_origin
+
+        # A fault of the worker itself: its type and place, never its message (it could quote an attribute value).
+        log.critical(
+            "worker stopped by %s at %s; a restart resumes from the ledger", type(error).__name__, fault_origin(error)
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Every failure is classified so the worker knows what to do with it, and its message never quotes a URL
 (URLs hold UIDs) or a server's answer: `PacsUnavailable` (no connection, a timeout, HTTP 5xx, 401, 403,
-408, 429: retry the whole study later with back-off), `InstanceGone` (the instance was deleted before it
-was retrieved) and `StoreRejected` (the PACS refused the results of this one image).
+408, 429: retry the whole batch later with back-off), and three faults of one instance, recorded and
+not retried: `InstanceGone` (deleted before it was retrieved), `InstanceUnreadable` (WADO-RS answered
+with something else than the instance) and `StoreRejected` (the PACS refused the image's results).
 
 Credentials (never command-line arguments, which other users of the machine can read):
 MEDIMG_PACS_USERNAME with MEDIMG_PACS_PASSWORD or MEDIMG_PACS_PASSWORD_FILE (HTTP basic), or
@@ -40,6 +41,14 @@ class PacsUnavailable(Exception):
 
 class InstanceGone(Exception):
     """The instance was deleted from the PACS before the worker retrieved it."""
+
+
+class InstanceUnreadable(Exception):
+    """WADO-RS answered for one instance with something that is not a DICOM instance; `reason` holds no UID."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
 class StoreRejected(Exception):
@@ -88,19 +97,24 @@ def session_from_environment(environment: Mapping[str, str]):
 
 
 def classify(operation: str, error: Exception) -> Exception:
-    """The worker's exception for a failed request: PacsUnavailable, InstanceGone or StoreRejected."""
+    """The worker's exception for a failed request: PacsUnavailable, or, when one instance is at fault,
+    InstanceGone, InstanceUnreadable or StoreRejected (so one odd instance never holds up the feed)."""
     import requests
 
     if isinstance(error, requests.HTTPError) and error.response is not None:
         status = error.response.status_code
-        if status in GONE_STATUSES and operation == "retrieve":
-            return InstanceGone()
-        if status >= 500 or status in UNAVAILABLE_STATUSES or operation != "store":
+        if status >= 500 or status in UNAVAILABLE_STATUSES:
             return PacsUnavailable(operation, f"HTTP {status}")
-        return StoreRejected(f"HTTP {status}")
+        if operation == "retrieve":
+            return InstanceGone() if status in GONE_STATUSES else InstanceUnreadable(f"HTTP {status}")
+        if operation == "store":
+            return StoreRejected(f"HTTP {status}")
+        return PacsUnavailable(operation, f"HTTP {status}")
     if isinstance(error, requests.RequestException):
         return PacsUnavailable(operation, type(error).__name__)
-    # A server that answers with something that is not DICOMweb (a proxy's page, a truncated answer).
+    # An answer that is not what DICOMweb promises: of one instance, or of a server (a proxy's page, say).
+    if operation == "retrieve":
+        return InstanceUnreadable(f"unexpected answer ({type(error).__name__})")
     return PacsUnavailable(operation, f"unexpected answer ({type(error).__name__})")
 
 
@@ -194,7 +208,10 @@ class Pacs:
 
         dataset = self._call("retrieve", self.client.retrieve_instance, row.study_uid, row.series_uid, row.sop_uid)
         buffer = io.BytesIO()
-        pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+        try:
+            pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+        except Exception as error:  # pydicom raises several types for data sets it cannot encode.
+            raise InstanceUnreadable(f"cannot be encoded ({type(error).__name__})") from None
         return buffer.getvalue(), dataset
 
     def store(self, datasets: Sequence, study_uid: str) -> None:

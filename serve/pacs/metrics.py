@@ -23,7 +23,7 @@ from prometheus_client import (
 # From a second (the worker polls every few seconds) to an hour (a PACS outage or a long backlog).
 DELAY_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 # Skip reasons decided before any retrieval; model rejections add theirs (serve.pyfunc's `reason`).
-KNOWN_SKIP_REASONS = ("modality", "not_an_image", "own_output", "gone", "store_rejected")
+KNOWN_SKIP_REASONS = ("modality", "not_an_image", "own_output", "gone", "unreadable", "store_rejected")
 OPERATIONS = ("changes", "search", "retrieve", "store")
 
 

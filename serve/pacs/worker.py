@@ -16,7 +16,7 @@ import time
 from collections import Counter
 
 from serve.contract import EXPLAINED_CLASS_COLUMN, FRAME_COLUMN, OVERLAY_COLUMN, read_answer
-from serve.pacs.dicomweb import InstanceGone, InstanceRow, Pacs, PacsUnavailable, StoreRejected
+from serve.pacs.dicomweb import InstanceGone, InstanceRow, InstanceUnreadable, Pacs, PacsUnavailable, StoreRejected
 from serve.pacs.ledger import FAILED, REPORTED, SKIPPED, Ledger
 from serve.pacs.metrics import WorkerMetrics
 from serve.pacs.reports import (
@@ -157,6 +157,8 @@ class Worker:
             return self.skip(row, FAILED, bad.reason, bad.detail)
         except InstanceGone:
             return self.skip(row, FAILED, "gone")
+        except InstanceUnreadable as unreadable:
+            return self.skip(row, FAILED, "unreadable", unreadable.reason)
         except StoreRejected as rejected:
             return self.skip(row, FAILED, "store_rejected", rejected.reason)
         return REPORTED
@@ -207,8 +209,8 @@ class Worker:
                 decode_array(data, frame), answer.get(OVERLAY_COLUMN), overlay_lines(findings, algorithm, explained)
             )
             capture = secondary_capture(dataset, pixels, algorithm, uids, explained)
-        except (ValueError, TypeError, AttributeError, KeyError) as error:
-            # highdicom refuses sources whose patient or study attributes break their value representation.
+        except Exception as error:  # Whatever a source's attributes make highdicom or the decoder raise.
+            # One odd image (attributes that break their value representation, say) must not stop the worker.
             raise BadInstance("unwritable_report", type(error).__name__) from None
         return [report, capture]
 
