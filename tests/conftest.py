@@ -32,6 +32,7 @@ LONGEST_FIRST = (
     "test_training.py",
     "test_evaluate.py",
     "test_dicom.py",
+    "test_pacs.py",
     "test_clinical.py",
     "test_serving.py",
     "test_chestxray14.py",

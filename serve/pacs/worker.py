@@ -110,16 +110,18 @@ class Worker:
     def work(self, batch) -> bool:
         """Look at the studies of one feed batch; True when the feed has more waiting."""
         for study_uid, arrived in batch.studies.items():
-            if self.stop.is_set():
-                # The batch is left unfinished: the next start looks at it again.
-                return False
             self.process_study(study_uid, arrived)
+            if self.stop.is_set():
+                # Stopped between images: the batch stays unfinished and the next start looks at it again.
+                return False
         self.feed.finished(batch)
         return batch.more
 
     def process_study(self, study_uid: str, arrived: float) -> None:
         outcomes: Counter[str] = Counter()
         for row in self.pacs.instances(study_uid):
+            if self.stop.is_set():
+                break
             outcome = self.process_instance(row, arrived)
             if outcome:
                 outcomes[outcome] += 1
@@ -199,17 +201,17 @@ class Worker:
         from serve.preprocess import decode_array, dicom_frames
 
         algorithm = self.scorer.algorithm
-        findings = findings_of(answer, self.scorer.outputs, self.scorer.config.task)
         frame = int(answer.get(FRAME_COLUMN) or 0)
         explained = str(answer.get(EXPLAINED_CLASS_COLUMN) or "")
         uids = ResultUids.of(row.study_uid, row.sop_uid, algorithm)
         try:
+            findings = findings_of(answer, self.scorer.outputs, self.scorer.config.task)
             report = structured_report(dataset, findings, algorithm, frame if dicom_frames(dataset) > 1 else None, uids)
             pixels = burned_in_picture(
                 decode_array(data, frame), answer.get(OVERLAY_COLUMN), overlay_lines(findings, algorithm, explained)
             )
             capture = secondary_capture(dataset, pixels, algorithm, uids, explained)
-        except Exception as error:  # Whatever a source's attributes make highdicom or the decoder raise.
+        except Exception as error:  # Whatever an odd source or answer makes highdicom or the decoder raise.
             # One odd image (attributes that break their value representation, say) must not stop the worker.
             raise BadInstance("unwritable_report", type(error).__name__) from None
         return [report, capture]
