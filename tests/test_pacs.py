@@ -43,12 +43,15 @@ KILLED_STUDY_IMAGES = 8
 
 
 def test_older_classifier_config_without_modalities_still_loads(tmp_path):
+    from dataclasses import asdict
+
     from serve.pyfunc import ClassifierConfig
 
-    old = {"class_names": ["normal", "pneumonia"], "task": "binary", "image_size": 64, "threshold": 0.5}
-    (tmp_path / "old.json").write_text(json.dumps(old))
+    written = asdict(ClassifierConfig(class_names=["normal", "pneumonia"], task="binary", image_size=64))
+    del written["modalities"]  # classifier.json as medimg wrote it before the field existed
+    (tmp_path / "old.json").write_text(json.dumps(written))
     assert ClassifierConfig.load(str(tmp_path / "old.json")).modalities == []
-    ClassifierConfig(**old, modalities=["CR", "DX"]).save(str(tmp_path / "new.json"))
+    ClassifierConfig(**written, modalities=["CR", "DX"]).save(str(tmp_path / "new.json"))
     assert ClassifierConfig.load(str(tmp_path / "new.json")).modalities == ["CR", "DX"]
 
 

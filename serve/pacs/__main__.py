@@ -70,6 +70,7 @@ def run(settings, session, ledger) -> int:
     """Load the model, connect the feed and work until stopped; 2 when the model cannot be loaded."""
     import threading
 
+    from serve.contract import MODEL_ID_COLUMN
     from serve.pacs.dicomweb import Pacs
     from serve.pacs.feeds import OrthancFeed, QidoFeed
     from serve.pacs.metrics import WorkerMetrics
@@ -94,7 +95,7 @@ def run(settings, session, ledger) -> int:
         feed = QidoFeed(pacs, ledger, lookback_days=settings.lookback_days, skip_backlog=settings.skip_backlog)
     resolved = scorer.resolved
     metrics = WorkerMetrics(
-        {"name": resolved.name, "version": resolved.version, "model_id": resolved.model_id, "uri": resolved.uri},
+        {"name": resolved.name, "version": resolved.version, MODEL_ID_COLUMN: resolved.model_id, "uri": resolved.uri},
         scorer.outputs,
     )
     if settings.metrics_port:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.contract import has_thresholds, read_answer
+from serve.contract import MODEL_ID_COLUMN, has_thresholds, read_answer
 
 MANUFACTURER = "medimg"
 SR_SERIES_DESCRIPTION = "medimg AI findings"
@@ -61,7 +61,8 @@ class Algorithm:
     @property
     def parameters(self) -> list[str]:
         """The SR's Algorithm Parameters: the model id and the URI the worker was given."""
-        return [f"{label}={value}" for label, value in (("model_id", self.model_id), ("model_uri", self.uri)) if value]
+        labels = ((MODEL_ID_COLUMN, self.model_id), ("model_uri", self.uri))
+        return [f"{label}={value}" for label, value in labels if value]
 
 
 @dataclass(frozen=True)
