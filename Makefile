@@ -126,3 +126,13 @@ SERVE_ARGS ?=
 .PHONY: serve-app
 serve-app: setup
 	$(RUN) python -m serve.app --model $(SERVE_MODEL) --port $(SERVE_PORT) $(SERVE_ARGS)
+
+# The PACS worker (docs/PACS.md): watches a DICOMweb PACS (Orthanc's change feed by default) and stores a TID 1500 SR
+# and a Secondary Capture overlay into each study it scores with PACS_MODEL. PACS credentials come from the
+# environment (MEDIMG_PACS_USERNAME and MEDIMG_PACS_PASSWORD_FILE, or MEDIMG_PACS_TOKEN), never from here.
+PACS_MODEL ?= $(MODEL_URI)
+PACS_URL ?= http://127.0.0.1:8042/dicom-web
+PACS_ARGS ?=
+.PHONY: pacs
+pacs: setup
+	$(RUN) python -m serve.pacs --model $(PACS_MODEL) --dicomweb $(PACS_URL) $(PACS_ARGS)

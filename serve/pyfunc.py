@@ -21,7 +21,7 @@ import base64
 import binascii
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +83,9 @@ class ClassifierConfig:
     training; `operating_point` is the rule that chose the thresholds. `threshold` is the fallback for
     models logged without them. `reference` is what monitoring compares answers with (the validation
     split's calibrated scores and input statistics, `serve.monitoring.ModelReference.to_dict`); None for
-    models logged before it existed.
+    models logged before it existed. `modalities` are the DICOM Modality values of the images the model was trained
+    on (the dataset's fact, e.g. CR and DX); the PACS worker scores only those unless told otherwise. Empty
+    (and absent in classifier.json files written before it existed) means any image modality.
     """
 
     class_names: list[str]
@@ -95,6 +97,7 @@ class ClassifierConfig:
     operating_point: str = ""
     calibration: dict | None = None
     reference: dict | None = None
+    modalities: list[str] = field(default_factory=list)
 
     @property
     def output_columns(self) -> list[str]:

@@ -33,6 +33,7 @@ LONGEST_FIRST = (
     "test_training.py",
     "test_evaluate.py",
     "test_dicom.py",
+    "test_pacs.py",
     "test_clinical.py",
     "test_serving.py",
     "test_chestxray14.py",
@@ -359,3 +360,22 @@ def browser(tmp_path_factory):
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    """A real Orthanc with its DICOMweb plugin (Debian `orthanc`, `orthanc-dicomweb`) on free HTTP and DICOM ports,
+    its database in a session folder; the PACS worker tests also need `storescu` (dcmtk) and `dciodvfy`
+    (dicom3tools). Missing packages skip the tests on a developer machine but fail them in CI (CI set)."""
+    from orthanc import OrthancServer, missing_tools
+
+    missing = missing_tools()
+    if missing:
+        message = f"the PACS tests need the Debian packages {', '.join(missing)} (apt-get install {' '.join(missing)})"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PACS tests: {message}")
+        pytest.skip(message)
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc"))
+    server.start()
+    yield server
+    server.stop()

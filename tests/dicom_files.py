@@ -143,3 +143,46 @@ def write_sixteen_bit_png(path: Path, pixels: np.ndarray, significant_bits: int 
         info.add(b"sBIT", bytes([significant_bits]))
     Image.fromarray(pixels.astype(np.uint16)).save(path, format="PNG", pnginfo=info)
     return path
+
+
+# The SOP class a modality stores its images in, by Modality.
+MODALITY_SOP_CLASSES = {
+    "CR": "1.2.840.10008.5.1.4.1.1.1",
+    "DX": "1.2.840.10008.5.1.4.1.1.1.1",
+    "CT": "1.2.840.10008.5.1.4.1.1.2",
+    "MR": "1.2.840.10008.5.1.4.1.1.4",
+}
+
+
+def write_study(
+    folder: Path,
+    modality: str,
+    images: int,
+    *,
+    patient_name: str,
+    patient_id: str,
+    study_date: str,
+    seed: int = 0,
+) -> list[Path]:
+    """A study as a modality sends it: `images` 48x40 12-bit images of one series, with patient and study attributes;
+    returns the paths of its files (in `folder`)."""
+    import datetime
+
+    from pydicom.uid import generate_uid
+
+    study_uid, series_uid = generate_uid(), generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number in range(1, images + 1):
+        dataset = image_dataset(radiograph(48, 40, seed=seed + number), modality=modality)
+        dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID = MODALITY_SOP_CLASSES[modality]
+        dataset.PatientName, dataset.PatientID = patient_name, patient_id
+        dataset.PatientBirthDate, dataset.PatientSex = "19700101", "F"
+        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study_uid, series_uid
+        dataset.StudyDate, dataset.StudyTime = study_date, datetime.datetime.now().strftime("%H%M%S")
+        dataset.StudyID, dataset.AccessionNumber, dataset.ReferringPhysicianName = "1", f"ACC{seed}", ""
+        dataset.SeriesNumber, dataset.InstanceNumber = 1, number
+        dataset.Manufacturer = "Test Modality Inc"
+        paths.append(folder / f"{modality}{seed}-{number}.dcm")
+        dataset.save_as(paths[-1], enforce_file_format=True)
+    return paths

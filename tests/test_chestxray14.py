@@ -310,4 +310,10 @@ def test_mlflow_run_trains_chestxray14_and_logs_per_class_auroc(repo_root, nih_f
         "test_subgroup_auroc_gap_sex",
         "test_subgroup_auroc_gap_age",
     }
+    # The served model keeps the modalities of its dataset: the PACS worker scores CR and DX images by default.
+    from train.tracking.names import MODEL_URI_TAG
+
+    logged = client.get_logged_model(run.data.tags[MODEL_URI_TAG].removeprefix("models:/"))
+    served = json.loads(mlflow.artifacts.load_text(f"{logged.artifact_location}/artifacts/classifier.json"))
+    assert served["modalities"] == ["CR", "DX"]
     mlflow.set_tracking_uri(None)

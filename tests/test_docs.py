@@ -164,6 +164,8 @@ SUBCOMMAND_MODULES = ("train", "mlflow_server", "aws")
 SETUP_COMMANDS = ("export", "source", "cd")
 # Programs that only filter what the command before them printed (after a pipe).
 FILTER_COMMANDS = ("grep", "head", "tail", "sed", "sort", "wc", "jq")
+# Debian tools that the tests run themselves.
+TOOL_COMMANDS = ("storescu", "dciodvfy", "dcmdump")
 
 
 def quoted(word: str) -> str:
@@ -250,6 +252,9 @@ def command_parts(command: str) -> list[tuple[str, str]] | None:
     if program == "promtool":
         # `promtool test rules FILE`: the test passes the subcommand words and the file to promtool.
         return [("promtool", r"\bpromtool\b"), *((word, quoted(word)) for word in words[1:3])]
+    if program in TOOL_COMMANDS:
+        # A Debian tool the tests run as an argument list (["storescu", ...]).
+        return [(program, quoted(program))]
     return None
 
 

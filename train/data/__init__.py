@@ -184,6 +184,8 @@ register_dataset(
         augmentation="cells",
         limitations="Thin blood smear cell crops from one source (NIH malaria dataset); whole-slide behaviour is untested.",
         grouping="by smear in the cell_images/ folder (group_pattern), per cell from TFDS",
+        # Microscope pictures of blood smears: general and slide microscopy.
+        modalities=("GM", "SM"),
     )
 )
 register_dataset(
@@ -205,6 +207,8 @@ register_dataset(
         official_test_split=True,
         grouping="always by patient (the official patient-wise split)",
         reads_listed_files=True,
+        # Frontal chest radiographs: computed and digital radiography.
+        modalities=("CR", "DX"),
     )
 )
 register_dataset(

@@ -99,7 +99,9 @@ class DatasetSpec:
     `official_test_split`: the test images are fixed by the dataset (validation is carved out of the rest by
     patient), so test_fraction does not apply. `task_option` names the option that chooses the task (the
     synthetic variants): `evaluate` sets it from the model's task. `reads_listed_files`: the loader reads only
-    files its metadata lists, so a folder written inside data_dir is never read as data.
+    files its metadata lists, so a folder written inside data_dir is never read as data. `modalities`: the DICOM
+    Modality values of the images the dataset holds (e.g. CR, DX for chest radiographs); the served model keeps
+    them and the PACS worker scores only those by default; empty means any image modality.
     """
 
     name: str
@@ -113,6 +115,7 @@ class DatasetSpec:
     grouping: str = "per image"
     task_option: str = ""
     reads_listed_files: bool = False
+    modalities: tuple[str, ...] = ()
 
     def load(self, options: LoadOptions) -> LoadedDataset:
         """Call the loader with the options it takes (train.data.check_options checks the others first)."""

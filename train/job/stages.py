@@ -574,6 +574,7 @@ def log_model(model, data: LoadedDataset, settings: MainSettings, calibration: C
     import mlflow
 
     from serve.pyfunc import ClassifierConfig, log_classifier
+    from train.data import get_dataset_spec
 
     classifier_config = ClassifierConfig(
         class_names=list(data.class_names),
@@ -583,6 +584,7 @@ def log_model(model, data: LoadedDataset, settings: MainSettings, calibration: C
         operating_point=calibration.operating_point,
         calibration=calibration.parameters,
         reference=calibration.reference,
+        modalities=list(get_dataset_spec(settings.dataset).modalities),
     )
     example_image = next(iter(data.splits["val"].dataset.take(1)))[0].numpy()
     model_info = log_classifier(
