@@ -153,7 +153,8 @@ def batch_predictor(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
         import tensorflow as tf
 
         signature = [tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)]
-        graph = tf.function(lambda images: model(images, training=False), input_signature=signature)
+        # No autograph: the call has no Python control flow, and autograph writes its converted source to TMPDIR.
+        graph = tf.function(lambda images: model(images, training=False), input_signature=signature, autograph=False)
 
         def predictor(batch):
             return np.asarray(graph(tf.convert_to_tensor(batch, dtype=tf.float32)))
