@@ -171,6 +171,7 @@ def store(tmp_path_factory, repo_root):
 def test_first_run_with_an_empty_registry_makes_version_1_champion(store):
     result = run_pipeline(store, "epochs=2", "run_name=first")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "triggered tf.function retracing" not in result.stdout + result.stderr
     assert aliases(store.client, "chest") == {"champion": "1"}
     version = store.client.get_model_version("chest", "1")
     assert version.tags["medimg.decision"] == "promoted" and version.tags["medimg.decision_reason"].startswith(

@@ -318,3 +318,14 @@ def test_signature_describes_the_served_columns():
     assert set(params) == {"threshold", "frame", "explain", "explain_class"}
     assert params["threshold"]["default"] is None
     assert (params["frame"]["type"], params["frame"]["default"]) == ("long", -1)
+
+
+def test_requests_of_every_size_give_each_image_the_same_answer(loaded_model, image_files):
+    """Requests of 1 to 9 images go through one traced graph with a free batch size (models.batch_predictor)."""
+    from serve.contract import IMAGE_COLUMN
+
+    encoded = encode(image_files["png"])
+    answers = [loaded_model.predict(pd.DataFrame({IMAGE_COLUMN: [encoded] * size})) for size in range(1, 10)]
+    assert [len(answer) for answer in answers] == list(range(1, 10))
+    first = answers[0].iloc[0, 0]
+    assert all(np.allclose(answer.iloc[:, 0], first, atol=1e-6) for answer in answers)
