@@ -510,6 +510,10 @@ def test_orthanc_away_for_30_seconds_loses_no_study(bed, service):
     exposition = requests.get(metrics_url, timeout=10).text
     values = metric_values(exposition)
     assert values["medimg_pacs_up"] == 1.0 and values["medimg_pacs_instances_scored_total"] >= 3
+    # The drift monitor watches the worker's answers against the model's validation reference.
+    labels = f'{{model_name="{MODEL_NAME}",model_version="1"}}'
+    assert values[f"medimg_monitoring_reference_available{labels}"] == 1.0
+    assert values[f"medimg_monitoring_answers_total{labels}"] >= 3
     assert sum(value for name, value in values.items() if name.startswith("medimg_pacs_errors_total")) >= 1
     checked = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr

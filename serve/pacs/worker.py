@@ -16,6 +16,7 @@ import time
 from collections import Counter
 
 from serve.contract import EXPLAINED_CLASS_COLUMN, FRAME_COLUMN, OVERLAY_COLUMN, read_answer
+from serve.monitoring import DriftMonitor
 from serve.pacs.dicomweb import InstanceGone, InstanceRow, InstanceUnreadable, Pacs, PacsUnavailable, StoreRejected
 from serve.pacs.ledger import FAILED, REPORTED, SKIPPED, Ledger
 from serve.pacs.metrics import WorkerMetrics
@@ -65,6 +66,13 @@ class Worker:
         self.down_since: float | None = None
         self.scored, self.studies = 0, 0
         self.skipped: Counter[str] = Counter()
+        # Drift without labels against the model's validation reference, on the worker's /metrics.
+        self.monitor = DriftMonitor.for_config(scorer.config)
+        self.monitor.register(
+            metrics.registry,
+            model_name=scorer.resolved.name or scorer.resolved.uri,
+            model_version=scorer.resolved.version,
+        )
 
     def run(self, *, once: bool = False) -> int:
         """Work until stopped; 0, or 1 when `once` finds the PACS unreachable (nothing is lost: the next run resumes)."""
@@ -190,11 +198,16 @@ class Worker:
         self.metrics.instances.inc()
 
     def answered(self, answer: dict, image: bytes) -> None:
-        """The one place every answer row passes with the bytes of its image (before its results are stored)."""
+        """The one place every answer row passes with the bytes of its image (before its results are stored).
+
+        The drift monitor takes the answer and the image's statistics; the model-input picture of the explained
+        answer gives the mean intensity, so the image is not decoded again.
+        """
         outputs = self.scorer.outputs
         for name in read_answer(answer, outputs).predicted:
             if name in outputs:
                 self.metrics.findings.labels(name).inc()
+        self.monitor.observe(answer, self.monitor.image_statistics(image, answer_row=answer))
 
     def results(self, answer: dict, data: bytes, dataset, row: InstanceRow) -> list:
         """The SR and the Secondary Capture of one answer; BadInstance when the source cannot carry them."""
