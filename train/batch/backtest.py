@@ -1,8 +1,8 @@
 """Back-tests a batch job on labelled input with evaluate's own code: finds the labels in the input, loads and checks the split, then logs evaluate's metrics, intervals, tables and plots on the batch run.
 
 Labels are found (dataset empty) in a folder written by `prepare` (its dataset), a ChestX-ray14
-folder (its Data_Entry CSV; the official test split) or class folders named as the model's classes
-(`imagefolder`, with or without train/ val/ test/). The split is chosen, loaded, predicted and scored
+folder (its Data_Entry CSV; the official test split), the malaria cell_images/ layout, or class folders
+whose sorted names are the model's classes (`imagefolder`, with or without train/ val/ test/). The split is chosen, loaded, predicted and scored
 exactly as `python -m train evaluate --dataset <found> --data-dir <input> --split <split>` would
 (train.release.evaluate: load_evaluation_data, score_split, log_evaluation_scores,
 log_evaluation_pictures), so the batch run's `<split>_*` metrics equal that evaluation's.
@@ -22,6 +22,8 @@ def labels_in(input_path: str, class_names: list[str]) -> str:
     """The dataset whose labels the input carries, or '' when it carries none that fit the model."""
     from train.data.chestxray14 import METADATA_FILES
     from train.data.imagefolder import class_folder_names
+    from train.data.malaria import CLASS_NAMES as MALARIA_CLASSES
+    from train.data.malaria import cell_images_folder
     from train.data.prepared import is_prepared, read_manifest
 
     folder = Path(input_path)
@@ -31,11 +33,13 @@ def labels_in(input_path: str, class_names: list[str]) -> str:
         return str(read_manifest(folder).get("dataset", ""))
     if any((folder / name).is_file() for name in METADATA_FILES):
         return "chestxray14"
+    if cell_images_folder(folder) is not None and class_names == MALARIA_CLASSES:
+        return "malaria"
     try:
-        found = class_folder_names(folder)
+        # imagefolder's classes are its folder names in sorted order; the model's must be the same list.
+        return "imagefolder" if class_folder_names(folder) == class_names else ""
     except ValueError:
         return ""
-    return "imagefolder" if sorted(name.lower() for name in found) == sorted(map(str.lower, class_names)) else ""
 
 
 @dataclass

@@ -113,18 +113,6 @@ def answer_type(columns: list[str]):
     return types.StructType(fields)
 
 
-def listed_files(spark, root_uri: str, uris: list[str]):
-    """(path relative to the input, content) of the files that `uris` names, read by Spark's binaryFile source."""
-    from pyspark.sql.functions import pandas_udf
-
-    @pandas_udf("string")
-    def relative(uri):
-        return uri.map(lambda value: relative_to_root(value, root_uri))
-
-    files = spark.read.format("binaryFile").load(uris)
-    return files.select(relative("path").alias(PATH_COLUMN), "content")
-
-
 @dataclass
 class Listing:
     """The input's image files: the URIs to score, the empty ones (relative paths) and how many the output has."""
@@ -170,12 +158,12 @@ def empty_file_rows(paths: list[str], identity: dict[str, str], config: dict, fr
     return rows
 
 
-def checked(files, config: dict, frame: int, workers: int):
-    """The files with a `_check` struct (sha256, frame, error) from the local engine's own prepare()."""
+def checked(files, root_uri: str, config: dict, frame: int, workers: int):
+    """The files with a `_check` struct (relative path, sha256, frame, error) from the local engine's own prepare()."""
     from pyspark.sql.functions import pandas_udf
 
-    @pandas_udf(f"{SHA256_COLUMN} string, {FRAME_COLUMN} long, {ERROR_COLUMN} string")
-    def check(paths, contents):
+    @pandas_udf(f"{PATH_COLUMN} string, {SHA256_COLUMN} string, {FRAME_COLUMN} long, {ERROR_COLUMN} string")
+    def check(uris, contents):
         from concurrent.futures import ThreadPoolExecutor
 
         import pandas as pd
@@ -187,21 +175,27 @@ def checked(files, config: dict, frame: int, workers: int):
         classifier = ImageClassifier()
         classifier.config = ClassifierConfig(**config)
         engine = LocalEngine(classifier, {}, batch_size=1, workers=1, frame=frame)
-        items = [Item(path, lambda data=bytes(data): data) for path, data in zip(paths, contents, strict=True)]
+        items = [
+            Item(relative_to_root(uri, root_uri), lambda data=bytes(data): data)
+            for uri, data in zip(uris, contents, strict=True)
+        ]
         with ThreadPoolExecutor(workers) as pool:
             prepared = list(pool.map(engine.prepare, items))
         return pd.DataFrame(
             {
+                PATH_COLUMN: [entry.path for entry in prepared],
                 SHA256_COLUMN: [entry.sha256 for entry in prepared],
                 FRAME_COLUMN: pd.array([entry.frame for entry in prepared], dtype="Int64"),
                 ERROR_COLUMN: [entry.error or None for entry in prepared],
             }
         )
 
-    return files.withColumn(CHECK, check(PATH_COLUMN, "content"))
+    return files.withColumn(CHECK, check("path", "content"))
 
 
-def scored_rows(spark, files, settings: BatchSettings, model, config: dict, columns: list[str]):
+def scored_rows(
+    spark, root_uri: str, uris: list[str], settings: BatchSettings, model, config: dict, columns: list[str]
+):
     """The output rows: the model UDF's answer for files that passed their check, the check's error for the others."""
     import mlflow
     from pyspark.sql import functions
@@ -217,15 +211,14 @@ def scored_rows(spark, files, settings: BatchSettings, model, config: dict, colu
         result_type=answer_type(columns),
         params={FRAME_PARAM: settings.frame},
     )
-    answered = checked(files, config, settings.frame, settings.workers or decode_threads()).withColumn(
+    files = spark.read.format("binaryFile").load(uris)
+    answered = checked(files, root_uri, config, settings.frame, settings.workers or decode_threads()).withColumn(
         ANSWER, predict(functions.struct(image.alias(IMAGE_COLUMN)))
     )
     identity = {MODEL_NAME_COLUMN: model.name, MODEL_VERSION_COLUMN: model.version, MODEL_ID_COLUMN: model.model_id}
     selected = []
     for name in columns:
-        if name == PATH_COLUMN:
-            selected.append(functions.col(PATH_COLUMN))
-        elif name in (SHA256_COLUMN, FRAME_COLUMN):
+        if name in (PATH_COLUMN, SHA256_COLUMN, FRAME_COLUMN):
             selected.append(functions.col(f"{CHECK}.{name}").alias(name))
         elif name == ERROR_COLUMN:
             selected.append(functions.coalesce(functions.col(f"{CHECK}.{name}"), functions.lit("")).alias(name))
@@ -264,8 +257,7 @@ def score_with_spark(settings: BatchSettings, model, config, columns: list[str],
             listing = list_input(settings.input, done)
             before = set(part_files(output))
             if listing.uris:
-                files = listed_files(spark, root, listing.uris)
-                rows = scored_rows(spark, files, settings, model, asdict(config), columns)
+                rows = scored_rows(spark, root, listing.uris, settings, model, asdict(config), columns)
                 writer = rows.write.mode("append")
                 if output_format(settings.output) == "csv":
                     writer.option("header", "true").csv(str(output.resolve()))
