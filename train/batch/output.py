@@ -88,10 +88,14 @@ def read_part(path: Path, columns: Sequence[str] | None = None):
     import pandas as pd
 
     if path.suffix == ".csv":
-        return pd.read_csv(path, usecols=list(columns) if columns else None, dtype={PATH_COLUMN: str}).fillna(
-            {ERROR_COLUMN: ""}
-        )
-    return pd.read_parquet(path, columns=list(columns) if columns else None)
+        frame = pd.read_csv(path, usecols=list(columns) if columns else None, dtype={PATH_COLUMN: str})
+        frame = frame.fillna({name: "" for name in (ERROR_COLUMN,) if name in frame})
+    else:
+        frame = pd.read_parquet(path, columns=list(columns) if columns else None)
+    if FRAME_COLUMN in frame:
+        # Failed rows have no frame: a nullable whole number, not pandas' float.
+        frame[FRAME_COLUMN] = frame[FRAME_COLUMN].astype("Int64")
+    return frame
 
 
 def read_output(output: str | Path):

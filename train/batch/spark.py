@@ -50,6 +50,8 @@ SHIPPED_PACKAGES = ("serve", "train", "models")
 BATCHES_PER_ARROW_BATCH = 4
 CHECK = "_check"
 ANSWER = "_answer"
+# Columns of Spark's binaryFile source (its own names, not medimg's).
+BINARY_PATH, BINARY_CONTENT = "path", "content"
 
 
 def spark_session(master: str, arrow_rows: int):
@@ -190,7 +192,7 @@ def checked(files, root_uri: str, config: dict, frame: int, workers: int):
             }
         )
 
-    return files.withColumn(CHECK, check("path", "content"))
+    return files.withColumn(CHECK, check(BINARY_PATH, BINARY_CONTENT))
 
 
 def scored_rows(
@@ -203,7 +205,7 @@ def scored_rows(
     from serve.pyfunc import decode_threads
 
     failed = functions.col(f"{CHECK}.{ERROR_COLUMN}").isNotNull()
-    image = functions.when(failed, functions.lit(placeholder_image())).otherwise(functions.base64("content"))
+    image = functions.when(failed, functions.lit(placeholder_image())).otherwise(functions.base64(BINARY_CONTENT))
     predict = mlflow.pyfunc.spark_udf(
         spark,
         model.load_uri,
