@@ -344,14 +344,18 @@ def test_labels_are_found_in_layouts_that_match_the_model(tmp_path):
     assert labels_in(str(tmp_path / "folders" / "a_sick"), classes) == ""
 
 
-def test_labelled_input_is_back_tested_with_the_metrics_evaluate_logs(store, tmp_path):
-    # The malaria cell_images/ layout: its classes are the model's, and its cells are grouped by smear.
-    root = tmp_path / "cell_images"
-    for index in range(48):
+def write_cell_images(root: Path, count: int) -> Path:
+    """The malaria cell_images/ layout: its classes are the model's, and its cells are grouped by smear."""
+    for index in range(count):
         folder = root / ("Parasitized" if index % 2 == 0 else "Uninfected")
         folder.mkdir(parents=True, exist_ok=True)
         name = f"C{index // 4}P{index // 4}thinF_IMG_2015_cell_{index}.png"
         Image.fromarray(cell_image(32, 1000 + index)).save(folder / name)
+    return root
+
+
+def test_labelled_input_is_back_tested_with_the_metrics_evaluate_logs(store, tmp_path):
+    root = write_cell_images(tmp_path / "cell_images", 48)
     common = ["--model-uri", store["uri"], "--allow-different-data", "true"]
     assert train_cli(["evaluate", *common, "--dataset", "malaria", "--data-dir", str(root)]) == 0
     client = MlflowClient(store["tracking_uri"])
@@ -373,6 +377,37 @@ def test_labelled_input_is_back_tested_with_the_metrics_evaluate_logs(store, tmp
     logged = {artifact.path for artifact in client.list_artifacts(back_test.info.run_id, "metrics")}
     assert names.classes_artifact("test") in logged
     assert len(read_output(tmp_path / "scores.parquet")) == 48
+
+
+def test_a_prepared_folder_is_scored_on_the_images_it_stores(store, tmp_path, loaded_model):
+    import tensorflow as tf
+
+    from train.data.prepare import prepare
+    from train.data.prepared import ID_FEATURE, IMAGE_FEATURE
+    from train.settings import PrepareSettings
+
+    cells = write_cell_images(tmp_path / "cell_images", 24)
+    prepared = tmp_path / "prepared"
+    settings = {"dataset": "malaria", "data_dir": str(cells), "output_dir": str(prepared), "image_size": "32"}
+    prepare(PrepareSettings.from_dict({**settings, "shard_size": "8", "workers": "1"}))
+    output = tmp_path / "scores.parquet"
+    arguments = ["--model-uri", store["uri"], "--input", str(prepared), "--output", str(output), "--dataset", "none"]
+    assert batch(*arguments) == 0
+    rows = read_output(output).set_index(PATH_COLUMN)
+    assert len(rows) == 24 and (rows[ERROR_COLUMN] == "").all()
+    shard, _, record_id = rows.index[0].partition("#")
+    assert (prepared / shard).is_file() and record_id
+    # The row's probability is the served answer for the PNG the record stores.
+    for serialized in tf.data.TFRecordDataset(str(prepared / shard)).take(1):
+        example = tf.io.parse_single_example(
+            serialized,
+            {IMAGE_FEATURE: tf.io.FixedLenFeature([], tf.string), ID_FEATURE: tf.io.FixedLenFeature([], tf.string)},
+        )
+    assert example[ID_FEATURE].numpy().decode() == record_id
+    image = base64.b64encode(example[IMAGE_FEATURE].numpy()).decode("ascii")
+    served = loaded_model.predict(pd.DataFrame({IMAGE_COLUMN: [image]}))
+    assert rows[POSITIVE].iloc[0] == pytest.approx(served[POSITIVE].iloc[0], abs=1e-6)
+    assert names.BACKTEST_TAG not in last_batch_run(store).data.tags
 
 
 # The Spark engine.
