@@ -39,6 +39,9 @@ from serve.contract import (
 )
 from train.batch.sources import Item
 
+# mallopt's parameter number for the most heap arenas (glibc's malloc.h) and the count batch jobs keep.
+M_ARENA_MAX = -8
+HEAP_ARENAS = 2
 # Called once per scored batch with the answer rows (the served answer's columns) and the bytes of their images.
 AnswerObserver = Callable[["object", list[bytes]], None]
 
@@ -72,6 +75,25 @@ class Prepared:
     @property
     def error(self) -> str:
         return f"{self.reason}: {self.message}" if self.reason else ""
+
+
+def limit_heap_arenas(count: int = HEAP_ARENAS) -> bool:
+    """Let glibc's malloc keep at most `count` heap arenas; True when it took the setting.
+
+    glibc gives threads that allocate at once their own arenas (up to 8 per core), and memory freed in
+    one of them is rarely handed back: with decoding threads, the process grew by about half from 2,000
+    to 20,000 files (bench/batch.py). Two arenas keep it flat at no measurable cost in speed; the same as
+    MALLOC_ARENA_MAX=2, set before the decoding threads start. Other C libraries ignore it.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        library = ctypes.CDLL(name) if name else None
+        return bool(library and library.mallopt(M_ARENA_MAX, count))
+    except (OSError, AttributeError):
+        return False
 
 
 def model_identity(name: str, version: str, model_id: str) -> dict[str, str]:

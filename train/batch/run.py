@@ -165,11 +165,12 @@ def score_locally(settings: BatchSettings, model: ResolvedModel, classifier, col
     """Run the local engine over the input with a progress bar; rows go to complete part files."""
     from tqdm.auto import tqdm
 
-    from train.batch.local import LocalEngine, model_identity
+    from train.batch.local import LocalEngine, limit_heap_arenas, model_identity
     from train.batch.sources import open_source, pending_count
     from train.job.hardware import enable_memory_growth
 
     enable_memory_growth()
+    limit_heap_arenas()
     source = open_source(settings.input)
     heatmaps = None
     if settings.explain:
