@@ -48,6 +48,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_PACKAGES = ("serve", "train", "models")
 # Rows per Arrow batch handed to a UDF: a few model batches, so a worker holds little image data at once.
 BATCHES_PER_ARROW_BATCH = 4
+# What Spark should count for opening one image file when it sizes its tasks.
+IMAGE_OPEN_COST_BYTES = 64 * 1024
 CHECK = "_check"
 ANSWER = "_answer"
 # Columns of Spark's binaryFile source (its own names, not medimg's).
@@ -213,6 +215,9 @@ def scored_rows(
         result_type=answer_type(columns),
         params={FRAME_PARAM: settings.frame},
     )
+    # Spark counts 4 MB per file when it packs files into tasks, which puts 32 images in a task; an image
+    # costs about its own bytes, so tasks get thousands and the per-task start-up stops dominating.
+    spark.conf.set("spark.sql.files.openCostInBytes", str(IMAGE_OPEN_COST_BYTES))
     files = spark.read.format("binaryFile").load(uris)
     answered = checked(files, root_uri, config, settings.frame, settings.workers or decode_threads()).withColumn(
         ANSWER, predict(functions.struct(image.alias(IMAGE_COLUMN)))
