@@ -14,6 +14,10 @@ An answer has one row per image:
 | `threshold_<output>` | double | binary and multilabel: the threshold that output was decided at |
 | `frame` | long | the 0-based frame scored (multi-frame DICOM; 0 otherwise) |
 | `gradcam_class`, `gradcam_overlay`, `gradcam_input` | string | with `explain=true`: the output explained, an RGBA heatmap PNG and the model-input PNG (base64) |
+
+A row of an archive scored by `batch` (`batch_columns`) adds `path`, `sha256` (of the file's bytes), `error`
+(why the file was not scored, empty when it was), `model_name`, `model_version` and `model_id`; with
+`explain=true`, `gradcam_class` and `heatmap` (the heatmap PNG's file name) instead of the base64 pictures.
 """
 
 from __future__ import annotations
@@ -54,6 +58,12 @@ ERROR_COLUMN = "error"
 MODEL_NAME_COLUMN = "model_name"
 MODEL_VERSION_COLUMN = "model_version"
 MODEL_ID_COLUMN = "model_id"
+# Why a batch row has no answer when the model never saw the file: it cannot be read, or the decoder broke on it
+# (the model's own rejections carry its InvalidImageInput reasons: not_an_image, undecodable_image, ...).
+UNREADABLE_FILE_REASON = "unreadable_file"
+DECODER_FAILURE_REASON = "decoder_failure"
+# With explain=true, batch rows name the heatmap PNG written for them (relative to the heatmap folder).
+HEATMAP_COLUMN = "heatmap"
 
 
 def output_columns(task: str, class_names: Sequence[str]) -> list[str]:
@@ -77,6 +87,16 @@ def answer_columns(task: str, class_names: Sequence[str]) -> list[str]:
     outputs = output_columns(task, class_names)
     thresholds = [threshold_column(name) for name in outputs] if has_thresholds(task) else []
     return [*outputs, PREDICTED_COLUMN, *thresholds, FRAME_COLUMN]
+
+
+def batch_columns(task: str, class_names: Sequence[str], *, explain: bool = False) -> list[str]:
+    """Every column of a row of an archive scored by `batch`, in order: where the image came from, the frame
+    scored, why it failed (empty when scored), the answer, the model that gave it (and with explain, the
+    output explained and its heatmap file)."""
+    answer = [name for name in answer_columns(task, class_names) if name != FRAME_COLUMN]
+    columns = [PATH_COLUMN, SHA256_COLUMN, FRAME_COLUMN, ERROR_COLUMN, *answer]
+    columns += [MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN, MODEL_ID_COLUMN]
+    return columns + ([EXPLAINED_CLASS_COLUMN, HEATMAP_COLUMN] if explain else [])
 
 
 def join_labels(labels: Sequence[str]) -> str:

@@ -3,7 +3,7 @@
 `ImageClassifier` is an `mlflow.pyfunc.PythonModel`. Its artifacts are the Keras
 model file and `classifier.json` (class names, task, image size, threshold, pixel
 limit). It decodes every request image with `serve.preprocess`, the same code the
-training pipelines use, and answers one row per image: one probability column per
+training pipelines use (the images of one request in parallel threads), and answers one row per image: one probability column per
 output class, `predicted`, the predicted label(s), the thresholds used, and `frame`, the 0-based
 frame scored (the request parameter `frame`; -1, the default, is the middle frame of a multi-frame
 DICOM). With the param `explain=true` each row also carries a Grad-CAM heatmap of its top finding,
@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -53,6 +54,9 @@ DEFAULT_MAX_PIXELS = 50_000_000
 # Overrides the logged pixel limit when the model is served, e.g. MEDIMG_MAX_PIXELS=4000000.
 MAX_PIXELS_ENVIRONMENT = "MEDIMG_MAX_PIXELS"
 PREDICT_BATCH_SIZE = 32
+# Threads that decode the images of one request; MEDIMG_DECODE_THREADS overrides (default: the cores, at most 8).
+DECODE_THREADS_ENVIRONMENT = "MEDIMG_DECODE_THREADS"
+MAX_DECODE_THREADS = 8
 # The models-from-code file to pass as `python_model` to mlflow.pyfunc.log_model (no cloudpickle).
 MODEL_CODE_PATH = Path(__file__).resolve().with_name("model_code.py")
 REQUIREMENTS_FILE = Path(__file__).resolve().parents[1] / "requirements.txt"
@@ -293,6 +297,13 @@ def check_image(data: bytes, row: int, max_pixels: int, frame: int = MIDDLE_FRAM
     return scored
 
 
+def check_bytes(data: bytes, row: int, max_pixels: int, frame: int = MIDDLE_FRAME) -> int:
+    """check_image for raw file bytes (batch scoring): an empty file is refused as an empty request cell is."""
+    if not data:
+        raise bad_input(f"row {row}: the image has no bytes", "empty_image")
+    return check_image(data, row, max_pixels, frame)
+
+
 def predictions_frame(
     probabilities: np.ndarray,
     config: ClassifierConfig,
@@ -337,6 +348,20 @@ def max_pixels_from_environment(default: int) -> int:
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"{MAX_PIXELS_ENVIRONMENT} must be a positive whole number of pixels, got {value!r}")
     return int(value)
+
+
+def decode_threads() -> int:
+    """Threads per model for decoding: MEDIMG_DECODE_THREADS when set, else the usable cores (at most 8)."""
+    value = os.environ.get(DECODE_THREADS_ENVIRONMENT, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{DECODE_THREADS_ENVIRONMENT} must be a positive whole number, got {value!r}")
+        return int(value)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_DECODE_THREADS, cores))
 
 
 def requested_frame(params: dict | None) -> int:
@@ -403,8 +428,8 @@ class ImageClassifier(PythonModel):
         # Models logged by medimg are float32; one saved under mixed_float16 elsewhere would compute in float16.
         self.model = float32_copy(keras.models.load_model(context.artifacts[MODEL_ARTIFACT], compile=False))
 
-    def image_tensors(self, encoded: list[bytes], frames: list[int], first_row: int) -> np.ndarray:
-        """Decode and resize checked image bytes (each at its frame) into a float32 batch [N, S, S, 3] in 0-255.
+    def decode(self, data: bytes, frame: int, row: int) -> np.ndarray:
+        """Checked image bytes at `frame` -> float32 [S, S, 3] in 0-255, the model's input for one image.
 
         Bytes the decoders refuse are the client's fault (400 `undecodable_image`); any other exception is a
         fault of the server and propagates (500).
@@ -413,20 +438,32 @@ class ImageClassifier(PythonModel):
 
         from serve.preprocess import load_image_tensor
 
-        tensors = []
-        for offset, (data, frame) in enumerate(zip(encoded, frames, strict=True)):
-            row = first_row + offset
-            try:
-                tensor = load_image_tensor(data, self.config.image_size, frame)
-            except ValueError as error:
-                raise bad_input(f"row {row}: {error}", "undecodable_image") from None
-            except tf.errors.InvalidArgumentError:
-                # TensorFlow's decoders refuse truncated or corrupt bytes this way.
-                raise bad_input(
-                    f"row {row}: image cannot be decoded (corrupt or truncated)", "undecodable_image"
-                ) from None
-            tensors.append(np.asarray(tensor, dtype=np.float32))
-        return np.stack(tensors)
+        try:
+            tensor = load_image_tensor(data, self.config.image_size, frame)
+        except ValueError as error:
+            raise bad_input(f"row {row}: {error}", "undecodable_image") from None
+        except tf.errors.InvalidArgumentError:
+            # TensorFlow's decoders refuse truncated or corrupt bytes this way.
+            raise bad_input(f"row {row}: image cannot be decoded (corrupt or truncated)", "undecodable_image") from None
+        return np.asarray(tensor, dtype=np.float32)
+
+    def decoder_pool(self) -> ThreadPoolExecutor:
+        """The threads that decode the images of one request in parallel (TensorFlow and pydicom release the GIL)."""
+        if getattr(self, "_decoder_pool", None) is None:
+            self._decoder_pool = ThreadPoolExecutor(max_workers=decode_threads(), thread_name_prefix="medimg-decode")
+        return self._decoder_pool
+
+    def image_tensors(self, encoded: list[bytes], frames: list[int], first_row: int) -> np.ndarray:
+        """Decode and resize checked image bytes (each at its frame) into a float32 batch [N, S, S, 3] in 0-255.
+
+        The images are decoded in parallel; the first row (in request order) that fails decides the error,
+        as one-by-one decoding would.
+        """
+        rows = range(first_row, first_row + len(encoded))
+        if len(encoded) == 1:
+            return self.decode(encoded[0], frames[0], first_row)[None]
+        # map() hands results (and the first exception) back in request order.
+        return np.stack(list(self.decoder_pool().map(self.decode, encoded, frames, rows)))
 
     def batches(self, encoded: list[bytes], frames: list[int]):
         """Model-input batches of checked image bytes (each at its frame), decoded 32 at a time."""

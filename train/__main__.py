@@ -14,6 +14,7 @@ import os
 import sys
 
 from train.settings import (
+    BatchSettings,
     CommandFailed,
     ConfigError,
     EvaluateSettings,
@@ -50,6 +51,11 @@ COMMANDS: dict[str, tuple[str, type[Settings], str]] = {
         "challenger against @champion on one frozen test split: paired test, decision, model card, serving Dockerfile",
         PipelineSettings,
         "train.release.pipeline:run",
+    ),
+    "batch": (
+        "score an archive (folder, path list, prepared folder) into Parquet parts, resumable; local or Spark",
+        BatchSettings,
+        "train.batch.run:run",
     ),
     "tune-worker": (
         "one worker process of tune (tune starts these; run trials of an existing study)",

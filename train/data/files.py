@@ -37,18 +37,31 @@ def is_image_file(path: str | Path) -> bool:
     digits); those count when their first bytes are DICOM (serve.preprocess.is_dicom, with or without
     the preamble). The DICOMDIR index of a DICOM media folder holds no image and is left out.
     """
-    from serve.preprocess import DICOM_MAGIC, DICOM_MAGIC_OFFSET, is_dicom
+    from serve.preprocess import DICOM_MAGIC, DICOM_MAGIC_OFFSET
 
     path = Path(path)
     if has_image_extension(path):
         return True
-    if (path.suffix and not path.suffix[1:].isdigit()) or path.name.upper() == "DICOMDIR":
+    if not may_be_extensionless_dicom(path.name):
         return False
     try:
         with open(path, "rb") as handle:
-            return is_dicom(handle.read(DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)))
+            return is_image_content(path.name, handle.read(DICOM_MAGIC_OFFSET + len(DICOM_MAGIC)))
     except OSError:
         return False
+
+
+def may_be_extensionless_dicom(name: str) -> bool:
+    """Whether a name without an image extension may still be a DICOM file: no suffix, or a numeric one (a UID)."""
+    suffix = Path(name).suffix
+    return not (suffix and not suffix[1:].isdigit()) and name.upper() != "DICOMDIR"
+
+
+def is_image_content(name: str, head: bytes) -> bool:
+    """is_image_file from a file's name and its first 132 bytes, for readers that hold the bytes already (Spark)."""
+    from serve.preprocess import is_dicom
+
+    return has_image_extension(name) or (may_be_extensionless_dicom(name) and is_dicom(head))
 
 
 def list_image_files(folder: str | Path) -> list[Path]:

@@ -56,6 +56,12 @@ def split_folders(root: Path) -> dict[int, Path]:
     return {SPLIT_FOLDER_IDS[name]: folder for name, folder in named.items()}
 
 
+def class_folder_names(root: str | Path) -> list[str]:
+    """The class folder names of a layout (those of train/ when it has split folders); ValueError for a mixed one."""
+    root = Path(root)
+    return [folder.name for folder in _subfolders(split_folders(root).get(TRAIN, root))]
+
+
 def _labels_for(class_indices: np.ndarray, num_classes: int) -> tuple[str, np.ndarray]:
     if num_classes == 2:
         return "binary", class_indices[:, None].astype(np.float32)

@@ -189,8 +189,24 @@ def score_model(settings: EvaluateSettings) -> Evaluation:
     client = MlflowClient()
     source = resolve_model(settings.model_uri, client)
     enable_memory_growth()
-    params, tags = training_params(source, client)
     classifier = load_classifier(source.load_uri)
+    data = load_evaluation_data(settings, source, classifier, client)
+    return score_split(settings, data, classifier)
+
+
+@dataclass
+class EvaluationData:
+    """The split to score and everything that chose it: the model's source, the data settings and the dataset."""
+
+    source: ResolvedModel
+    data: LoadedDataset
+    data_settings: dict[str, Any]
+
+
+def load_evaluation_data(settings: EvaluateSettings, source: ResolvedModel, classifier, client) -> EvaluationData:
+    """The dataset of settings (its empty fields from the model's training run), checked against the model:
+    same classes and task, the same data as training unless allowed, a split with examples. ConfigError otherwise."""
+    params, tags = training_params(source, client)
     classifier_config = classifier.config
     chosen = data_settings(settings, params, classifier_config.task)
     try:
@@ -203,9 +219,15 @@ def score_model(settings: EvaluateSettings) -> Evaluation:
             f"{classifier_config.task} classes {classifier_config.class_names}; evaluate on the dataset it was trained for"
         )
     check_evaluation_data(data, params, tags, settings.allow_different_data)
-    split = data.splits[settings.split]
-    if split.count == 0:
+    if data.splits[settings.split].count == 0:
         raise ConfigError(f"the {settings.split} split of {data.name!r} has no examples; choose another split")
+    return EvaluationData(source, data, chosen)
+
+
+def score_split(settings: EvaluateSettings, loaded: EvaluationData, classifier) -> Evaluation:
+    """Predict the split of `loaded` with the classifier's Keras model and calibration, and compute every score."""
+    data, chosen, classifier_config = loaded.data, loaded.data_settings, classifier.config
+    split = data.splits[settings.split]
     print(f"evaluating {settings.model_uri} on {data.name}/{settings.split}: {split.count} examples", flush=True)
     keep = max(SAMPLE_GRID * SAMPLE_GRID, GRADCAM_SAMPLES)
     predictions = predict_split(
@@ -226,7 +248,7 @@ def score_model(settings: EvaluateSettings) -> Evaluation:
         specificity=settings.specificity,
     )
     return Evaluation(
-        source,
+        loaded.source,
         data,
         chosen,
         predictions,
@@ -265,7 +287,6 @@ def evaluate(settings: EvaluateSettings) -> Evaluation:
 def record_evaluation(run_id: str, settings: EvaluateSettings, evaluation: Evaluation) -> None:
     """Tags, params and metrics of an evaluation run; the metrics are linked to the logged model too."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     from train.tracking.resilience import log_new_params
 
@@ -295,9 +316,23 @@ def record_evaluation(run_id: str, settings: EvaluateSettings, evaluation: Evalu
     )
     if settings.allow_different_data:
         mlflow.set_tag(names.ALLOW_DIFFERENT_DATA_TAG, "true")
-    predictions = evaluation.predictions
+    log_evaluation_scores(evaluation, settings.split)
+
+
+def log_evaluation_scores(evaluation: Evaluation, split: str) -> None:
+    """The split's metrics with intervals, its class and subgroup tables and reliability diagram on the active run;
+    the metrics are linked to the logged model too."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    source, predictions = evaluation.source, evaluation.predictions
     log_scores(
-        evaluation.scores, predictions.labels, predictions.probabilities, evaluation.probabilities, data, settings.split
+        evaluation.scores,
+        predictions.labels,
+        predictions.probabilities,
+        evaluation.probabilities,
+        evaluation.data,
+        split,
     )
     if source.model_id:
         # MLflow 3 shows metrics logged with model_id on the model's own page as well.

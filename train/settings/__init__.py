@@ -40,6 +40,7 @@ from train.settings.fields import (
 
 __all__ = [
     "ENTRY_POINT_SETTINGS",
+    "BatchSettings",
     "CommandFailed",
     "ConfigError",
     "EvaluateSettings",
@@ -475,8 +476,127 @@ class TuneWorkerSettings(Settings):
         return arguments
 
 
+NO_LABELS = "none"
+
+
+def check_batch_input(input_path: str, output: str, engine: str) -> None:
+    """ValueError unless `input` lists images the engine can read and `output` can be a folder outside it."""
+    from pathlib import Path
+
+    from train.batch.sources import open_source
+
+    if not input_path:
+        raise ValueError(
+            "input is required: a folder of images, a .csv/.parquet list with a `path` column, or a "
+            "folder written by prepare"
+        )
+    source = open_source(input_path)
+    if not output:
+        raise ValueError(
+            "output is required: the folder that receives the Parquet parts (a name ending in .csv "
+            "writes CSV parts), e.g. output=scores.parquet"
+        )
+    target = Path(output).resolve()
+    if target.is_file():
+        raise ValueError(f"output {output} is a file; the output is a folder of part files, name a new folder")
+    if source.kind != "list" and target.is_relative_to(Path(input_path).resolve()):
+        raise ValueError(f"output {output} must be outside input {input_path}, or its files would be read as input")
+    if engine == "spark" and source.kind != "folder":
+        raise ValueError(
+            f"engine=spark reads folders of image files (Spark's binaryFile source); score a {source.kind} "
+            "input with engine=local"
+        )
+
+
+class BatchSettings(Settings):
+    """`batch`: score an archive (folder, path list, prepared folder) into Parquet, resumable; back-tests when labels exist."""
+
+    command: ClassVar[str] = "batch"
+
+    model_uri: Text = Field(
+        "",
+        description="model to score with: models:/<name>@<alias>, models:/<name>/<version>, models:/<name> "
+        "(= @champion, else the latest version), models:/<model_id> or runs:/<run_id>/model (required)",
+    )
+    input: Text = Field(
+        "",
+        description="a folder of images (searched recursively: PNG, JPEG, BMP, GIF, DICOM with or without "
+        "extension), a .csv or .parquet file with a `path` column, or a folder written by prepare (required)",
+    )
+    output: Text = Field(
+        "",
+        description="folder of part files that receives one row per image: Parquet, or CSV when the name ends "
+        "in .csv (required)",
+    )
+    engine: choice_of("local", "spark") = Field(
+        "local", description="local: this machine; spark: Apache Spark through mlflow.pyfunc.spark_udf"
+    )
+    spark_master: Text = Field(
+        "local[*]", description="engine=spark: the Spark master, e.g. local[4] or spark://host:7077"
+    )
+    batch_size: Whole = Field(32, ge=1, description="images per model prediction")
+    explain: Flag = Field(
+        False, description="write a Grad-CAM heatmap PNG per image into <output>_heatmaps/ (engine=local)"
+    )
+    resume: Flag = Field(
+        True,
+        description="skip the images whose path the output already holds; false: delete its parts and score all",
+    )
+    workers: Whole = Field(0, ge=0, description="engine=local: threads that read and decode images, 0 = the cores")
+    part_size: Whole = Field(
+        1000, ge=1, description="engine=local: rows per part file; a killed job loses at most the part in progress"
+    )
+    frame: Whole = Field(-1, ge=-1, description="frame of multi-frame DICOM to score, 0-based; -1 = the middle one")
+    dataset: Text = Field(
+        "",
+        description="labels for back-testing: empty = found in the input (a prepared folder, a ChestX-ray14 folder, "
+        "class folders named as the model's classes), none = no back-test, or imagefolder, chestxray14, malaria",
+    )
+    split: choice_of("train", "val", "test") = Field("test", description="the split that is back-tested")
+    allow_different_data: Flag = Field(
+        False,
+        description="back-test on labelled data whose name or content differs from the training run's "
+        "(an external test set)",
+    )
+    run_name: Text = Field("", description="MLflow run name; empty = batch <model> version <n>")
+
+    @property
+    def back_test_requested(self) -> bool:
+        return self.dataset.lower() != NO_LABELS
+
+    @model_validator(mode="after")
+    def _check_together(self) -> BatchSettings:
+        check_model_uri(self.model_uri)
+        check_batch_input(self.input, self.output, self.engine)
+        if self.engine == "spark" and self.explain:
+            raise ValueError("explain=true writes heatmap files on this machine; use engine=local with it")
+        if self.engine == "spark" and not self.spark_master:
+            raise ValueError("spark_master is required with engine=spark, e.g. local[*] or spark://host:7077")
+        if self.dataset and self.back_test_requested:
+            labelled = [
+                name
+                for name in available_datasets()
+                if get_dataset_spec(name).requires_data_dir or "data_dir" in get_dataset_spec(name).options
+            ]
+            if self.dataset not in labelled:
+                raise ValueError(
+                    f"unknown dataset {self.dataset!r} for back-testing; use empty (found in the input), "
+                    f"{NO_LABELS} or one of {', '.join(labelled)}"
+                )
+            check_data(self.dataset, self.input)
+        return self
+
+
 # Entry points of the MLproject files and the settings of each (tune-worker is internal).
 ENTRY_POINT_SETTINGS: dict[str, type[Settings]] = {
     settings.command: settings
-    for settings in (MainSettings, PrepareSettings, EvaluateSettings, PromoteSettings, TuneSettings, PipelineSettings)
+    for settings in (
+        MainSettings,
+        PrepareSettings,
+        EvaluateSettings,
+        PromoteSettings,
+        TuneSettings,
+        PipelineSettings,
+        BatchSettings,
+    )
 }

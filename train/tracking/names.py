@@ -85,6 +85,18 @@ TUNE_REGISTERED_TAG = "medimg.tune.registered"
 RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
 
+# Batch runs: what was scored, resumed and failed (one metric per failure reason), and how fast.
+IMAGES_SCORED_METRIC = "images_scored"
+IMAGES_RESUMED_METRIC = "images_resumed"
+IMAGES_FAILED_METRIC = "images_failed"
+IMAGES_PER_S_METRIC = "images_per_s"
+BATCH_SECONDS_METRIC = "batch_seconds"
+# The scored archive's rows, logged when they are small (train.batch.run.ARTIFACT_LIMIT_BYTES).
+BATCH_OUTPUT_ARTIFACT = "batch_output"
+# Which engine scored the archive (local or spark) and whether it was back-tested on labels.
+BATCH_ENGINE_TAG = "medimg.batch_engine"
+BACKTEST_TAG = "medimg.backtest"
+
 # Artifacts of a training run.
 RESOLVED_CONFIG_ARTIFACT = "config/resolved_config.yaml"
 MODEL_SUMMARY_ARTIFACT = "architecture/model_summary.txt"
@@ -125,3 +137,8 @@ def metric_tag(metric: str) -> str:
 
 def version_tag(package: str) -> str:
     return f"{VERSION_TAG_PREFIX}{package}"
+
+
+def failed_metric(reason: str) -> str:
+    """The batch metric that counts the images that failed for one reason (`images_failed_not_an_image`)."""
+    return f"{IMAGES_FAILED_METRIC}_{reason}"

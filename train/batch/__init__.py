@@ -1,0 +1,1 @@
+"""Batch scoring of archives (`python -m train batch`): sources, the local and Spark engines, part-file output, back-testing; imports serve, train.data, train.release, train.tracking and train.settings."""
