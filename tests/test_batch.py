@@ -278,7 +278,13 @@ def test_a_job_killed_half_way_and_started_again_gives_each_file_exactly_one_row
     assert process.returncode == -signal.SIGKILL
     killed = read_output(output)
     assert 30 <= len(killed) < PNG_COUNT + 7 and not killed[PATH_COLUMN].duplicated().any()
-    assert batch(*arguments, "--part-size", "100") == 0
+    # Started again as a user of the MLflow project would: `mlflow run . -e batch` with the same settings.
+    restart = ["mlflow", "run", str(repo_root), "-e", "batch", "--env-manager", "local"]
+    restart += ["-P", f"model_uri={store['uri']}", "-P", f"input={archive}", "-P", f"output={output}"]
+    restart += ["-P", "part_size=100"]
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    done = subprocess.run(restart, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = read_output(output)
     assert len(rows) == PNG_COUNT + 7 and not rows[PATH_COLUMN].duplicated().any()
     assert not list(output.glob(f"{TEMPORARY_PREFIX}*"))
@@ -366,7 +372,8 @@ def test_labelled_input_is_back_tested_with_the_metrics_evaluate_logs(store, tmp
         max_results=1,
     )[0]
     # The labels are found in the input: no dataset is named.
-    assert batch(*common, "--input", str(root), "--output", str(tmp_path / "scores.parquet")) == 0
+    output = tmp_path / "scores.parquet"
+    assert batch(*common, "--input", str(root), "--output", str(output), "--split", "test") == 0
     back_test = last_batch_run(store)
     expected = {key: value for key, value in evaluation.data.metrics.items() if key.startswith("test_")}
     found = {key: value for key, value in back_test.data.metrics.items() if key.startswith("test_")}

@@ -40,6 +40,19 @@ def string_literals(tree: ast.Module) -> list[tuple[int, str]]:
         and isinstance(node.body[0].value, ast.Constant)
     }
     fragments = {id(value) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for value in node.values}
+    # Spark's binaryFile source names its columns `path` and `content`: its names, assigned to BINARY_* constants.
+    foreign = {
+        id(constant)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign)
+        and any(
+            name.id.startswith("BINARY_")
+            for target in node.targets
+            for name in ast.walk(target)
+            if isinstance(name, ast.Name)
+        )
+        for constant in ast.walk(node.value)
+    }
     # Logger names and the attribute names of getattr/hasattr are Python names, not data.
     python_names = {
         id(node.args[-1] if getattr(node.func, "id", "") in ("getattr", "hasattr") else node.args[0])
@@ -63,7 +76,7 @@ def string_literals(tree: ast.Module) -> list[tuple[int, str]]:
         for node in ast.walk(tree)
         if isinstance(node, ast.Constant)
         and isinstance(node.value, str)
-        and id(node) not in docstrings | fragments | python_names
+        and id(node) not in docstrings | fragments | python_names | foreign
     ]
 
 
