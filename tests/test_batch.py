@@ -235,6 +235,11 @@ def test_the_run_counts_by_reason_and_carries_no_file_path(scored, store):
     assert metrics[names.IMAGES_FAILED_METRIC] == 4
     assert metrics[names.failed_metric("undecodable_image")] == 2 and metrics[names.failed_metric("empty_image")] == 1
     assert metrics[names.IMAGES_PER_S_METRIC] > 0
+    # The job watched its answers as the app does: drift against the model's validation reference.
+    assert metrics[names.monitoring_metric("reference_available")] == 1.0
+    assert metrics[names.monitoring_metric("window_answers")] == PNG_COUNT + 3
+    assert metrics[names.monitoring_metric(f"score_psi.{POSITIVE}")] >= 0.0
+    assert metrics[names.monitoring_metric("input_mean_intensity")] > 0.0
     assert run.data.tags[names.KIND_TAG] == names.KIND_BATCH
     assert run.data.tags[names.REGISTERED_MODEL_VERSION_TAG] == f"{MODEL_NAME}/1"
     assert run.data.tags[names.RUN_NAME_TAG] == f"batch {MODEL_NAME} version 1"
@@ -450,6 +455,7 @@ def test_spark_engine_gives_the_local_engine_rows_to_1e_5(spark, store, tmp_path
     root = write_archive(tmp_path / "archive", 20)
     common = ["--model-uri", store["uri"], "--input", str(root)]
     assert batch(*common, "--output", str(tmp_path / "local.parquet")) == 0
+    local_run_id = last_batch_run(store).info.run_id
     output = tmp_path / "spark.parquet"
     assert batch(*common, "--output", str(output), "--engine", "spark", "--spark-master", "local[2]") == 0
     local = read_output(tmp_path / "local.parquet").set_index(PATH_COLUMN).sort_index()
@@ -463,6 +469,11 @@ def test_spark_engine_gives_the_local_engine_rows_to_1e_5(spark, store, tmp_path
     run = last_batch_run(store)
     assert run.data.tags[names.BATCH_ENGINE_TAG] == "spark"
     assert run.data.metrics[names.IMAGES_SCORED_METRIC] == 23 and run.data.metrics[names.IMAGES_FAILED_METRIC] == 4
+    # Score drift from the rows Spark wrote equals the local engine's on the same answers.
+    local_run = run_of(store, local_run_id)
+    psi = names.monitoring_metric(f"score_psi.{POSITIVE}")
+    assert run.data.metrics[psi] == pytest.approx(local_run.data.metrics[psi], abs=1e-4)
+    assert run.data.metrics[names.monitoring_metric("window_answers")] == 23
     # Resumed on Spark: every file is in the output already, so nothing is read or written.
     before = {path: path.stat().st_mtime_ns for path in part_files(output)}
     assert batch(*common, "--output", str(output), "--engine", "spark", "--spark-master", "local[2]") == 0

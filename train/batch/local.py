@@ -43,7 +43,8 @@ from train.batch.sources import Item
 M_ARENA_MAX = -8
 HEAP_ARENAS = 2
 # Called once per scored batch with the answer rows (the served answer's columns) and the bytes of their images.
-AnswerObserver = Callable[["object", list[bytes]], None]
+# Called with each batch's answer frame, the images' bytes and their model inputs (HxWx3 float32, 0-255).
+AnswerObserver = Callable[["object", list[bytes], list[np.ndarray]], None]
 
 
 @dataclass
@@ -220,11 +221,14 @@ class LocalEngine:
             answers[EXPLAINED_CLASS_COLUMN] = explanations[EXPLAINED_CLASS_COLUMN].tolist()
             answers[HEATMAP_COLUMN] = self.write_heatmaps(scored, explanations[OVERLAY_COLUMN].tolist())
         else:
+            from models import batch_predictor
+
             batch = np.stack([entry.tensor for entry in scored])
-            raw = np.asarray(self.classifier.model.predict_on_batch(batch), dtype=np.float64)
+            # One traced graph for every batch size: the last, shorter batch does not trace again.
+            raw = np.asarray(batch_predictor(self.classifier.model)(batch), dtype=np.float64)
             answers = predictions_frame(self.classifier.calibrated(raw), self.classifier.config, None, frames)
         if self.on_answers is not None:
-            self.on_answers(answers, encoded)
+            self.on_answers(answers, encoded, [entry.tensor for entry in scored])
         return answers.to_dict("records")
 
     def write_heatmaps(self, scored: list[Prepared], overlays: list[str]) -> list[str]:

@@ -126,10 +126,12 @@ def _score_in_run(settings: BatchSettings, model: ResolvedModel, folder: Path, l
             )
         back_test = plan_back_test(settings, model, classifier, MlflowClient())
         started = time.perf_counter()
+        already = set(ledger.paths)
         if settings.engine == "spark":
             from train.batch.spark import score_with_spark
 
             counts = score_with_spark(settings, model, config, columns, ledger.paths)
+            log_monitoring(output_monitor(config, folder, already))
         else:
             counts = score_locally(settings, model, classifier, columns, folder, ledger)
         result = BatchResult(run.info.run_id, counts.scored, counts.resumed, counts.failed)
@@ -176,6 +178,8 @@ def score_locally(settings: BatchSettings, model: ResolvedModel, classifier, col
     if settings.explain:
         heatmaps = heatmap_folder(settings.output)
         heatmaps.mkdir(parents=True, exist_ok=True)
+    total = pending_count(source, ledger.paths)
+    monitor = job_monitor(classifier.config, total)
     engine = LocalEngine(
         classifier,
         model_identity(model.name, model.version, model.model_id),
@@ -183,16 +187,53 @@ def score_locally(settings: BatchSettings, model: ResolvedModel, classifier, col
         workers=settings.workers or decode_workers(),
         frame=settings.frame,
         heatmaps=heatmaps,
+        on_answers=lambda answers, encoded, inputs: observe_answers(monitor, answers, encoded, inputs),
     )
     writer = PartWriter(folder, columns, settings.part_size, output_format(settings.output))
-    total = pending_count(source, ledger.paths)
     # disable=None turns the bar off when stderr is not a terminal (CI logs, MLflow runs).
     with tqdm(total=total, desc="scoring", unit="img", disable=None, smoothing=0.1) as progress:
         counts = engine.run(source.items(), ledger.paths, writer.add, progress)
         writer.close()
+    log_monitoring(monitor)
     if counts.duplicates:
         print(f"{counts.duplicates} path(s) listed more than once were scored once", flush=True)
     return counts
+
+
+def job_monitor(config, answers: int):
+    """The drift monitor of the job: the app's and the PACS worker's, its window the whole job."""
+    from serve.monitoring import DEFAULT_WINDOW, DriftMonitor
+
+    return DriftMonitor.for_config(config, window=max(DEFAULT_WINDOW, answers))
+
+
+def observe_answers(monitor, answers, encoded: list[bytes], inputs: list) -> None:
+    """Each answer with its image's statistics; the model inputs the engine decoded give the mean intensity."""
+    for row, data, pixels in zip(answers.to_dict("records"), encoded, inputs, strict=True):
+        monitor.observe(row, monitor.image_statistics(data, pixels=pixels))
+
+
+def output_monitor(config, folder: Path, resumed: set[str]):
+    """The drift monitor fed from the rows a Spark job added to the output (answers only: Spark's workers keep
+    no image statistics), part by part."""
+    from serve.contract import ERROR_COLUMN, PATH_COLUMN
+    from train.batch.output import part_files, read_part
+
+    parts = part_files(folder)
+    monitor = job_monitor(config, sum(len(read_part(path, [PATH_COLUMN])) for path in parts))
+    for path in parts:
+        rows = read_part(path)
+        rows = rows[(rows[ERROR_COLUMN] == "") & ~rows[PATH_COLUMN].isin(resumed)]
+        for row in rows.to_dict("records"):
+            monitor.observe(row)
+    return monitor
+
+
+def log_monitoring(monitor) -> None:
+    """The drift figures against the model's validation reference (docs/MONITORING.md) as run metrics."""
+    import mlflow
+
+    mlflow.log_metrics({names.monitoring_metric(key): value for key, value in monitor.figures().items()})
 
 
 def decode_workers() -> int:

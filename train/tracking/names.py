@@ -142,3 +142,8 @@ def version_tag(package: str) -> str:
 def failed_metric(reason: str) -> str:
     """The batch metric that counts the images that failed for one reason (`images_failed_not_an_image`)."""
     return f"{IMAGES_FAILED_METRIC}_{reason}"
+
+
+def monitoring_metric(figure: str) -> str:
+    """The run metric of a drift figure of serve.monitoring (`monitoring.score_psi_parasitized`)."""
+    return f"monitoring.{figure}"
