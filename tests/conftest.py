@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import free_port, load_pyfunc, running_server
+from serving_helpers import audited_runner, free_port, load_pyfunc, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -226,24 +226,8 @@ def spot_scoring_server(spot_model, tmp_path_factory) -> str:
         yield url
 
 
-# Runs `python -m serve.app` with an audit hook that reports every file opened for writing once the app
-# listens on its port, so a test can prove that uploads never reach the disk (Python's tempfile included).
-AUDITED_APP = """
-import os, runpy, sys
-port = int(sys.argv[sys.argv.index("--port") + 1])
-armed = []
-def hook(event, args):
-    if event == "open" and armed:
-        path, mode, flags = args
-        writing = any(letter in str(mode or "") for letter in "wax+") or (flags or 0) & (os.O_WRONLY | os.O_RDWR)
-        if writing:
-            print(f"AUDIT write-open {path!r}", file=sys.stderr, flush=True)
-    elif event == "socket.bind" and isinstance(args[1], tuple) and args[1][1:2] == (port,):
-        armed.append(True)
-sys.addaudithook(hook)
-sys.argv = ["serve.app", *sys.argv[1:]]
-runpy.run_module("serve.app", run_name="__main__", alter_sys=True)
-"""
+# `python -m serve.app` under the write audit: uploads never reach the disk (Python's tempfile included).
+AUDITED_APP = audited_runner("serve.app", "--port")
 APP_MAX_UPLOAD_MB = 3
 
 

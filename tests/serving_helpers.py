@@ -87,3 +87,29 @@ def running_server(command: list[str], *, ready_url: str, log_path: Path, env: d
             yield process
     except ServerError as error:
         pytest.fail(str(error))
+
+
+# Runs `python -m MODULE` with an audit hook that reports every file opened for writing once the process listens
+# on the port its PORT_FLAG names, so a test can prove that patient data never reaches the disk.
+AUDITED_RUNNER = """
+import os, runpy, sys
+port = int(sys.argv[sys.argv.index("PORT_FLAG") + 1])
+armed = []
+def hook(event, args):
+    if event == "open" and armed:
+        path, mode, flags = args
+        writing = any(letter in str(mode or "") for letter in "wax+") or (flags or 0) & (os.O_WRONLY | os.O_RDWR)
+        if writing:
+            print(f"AUDIT write-open {path!r}", file=sys.stderr, flush=True)
+    elif event == "socket.bind" and isinstance(args[1], tuple) and args[1][1:2] == (port,):
+        armed.append(True)
+sys.addaudithook(hook)
+sys.argv = ["MODULE", *sys.argv[1:]]
+runpy.run_module("MODULE", run_name="__main__", alter_sys=True)
+"""
+
+
+def audited_runner(module: str, port_flag: str) -> str:
+    """The `python -c` code that runs `module` under the write audit (AUDITED_RUNNER)."""
+    return AUDITED_RUNNER.replace("PORT_FLAG", port_flag).replace("MODULE", module)
+

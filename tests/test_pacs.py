@@ -28,7 +28,7 @@ import pytest
 import requests
 from dicom_files import write_study
 from orthanc import OrthancServer
-from serving_helpers import MODEL_NAME, free_port
+from serving_helpers import MODEL_NAME, audited_runner, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TODAY = datetime.date.today().strftime("%Y%m%d")
@@ -279,24 +279,9 @@ class PacsBed:
             )
 
 
-# Runs `python -m serve.pacs` with an audit hook that reports every file opened for writing once the worker serves
-# /metrics (after its model is loaded): the ledger (sqlite, written from C) is the only file it may write.
-AUDITED_WORKER = """
-import os, runpy, sys
-port = int(sys.argv[sys.argv.index("--metrics-port") + 1])
-armed = []
-def hook(event, args):
-    if event == "open" and armed:
-        path, mode, flags = args
-        writing = any(letter in str(mode or "") for letter in "wax+") or (flags or 0) & (os.O_WRONLY | os.O_RDWR)
-        if writing:
-            print(f"AUDIT write-open {path!r}", file=sys.stderr, flush=True)
-    elif event == "socket.bind" and isinstance(args[1], tuple) and args[1][1:2] == (port,):
-        armed.append(True)
-sys.addaudithook(hook)
-sys.argv = ["serve.pacs", *sys.argv[1:]]
-runpy.run_module("serve.pacs", run_name="__main__", alter_sys=True)
-"""
+# `python -m serve.pacs` under the write audit, armed once it serves /metrics (after its model is loaded): the
+# ledger (sqlite, written from C) is the only file it may write.
+AUDITED_WORKER = audited_runner("serve.pacs", "--metrics-port")
 
 
 @contextlib.contextmanager
