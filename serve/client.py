@@ -179,8 +179,6 @@ def running_process(command: list[str], *, ready_url: str, log_path, env: dict, 
 
     Raises ServerError (with the end of the log at `log_path`) when the command exits or does not answer in time.
     """
-    import os
-    import signal
     import subprocess
     import time
 
@@ -206,13 +204,23 @@ def running_process(command: list[str], *, ready_url: str, log_path, env: dict, 
             time.sleep(0.5)
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+        stop_process_group(process)
+
+
+def stop_process_group(process, grace: float = 20) -> int:
+    """SIGTERM a process started in its own session and everything it started; SIGKILL after `grace` seconds."""
+    import os
+    import signal
+    import subprocess
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    return process.returncode
 
 
 @contextlib.contextmanager

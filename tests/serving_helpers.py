@@ -112,4 +112,3 @@ runpy.run_module("MODULE", run_name="__main__", alter_sys=True)
 def audited_runner(module: str, port_flag: str) -> str:
     """The `python -c` code that runs `module` under the write audit (AUDITED_RUNNER)."""
     return AUDITED_RUNNER.replace("PORT_FLAG", port_flag).replace("MODULE", module)
-

@@ -102,11 +102,12 @@ def run_of(store: dict, run_id: str):
     return MlflowClient(store["tracking_uri"]).get_run(run_id)
 
 
-def last_batch_run(store: dict):
+def last_batch_run(store: dict, kind: str = names.KIND_BATCH):
+    """The newest run of `kind` (batch, evaluation) in the store."""
     client = MlflowClient(store["tracking_uri"])
     runs = client.search_runs(
         [experiment.experiment_id for experiment in client.search_experiments()],
-        f"tags.`{names.KIND_TAG}` = '{names.KIND_BATCH}'",
+        f"tags.`{names.KIND_TAG}` = '{kind}'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -369,13 +370,7 @@ def test_labelled_input_is_back_tested_with_the_metrics_evaluate_logs(store, tmp
     root = write_cell_images(tmp_path / "cell_images", 48)
     common = ["--model-uri", store["uri"], "--allow-different-data", "true"]
     assert train_cli(["evaluate", *common, "--dataset", "malaria", "--data-dir", str(root)]) == 0
-    client = MlflowClient(store["tracking_uri"])
-    evaluation = client.search_runs(
-        [experiment.experiment_id for experiment in client.search_experiments()],
-        f"tags.`{names.KIND_TAG}` = '{names.KIND_EVALUATION}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )[0]
+    evaluation = last_batch_run(store, names.KIND_EVALUATION)
     # The labels are found in the input: no dataset is named.
     output = tmp_path / "scores.parquet"
     assert batch(*common, "--input", str(root), "--output", str(output), "--split", "test") == 0
@@ -386,7 +381,10 @@ def test_labelled_input_is_back_tested_with_the_metrics_evaluate_logs(store, tmp
     assert found == pytest.approx(expected, rel=1e-9)
     assert back_test.data.tags[names.BACKTEST_TAG] == "true"
     assert back_test.data.tags[names.DATASET_TAG] == "malaria"
-    logged = {artifact.path for artifact in client.list_artifacts(back_test.info.run_id, "metrics")}
+    logged = {
+        artifact.path
+        for artifact in MlflowClient(store["tracking_uri"]).list_artifacts(back_test.info.run_id, "metrics")
+    }
     assert names.classes_artifact("test") in logged
     assert len(read_output(tmp_path / "scores.parquet")) == 48
 

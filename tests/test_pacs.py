@@ -326,14 +326,9 @@ def tail(path: Path | None) -> str:
 
 
 def stop(process: subprocess.Popen) -> int:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-    return process.returncode
+    from serve.client import stop_process_group
+
+    return stop_process_group(process, grace=30)
 
 
 @pytest.fixture(scope="module")
