@@ -10,7 +10,9 @@ prefetch) at `--image-size`, iterates it for one untimed epoch and `--epochs` ti
 
 By default the split is read from disk and decoded every epoch (MEDIMG_CACHE_BUDGET_GB=0), as for a
 dataset larger than the cache budget; `--cached` measures epochs served from the in-memory cache
-instead. Timings depend on what else the machine runs: the load average is printed beside them. Usage:
+instead. Timings depend on what else the machine runs: the load average is printed beside them, and
+so are images per CPU second of this process, which other work moves less. Last, how many such cores
+keep a GPU busy (`--gpu-images-per-second`, from bench/gpu.py on that GPU). Usage:
 
     .venv/bin/python bench/feed.py --images 1000 --prepared-size 256 --image-size 224 --encodings png,raw,jpeg
 """
@@ -26,6 +28,8 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# ResNet50 training at 224 px with mixed precision on a current GPU, about (issue #27); bench/gpu.py measures yours.
+GPU_IMAGES_PER_SECOND_AT_224 = 3000.0
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
@@ -43,6 +47,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shard-size", type=int, default=128, help="images per shard")
     parser.add_argument("--workdir", default="", help="folder for the PNGs and prepared folders, kept for reruns")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--gpu-images-per-second",
+        type=float,
+        default=0.0,
+        help="what the GPU trains at --image-size (bench/gpu.py); 0 = 3,000 at 224 px (ResNet50, mixed precision, "
+        "a current GPU), scaled by pixel count to other sizes",
+    )
     return parser.parse_args(argv)
 
 
@@ -107,6 +118,13 @@ def epoch_rate(folder: Path, arguments: argparse.Namespace, augment: str) -> tup
     return images / (time.perf_counter() - started), images / cpu_seconds, data.splits["train"].count
 
 
+def gpu_rate(arguments: argparse.Namespace) -> float:
+    """Images/s the GPU to feed trains at: the given figure, or 3,000 at 224 px scaled by pixel count."""
+    if arguments.gpu_images_per_second:
+        return arguments.gpu_images_per_second
+    return GPU_IMAGES_PER_SECOND_AT_224 * (224 / arguments.image_size) ** 2
+
+
 def feed_line(image_size: int, label: str, rate: float, count: int) -> str:
     return f"feed at {image_size} px with {label}: {rate:.0f} images/s on {count} cores, {rate / count:.0f} per core"
 
@@ -146,6 +164,11 @@ def main(argv: list[str] | None = None) -> None:
             for label, (rate, per_cpu_second, _) in (("augmentation", augmented), ("augment=none", plain)):
                 line = feed_line(arguments.image_size, label, rate, cores())
                 print(f"  {line} ({per_cpu_second:.0f} images per CPU second of this process)")
+            gpu = gpu_rate(arguments)
+            print(
+                f"  a GPU training at {gpu:.0f} images/s needs about {gpu / (augmented[0] / cores()):.1f} such cores "
+                f"with augmentation ({gpu / augmented[1]:.1f} at this process's images per CPU second)"
+            )
 
 
 if __name__ == "__main__":
