@@ -122,6 +122,31 @@ def test_every_encoding_stores_the_same_images_and_the_manifest_says_which(prepa
         np.testing.assert_array_equal(raw_batch, png_batch)
 
 
+def test_every_encoding_reads_back_gray_and_rgb_images():
+    """A folder with one colour image reads every image as RGB; a gray raw record then becomes three equal channels."""
+    import tensorflow as tf
+
+    from train.data.prepared import decode_pixels, encode_image, record_bytes
+
+    generator = np.random.default_rng(4)
+    rgb = generator.integers(0, 256, (12, 12, 3)).astype(np.uint8)
+    gray = np.repeat(generator.integers(0, 256, (12, 12, 1)).astype(np.uint8), 3, axis=-1)
+    for encoding, recorded in ENCODINGS.items():
+        for image, channels in ((rgb, 3), (gray, 1)):
+            value, stored_channels = encode_image(tf.constant(image, tf.float32), encoding)
+            assert int(stored_channels) == channels
+            data = record_bytes(value.numpy())
+            if encoding == "raw":
+                assert data == image[..., :channels].tobytes()
+            back = decode_pixels(tf.constant(data), recorded, 12, 3).numpy()
+            tolerance = 0 if encoding != "jpeg" else 40
+            assert back.shape == (12, 12, 3) and np.abs(back.astype(int) - image).max() <= tolerance
+        back = decode_pixels(
+            tf.constant(record_bytes(encode_image(tf.constant(gray, tf.float32), encoding)[0].numpy())), recorded, 12, 1
+        )
+        assert back.shape == (12, 12, 1)
+
+
 def test_the_batched_resize_is_serve_preprocess_resize():
     import tensorflow as tf
 

@@ -11,7 +11,7 @@ products: resizing is linear and separable, so its weights, read once per size p
 `tf.image.resize` of unit vectors, make each axis a product with a [out, in] matrix. The matrix is
 banded (each output pixel mixes a few neighbours), so the product runs block by block over the band:
 about four times less work than the resize op on two cores, same values up to float rounding
-(tests/test_feed.py holds the two within 1e-3 of 255).
+(tests/test_feed.py holds the two within 1e-3 on the 0-255 scale).
 """
 
 from __future__ import annotations
@@ -70,7 +70,12 @@ def resize_batch(images, image_size: int):
     """float32 [B, H, W, C] -> [B, image_size, image_size, C]: serve.preprocess.resize as banded matrix products."""
     import tensorflow as tf
 
+    from serve.preprocess import resize
+
     height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+    if None in (height, width, channels):
+        # The band is planned from static sizes; without them, the resize op itself.
+        return resize(images, image_size)
     batch = tf.shape(images)[0]
     # Channels join the batch, so each product is a plain [N, H, W] matrix product.
     planes = tf.reshape(tf.transpose(images, [0, 3, 1, 2]) if channels > 1 else images, [-1, height, width])

@@ -294,7 +294,7 @@ def write_file_shard(task: dict[str, Any]) -> dict[str, Any]:
             except tf.errors.OpError as error:
                 skipped.append(f"{path}: not a decodable image ({one_line(error)})")
                 continue
-            writer.write(serialize_example(record_bytes(stored.numpy(), encoding), np.asarray(label), example_id))
+            writer.write(serialize_example(record_bytes(stored.numpy()), np.asarray(label), example_id))
             positives += np.asarray(label) > 0.5
             channels = max(channels, int(image_channels))
             count += 1
@@ -341,7 +341,7 @@ def _write_loaded_split(
                 if element is None:
                     break
                 stored, image_channels, label = element
-                writer.write(serialize_example(record_bytes(stored, encoding), label, f"{split}-{position:07d}"))
+                writer.write(serialize_example(record_bytes(stored), label, f"{split}-{position:07d}"))
                 positives += np.asarray(label) > 0.5
                 channels = max(channels, int(image_channels))
                 count += 1

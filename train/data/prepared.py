@@ -128,7 +128,7 @@ def encode_image(image, encoding: str = DEFAULT_ENCODING) -> tuple[tf.Tensor, tf
     """(stored value, channels) of a float 0-255 [H, W, 3] image rounded to uint8, one gray channel when all are equal.
 
     encoding: a key of ENCODINGS. The stored value is PNG or JPEG bytes, or for `raw` the uint8 pixels
-    themselves (`record_bytes` makes them the record's bytes).
+    themselves ([H, W, 1] or [H, W, 3]; `record_bytes` makes them the record's bytes).
     """
     import tensorflow as tf
 
@@ -142,20 +142,15 @@ def encode_image(image, encoding: str = DEFAULT_ENCODING) -> tuple[tf.Tensor, tf
             return tf.io.encode_png(chosen)
         if encoding == "jpeg":
             return tf.io.encode_jpeg(chosen, quality=JPEG_QUALITY, chroma_downsampling=False)
-        # Raw pixels of either shape: a string holds them, so both branches return the same kind.
-        return tf.io.serialize_tensor(chosen)
+        return chosen
 
     value = tf.cond(gray, lambda: stored(pixels[..., :1]), lambda: stored(pixels))
     return value, tf.where(gray, 1, 3)
 
 
-def record_bytes(value: bytes, encoding: str) -> bytes:
-    """The bytes a record stores for `encode_image`'s value: raw pixels are written as plain row-major uint8."""
-    if encoding != "raw":
-        return value
-    import tensorflow as tf
-
-    return tf.io.parse_tensor(value, tf.uint8).numpy().tobytes()
+def record_bytes(value) -> bytes:
+    """The bytes a record stores for `encode_image`'s value (as NumPy gives it): raw pixels as row-major uint8."""
+    return value if isinstance(value, bytes) else np.ascontiguousarray(value, dtype=np.uint8).tobytes()
 
 
 def decode_pixels(data, encoding: str, stored_size: int, channels: int) -> tf.Tensor:
