@@ -4,8 +4,8 @@ Record format (one tf.train.Example per image): `image` holds the image after
 `serve.preprocess.decode_and_resize` to the prepared size, rounded to uint8, with one gray channel when
 the three channels are equal (as for X-rays), else RGB, stored as the manifest's `image_encoding` says:
 `png-uint8` (lossless PNG, the default), `raw-uint8` (the pixels themselves, row-major [S, S, C] bytes:
-no decoding at all, about twice PNG's size) or `jpeg-q95` (JPEG at quality 95: a quarter of raw's size
-and several times faster to decode than PNG, but lossy, a few gray levels at edges). `label` is the
+no decoding at all, about 2.5 times PNG's size) or `jpeg-q95` (JPEG at quality 95: about half PNG's size
+and several times faster to decode, but lossy: most pixels within 2 gray levels). `label` is the
 float label vector; `id` names the source image. The manifest's `channels` is 1 when every stored image
 is gray (format version 1 folders, written before it existed, read as 3).
 
