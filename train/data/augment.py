@@ -1,4 +1,4 @@
-"""Training-time image augmentation as a pure, seeded TensorFlow function, and the policy per image type: reads and writes nothing.
+"""Training-time image augmentation as pure, seeded TensorFlow functions, and the policy per image type: reads and writes nothing.
 
 Policies (the `augment` parameter):
 - `cells`: cell and tissue crops have no up or left: flips both ways, quarter turns and jitter;
@@ -7,6 +7,10 @@ Policies (the `augment` parameter):
 - `none`: no augmentation;
 - `auto`: the dataset's own (`DatasetSpec.augmentation`; imagefolder takes radiograph, the safe choice for
   an unknown folder of medical images).
+
+Each image's transform is drawn from its own seed (`augmentation_parameters`, the draws of TensorFlow's
+per-image stateless ops), and `augment_batch` applies the transforms of a whole batch at once: the input
+pipeline draws per image and transforms per batch, with the same result as transforming image by image.
 """
 
 from __future__ import annotations
@@ -47,25 +51,132 @@ def resolve_augmentation(augment: str, dataset: str) -> Augmentation | None:
     return POLICIES.get(name)
 
 
-def augment_image(image, seed, policy: Augmentation):
-    """Randomly flip, rotate by a multiple of 90 degrees and jitter brightness/contrast of one image, as `policy` allows.
+def augmentation_parameters(seed, policy: Augmentation) -> dict:
+    """One image's random transform, drawn from its int [2] seed exactly as TensorFlow's per-image stateless ops draw it.
 
-    image: float32 [H, W, 3] in 0-255. seed: int32/int64 tensor of shape [2]; the same image and seed
-    always give the same output. The result keeps the shape and stays in 0-255. Rotation is applied
-    only to square images so the shape never changes.
+    `tf.image.stateless_random_flip_left_right(image, seeds[0])` flips when a uniform [0, 1) draw from its seed is
+    below 0.5, `stateless_random_brightness`/`stateless_random_contrast` draw one uniform from theirs: the same
+    draws here, as scalars, so `augment_batch` applies to a whole batch what those ops would do image by image.
+    Cheap (a few scalar ops): the input pipeline draws them per image before batching.
     """
     import tensorflow as tf
 
-    static_shape = image.shape
     seeds = tf.random.split(tf.cast(seed, tf.int64), num=5)
-    if policy.horizontal_flip:
-        image = tf.image.stateless_random_flip_left_right(image, seed=seeds[0])
-    if policy.vertical_flip:
-        image = tf.image.stateless_random_flip_up_down(image, seed=seeds[1])
-    if policy.rotate_90 and static_shape[0] is not None and static_shape[0] == static_shape[1]:
-        quarter_turns = tf.random.stateless_uniform([], seed=seeds[2], minval=0, maxval=4, dtype=tf.int32)
-        image = tf.image.rot90(image, k=quarter_turns)
-        image.set_shape(static_shape)
-    image = tf.image.stateless_random_brightness(image, max_delta=policy.brightness_delta, seed=seeds[3])
-    image = tf.image.stateless_random_contrast(image, *policy.contrast_range, seed=seeds[4])
-    return tf.clip_by_value(image, 0.0, 255.0)
+
+    def uniform(index: int, low: float, high: float):
+        return tf.random.stateless_uniform([], seed=seeds[index], minval=low, maxval=high)
+
+    never = tf.constant(False)
+    return {
+        "flip_left_right": uniform(0, 0.0, 1.0) < 0.5 if policy.horizontal_flip else never,
+        "flip_up_down": uniform(1, 0.0, 1.0) < 0.5 if policy.vertical_flip else never,
+        "quarter_turns": (
+            tf.random.stateless_uniform([], seed=seeds[2], minval=0, maxval=4, dtype=tf.int32)
+            if policy.rotate_90
+            else tf.constant(0, tf.int32)
+        ),
+        "brightness": uniform(3, -policy.brightness_delta, policy.brightness_delta),
+        "contrast": uniform(4, *policy.contrast_range),
+    }
+
+
+def batch_parameters(seeds, policy: Augmentation) -> dict:
+    """`augmentation_parameters` of every image of a batch, from its seeds [B, 2]: each image's draws from its own seed."""
+    import tensorflow as tf
+
+    signature = {
+        "flip_left_right": tf.TensorSpec([], tf.bool),
+        "flip_up_down": tf.TensorSpec([], tf.bool),
+        "quarter_turns": tf.TensorSpec([], tf.int32),
+        "brightness": tf.TensorSpec([], tf.float32),
+        "contrast": tf.TensorSpec([], tf.float32),
+    }
+    # One op runs the scalar draws of the whole batch (cheaper than a tf.data map step per image).
+    return tf.map_fn(lambda seed: augmentation_parameters(seed, policy), seeds, fn_output_signature=signature)
+
+
+def _net_flips(parameters: dict, square: bool):
+    """(transpose, flip left-right, flip up-down) per image: flips, then quarter turns, as one transpose and two flips.
+
+    tf.image.rot90 turns by k quarters as: k=1 flip up-down after a transpose, k=2 both flips, k=3 flip left-right
+    after a transpose; a transpose swaps which flip came before it. So the policy's flip, flip, turn is a transpose
+    (odd k) followed by each flip or not.
+    """
+    import tensorflow as tf
+
+    left_right, up_down = parameters["flip_left_right"], parameters["flip_up_down"]
+    turns = parameters["quarter_turns"]
+    if not square:
+        return None, left_right, up_down
+    odd = tf.equal(turns % 2, 1)
+    net_left_right = tf.where(
+        odd, tf.math.logical_xor(up_down, tf.equal(turns, 3)), tf.math.logical_xor(left_right, tf.equal(turns, 2))
+    )
+    net_up_down = tf.where(
+        odd, tf.math.logical_xor(left_right, tf.equal(turns, 1)), tf.math.logical_xor(up_down, tf.equal(turns, 2))
+    )
+    return odd, net_left_right, net_up_down
+
+
+def flip_batch(images, parameters: dict, policy: Augmentation):
+    """The geometric part of each image's transform on a batch [B, H, W, C] of any dtype: flips and quarter turns.
+
+    Each image gets what the per-image policy gives it: left-right flip, then up-down flip, then a quarter
+    turn (square images only), as one select per axis over the batch instead of a branch per image. It
+    commutes with resizing, so the input pipeline flips stored uint8 pixels, a quarter of float32's bytes.
+    """
+    import tensorflow as tf
+
+    # One channel is dropped while flipping: TensorFlow reverses [B, H, W] about three times faster than [B, H, W, 1].
+    gray = images.shape[-1] == 1
+    planes = images[..., 0] if gray else images
+    rank = planes.shape.rank
+
+    def per_image(condition):
+        return tf.reshape(condition, [-1] + [1] * (rank - 1))
+
+    square = policy.rotate_90 and images.shape[1] is not None and images.shape[1] == images.shape[2]
+    transpose, left_right, up_down = _net_flips(parameters, square)
+    if transpose is not None:
+        planes = tf.where(per_image(transpose), tf.transpose(planes, [0, 2, 1, *range(3, rank)]), planes)
+    if policy.horizontal_flip or square:
+        planes = tf.where(per_image(left_right), tf.reverse(planes, [2]), planes)
+    if policy.vertical_flip or square:
+        planes = tf.where(per_image(up_down), tf.reverse(planes, [1]), planes)
+    return planes[..., tf.newaxis] if gray else planes
+
+
+def jitter_batch(images, parameters: dict):
+    """The photometric part on float32 [B, H, W, C] in 0-255: brightness shift, contrast about each channel's mean, clip.
+
+    Shifting by d and then scaling about the (shifted) mean by f is one multiply-add per pixel:
+    x * f + mean(x) * (1 - f) + d, the same values as tf.image's brightness then contrast ops.
+    """
+    import tensorflow as tf
+
+    factor = tf.reshape(parameters["contrast"], [-1, 1, 1, 1])
+    shift = tf.reshape(parameters["brightness"], [-1, 1, 1, 1])
+    means = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+    return tf.clip_by_value(images * factor + (means * (1.0 - factor) + shift), 0.0, 255.0)
+
+
+def augment_batch(images, parameters: dict, policy: Augmentation):
+    """Apply per-image transforms (`augmentation_parameters`, batched) to float32 images [B, H, W, C] in 0-255.
+
+    `flip_batch`, then `jitter_batch`. Works on any channel count, so gray images can be augmented on one
+    channel and made RGB after.
+    """
+    return jitter_batch(flip_batch(images, parameters, policy), parameters)
+
+
+def augment_image(image, seed, policy: Augmentation):
+    """Randomly flip, rotate by a multiple of 90 degrees and jitter brightness/contrast of one image, as `policy` allows.
+
+    image: float32 [H, W, C] in 0-255. seed: int32/int64 tensor of shape [2]; the same image and seed
+    always give the same output. The result keeps the shape and stays in 0-255. Rotation is applied
+    only to square images so the shape never changes. The same transform as `augment_batch` on a batch of one.
+    """
+    import tensorflow as tf
+
+    parameters = {name: tf.reshape(value, [1]) for name, value in augmentation_parameters(seed, policy).items()}
+    return augment_batch(image[tf.newaxis], parameters, policy)[0]

@@ -19,11 +19,13 @@ from train.data.spec import SPLIT_NAMES, LoadedDataset, Split
 logger = logging.getLogger(__name__)
 
 # The shuffle buffer holds decoded images: at most this many, and at most SHUFFLE_BUFFER_BYTES of them
-# (1 GB is ~1,600 images at 224 px), so shuffling never costs more memory than the model.
+# (1 GB is ~1,600 float32 RGB images at 224 px, ~15,000 stored gray uint8 ones at 256 px), so shuffling
+# never costs more memory than the model.
 SHUFFLE_BUFFER_LIMIT = 10_000
 SHUFFLE_BUFFER_BYTES = 1e9
-# Decoded float32 images are cached in memory only while they fit this budget (GB); larger splits,
-# full ChestX-ray14 at 224 px is ~50 GB, are decoded again each epoch: `prepare` makes that cheap.
+# Decoded images are cached in memory only while they fit this budget (GB); larger splits are decoded
+# again each epoch. Files decode to float32 (ChestX-ray14's ~78,000 training images at 224 px: ~47 GB);
+# a prepared folder's splits are cached as stored uint8 pixels (the same images at 256 px: ~5 GB).
 CACHE_BUDGET_ENV = "MEDIMG_CACHE_BUDGET_GB"
 DEFAULT_CACHE_BUDGET_GB = 8.0
 
@@ -37,12 +39,13 @@ def cache_budget_bytes() -> float:
 
 
 def split_bytes(split: Split) -> float:
-    """Bytes of the decoded split: count x H x W x C float32."""
-    shape = split.dataset.element_spec[0].shape
+    """Bytes of the split as make_batches caches it: count x H x W x C x 4 (float32), or x 1 for uint8 `pixels`."""
+    stored = split.pixels if split.pixels is not None else split.dataset
+    spec = stored.element_spec[0]
     pixels = 1
-    for dimension in shape:
+    for dimension in spec.shape:
         pixels *= dimension if dimension is not None else 512
-    return float(split.count) * pixels * 4
+    return float(split.count) * pixels * spec.dtype.size
 
 
 def _label_matrix(labels: np.ndarray) -> np.ndarray:
@@ -124,43 +127,77 @@ def arrays_split(images: np.ndarray, labels: np.ndarray) -> Split:
 def make_batches(split: Split, *, batch_size: int, training: bool, augmentation: Augmentation | None, seed: int):
     """Batches of (images [B, S, S, 3] float32 0-255, labels [B, num_outputs]) ready for Keras.
 
-    Order: cache the decoded split (while it fits MEDIMG_CACHE_BUDGET_GB), then (training only) a seeded
-    shuffle that changes every epoch and seeded augmentation by the `augmentation` policy (None: none),
-    then batch and prefetch. `augmentation` has no effect when training is False.
+    Order: cache the split (while it fits MEDIMG_CACHE_BUDGET_GB), then (training only) a seeded shuffle that
+    changes every epoch and, with an `augmentation` policy, one seed per image; then batch, make the batch's
+    images (a split with stored `pixels`: cast, resize, gray to RGB) and augment them together, each image
+    as its own seed says (train.data.augment), and prefetch. A split with `pixels` is cached, shuffled and
+    batched as uint8. Every step keeps its order, so the same seed gives the same batches. `augmentation`
+    has no effect when training is False.
     """
     import tensorflow as tf
 
-    from train.data.augment import augment_image
-
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    dataset = split.dataset
+    dataset = _cached(split)
+    augmenting = training and augmentation is not None
+    if training:
+        dataset = dataset.shuffle(_shuffle_buffer(split), seed=seed, reshuffle_each_iteration=True)
+    if augmenting:
+        # One [2]-shaped seed per element, new each epoch and reproducible from `seed`; batched with it.
+        element_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip((dataset, element_seeds))
+    dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if split.pixels is not None or augmenting:
+        image_size = split.dataset.element_spec[0].shape[0]
+        finish = _finish_batch(split.pixels is not None, image_size, augmentation if augmenting else None)
+        dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _finish_batch(stored: bool, image_size: int, augmentation: Augmentation | None):
+    """The batch map: stored pixels -> float32 RGB images at image_size, augmented when `augmentation` is given.
+
+    Flips move the stored uint8 pixels (they commute with the resize, and uint8 is a quarter of the bytes);
+    the jitter runs on the float image before gray becomes RGB, so on one channel instead of three.
+    """
+    from train.data.augment import augment_batch, batch_parameters, flip_batch, jitter_batch
+    from train.data.pixels import to_float, to_rgb
+
+    def augmented(element, seeds):
+        images, labels = element
+        parameters = batch_parameters(seeds, augmentation)
+        if not stored:
+            return augment_batch(images, parameters, augmentation), labels
+        images = to_float(flip_batch(images, parameters, augmentation), image_size)
+        return to_rgb(jitter_batch(images, parameters)), labels
+
+    def plain(images, labels):
+        return to_rgb(to_float(images, image_size)), labels
+
+    return plain if augmentation is None else augmented
+
+
+def _cached(split: Split):
+    """The split's elements (stored pixels when it has them), cached in memory when they fit the budget."""
+    dataset = split.pixels if split.pixels is not None else split.dataset
     needed = split_bytes(split)
     if needed <= cache_budget_bytes():
-        dataset = dataset.cache()
-    else:
-        logger.warning(
-            "not caching %d decoded images (%.1f GB > %s budget of %.1f GB): decoding every epoch; "
-            "`python -m train prepare` makes that cheap",
-            split.count,
-            needed / 1e9,
-            CACHE_BUDGET_ENV,
-            cache_budget_bytes() / 1e9,
-        )
-    if training:
-        image_bytes = needed / max(split.count, 1)
-        buffer_size = max(1, min(split.count, SHUFFLE_BUFFER_LIMIT, int(SHUFFLE_BUFFER_BYTES / max(image_bytes, 1))))
-        dataset = dataset.shuffle(buffer_size, seed=seed, reshuffle_each_iteration=True)
-        if augmentation is not None:
-            # One [2]-shaped seed per element, new each epoch and reproducible from `seed`.
-            element_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-            dataset = tf.data.Dataset.zip((dataset, element_seeds)).map(
-                lambda element, element_seed: (augment_image(element[0], element_seed, augmentation), element[1]),
-                num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
-            )
-    dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+        return dataset.cache()
+    logger.warning(
+        "not caching %d decoded images (%.1f GB > %s budget of %.1f GB): decoding every epoch; "
+        "`python -m train prepare` makes that cheap",
+        split.count,
+        needed / 1e9,
+        CACHE_BUDGET_ENV,
+        cache_budget_bytes() / 1e9,
+    )
+    return dataset
+
+
+def _shuffle_buffer(split: Split) -> int:
+    """Elements the shuffle buffer holds: the split, at most SHUFFLE_BUFFER_LIMIT and SHUFFLE_BUFFER_BYTES of them."""
+    image_bytes = split_bytes(split) / max(split.count, 1)
+    return max(1, min(split.count, SHUFFLE_BUFFER_LIMIT, int(SHUFFLE_BUFFER_BYTES / max(image_bytes, 1))))
 
 
 def check_splits_not_empty(split_ids: np.ndarray, source: str | Path) -> None:

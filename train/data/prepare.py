@@ -5,8 +5,9 @@ Usage:
     python -m train prepare --dataset chestxray14 --data-dir /data/nih --output-dir /data/nih-256
     python -m train main --dataset chestxray14 --data-dir /data/nih-256 --image-size 224
 
-Each image is decoded and resized once with `serve.preprocess.decode_and_resize` and stored as a
-lossless uint8 PNG (train.data.prepared documents the record format). chestxray14 is prepared by
+Each image is decoded and resized once with `serve.preprocess.decode_and_resize` and stored as uint8
+pixels, encoded as `image_encoding` says: a lossless PNG (default), the raw pixels or a quality-95 JPEG
+(train.data.prepared documents the record format). chestxray14 is prepared by
 a pool of worker processes, one shard per task; the other datasets (malaria from TFDS or its
 cell_images/ folder, imagefolder, synthetic) go through their loaders, whose tf.data maps decode
 on all cores. Each shard is written to a temporary name and renamed when complete, so an
@@ -30,7 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from train.data.prepared import FORMAT, FORMAT_VERSION, IMAGE_ENCODING, MANIFEST_NAME, STATE_NAME, count_records
+from train.data.prepared import (
+    DEFAULT_ENCODING,
+    ENCODINGS,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    STATE_NAME,
+    count_records,
+)
 from train.data.spec import SPLIT_NAMES
 from train.settings import ConfigError, PrepareSettings
 from train.tracking import names
@@ -40,6 +49,9 @@ MAX_SKIPPED_IN_MANIFEST = 100
 # Without a terminal (CI logs, `mlflow run`), progress is printed about this many times.
 PROGRESS_LINES = 10
 TEMPORARY_SUFFIX = ".partial"
+# The version of the records' contents in the fingerprint: PNG shards are written as in format version 1, so
+# a version 1 folder prepared again with the same settings is recognised, not redone.
+RECORDS_VERSION = 1
 
 
 @dataclass
@@ -206,7 +218,7 @@ def loaded_examples(loaded) -> tuple[list[str], dict[str, list]]:
 def fingerprint(config: PrepareSettings, source: PreparedSource) -> str:
     """Digest of everything that decides the shards' contents; a manifest with the same one needs no work."""
     settings = {
-        "format_version": FORMAT_VERSION,
+        "format_version": RECORDS_VERSION,
         "dataset": config.dataset,
         "image_size": config.image_size,
         "shard_size": config.shard_size,
@@ -216,18 +228,21 @@ def fingerprint(config: PrepareSettings, source: PreparedSource) -> str:
         "source_digest": source.source_digest,
         "shards": [(plan.file, plan.count) for plan in source.plans],
     }
+    # Left out for PNG, so fingerprints of folders written before there was a choice stay the same.
+    if config.image_encoding != DEFAULT_ENCODING:
+        settings["image_encoding"] = config.image_encoding
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 # --- workers ----------------------------------------------------------------------------------------
 
-# One compiled encoder per image size, per process (each worker process builds its own).
-_ENCODERS: dict[int, Any] = {}
+# One compiled encoder per image size and encoding, per process (each worker process builds its own).
+_ENCODERS: dict[tuple[int, str], Any] = {}
 
 
-def _encoder(image_size: int):
-    """A tf.function: encoded source bytes -> PNG of the resized uint8 image (serve.preprocess decode path)."""
-    if image_size not in _ENCODERS:
+def _encoder(image_size: int, encoding: str):
+    """A tf.function: encoded source bytes -> (stored value, channels) of the resized uint8 image (serve.preprocess)."""
+    if (image_size, encoding) not in _ENCODERS:
         import tensorflow as tf
 
         from serve.preprocess import decode_and_resize
@@ -235,10 +250,10 @@ def _encoder(image_size: int):
 
         @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
         def encode(data):
-            return encode_image(decode_and_resize(data, image_size))
+            return encode_image(decode_and_resize(data, image_size), encoding)
 
-        _ENCODERS[image_size] = encode
-    return _ENCODERS[image_size]
+        _ENCODERS[(image_size, encoding)] = encode
+    return _ENCODERS[(image_size, encoding)]
 
 
 def initialize_worker() -> None:
@@ -257,29 +272,31 @@ def write_file_shard(task: dict[str, Any]) -> dict[str, Any]:
     import tensorflow as tf
 
     from serve.preprocess import one_line
-    from train.data.prepared import serialize_example
+    from train.data.prepared import record_bytes, serialize_example
 
-    encode = _encoder(task["image_size"])
+    encoding = task["image_encoding"]
+    encode = _encoder(task["image_size"], encoding)
     final = Path(task["output_dir"]) / task["file"]
     temporary = final.with_name(f".{final.name}{TEMPORARY_SUFFIX}")
     positives = np.zeros(task["num_outputs"], dtype=np.int64)
     skipped = []
-    count = 0
+    count = channels = 0
     started = time.perf_counter()
     with tf.io.TFRecordWriter(str(temporary)) as writer:
         for path, label, example_id in task["entries"]:
             try:
                 with open(path, "rb") as handle:
                     data = handle.read()
-                png = encode(tf.constant(data)).numpy()
+                stored, image_channels = encode(tf.constant(data))
             except OSError as error:
                 skipped.append(f"{path}: cannot be read ({error.strerror or error})")
                 continue
             except tf.errors.OpError as error:
                 skipped.append(f"{path}: not a decodable image ({one_line(error)})")
                 continue
-            writer.write(serialize_example(png, np.asarray(label), example_id))
+            writer.write(serialize_example(record_bytes(stored.numpy()), np.asarray(label), example_id))
             positives += np.asarray(label) > 0.5
+            channels = max(channels, int(image_channels))
             count += 1
     os.replace(temporary, final)
     seconds = time.perf_counter() - started
@@ -288,20 +305,23 @@ def write_file_shard(task: dict[str, Any]) -> dict[str, Any]:
         "count": count,
         "positives": positives.tolist(),
         "skipped": skipped,
+        "channels": channels or 1,
         "seconds": seconds,
     }
 
 
 def _write_loaded_split(
-    split: str, plans: list[ShardPlan], pending: set[str], loaded, output_dir: Path
+    split: str, plans: list[ShardPlan], pending: set[str], loaded, output_dir: Path, encoding: str
 ) -> Iterator[dict[str, Any]]:
     """Write the pending shards of one loader split in order; the loader's tf.data map decodes on all cores."""
     import tensorflow as tf
 
-    from train.data.prepared import encode_image, serialize_example
+    from train.data.prepared import encode_image, record_bytes, serialize_example
 
     encoded = loaded.splits[split].dataset.map(
-        lambda image, label: (encode_image(image), label), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        lambda image, label: (*encode_image(image, encoding), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
     elements = encoded.as_numpy_iterator()
     for plan in plans:
@@ -313,20 +333,27 @@ def _write_loaded_split(
         final = output_dir / plan.file
         temporary = final.with_name(f".{final.name}{TEMPORARY_SUFFIX}")
         positives = np.zeros(loaded.num_outputs, dtype=np.int64)
-        count = 0
+        count = channels = 0
         started = time.perf_counter()
         with tf.io.TFRecordWriter(str(temporary)) as writer:
             for position in range(plan.start, plan.start + plan.count):
                 element = next(elements, None)
                 if element is None:
                     break
-                png, label = element
-                writer.write(serialize_example(png, label, f"{split}-{position:07d}"))
+                stored, image_channels, label = element
+                writer.write(serialize_example(record_bytes(stored), label, f"{split}-{position:07d}"))
                 positives += np.asarray(label) > 0.5
+                channels = max(channels, int(image_channels))
                 count += 1
         os.replace(temporary, final)
-        seconds = time.perf_counter() - started
-        yield {"file": plan.file, "count": count, "positives": positives.tolist(), "skipped": [], "seconds": seconds}
+        yield {
+            "file": plan.file,
+            "count": count,
+            "positives": positives.tolist(),
+            "skipped": [],
+            "channels": channels or 1,
+            "seconds": time.perf_counter() - started,
+        }
 
 
 # --- state, manifest and progress -------------------------------------------------------------------
@@ -355,7 +382,8 @@ def _finished_shards(output_dir: Path, key: str) -> dict[str, dict[str, Any]]:
             settings = content.get("settings", {})
             raise ValueError(
                 f"{output_dir} already holds a different preparation (dataset {content.get('dataset')!r}, "
-                f"image_size {settings.get('image_size')}, source or settings changed); choose another output_dir "
+                f"image_size {settings.get('image_size')}, image_encoding {settings.get('image_encoding', DEFAULT_ENCODING)}, "
+                "source or settings changed); choose another output_dir "
                 "or delete that folder"
             )
         if name == MANIFEST_NAME:
@@ -427,6 +455,7 @@ def build_manifest(
                     "count": shard["count"],
                     "positives": shard["positives"],
                     "skipped": shard.get("skipped", []),
+                    **({"channels": shard["channels"]} if "channels" in shard else {}),
                 }
                 for shard in split_shards
             ],
@@ -446,7 +475,9 @@ def build_manifest(
         "class_names": source.class_names,
         "num_outputs": num_outputs,
         "image_size": config.image_size,
-        "image_encoding": IMAGE_ENCODING,
+        "image_encoding": ENCODINGS[config.image_encoding],
+        # 1 when every stored image is gray; a shard recorded before channels were (format version 1) counts as RGB.
+        "channels": max(shard.get("channels", 3) for shard in shards.values()) if shards else 3,
         "counts": {split: splits[split]["count"] for split in SPLIT_NAMES},
         "total": total,
         "splits": splits,
@@ -458,6 +489,7 @@ def build_manifest(
             "dataset": config.dataset,
             "image_size": config.image_size,
             "shard_size": config.shard_size,
+            "image_encoding": config.image_encoding,
             "seed": config.seed,
             "validation_fraction": config.validation_fraction,
             "view": config.view,
@@ -533,13 +565,14 @@ def _write_pending(
         for split in SPLIT_NAMES:
             plans = [plan for plan in source.plans if plan.split == split]
             if any(plan.file in names for plan in plans):
-                yield from _write_loaded_split(split, plans, names, source.loaded, output_dir)
+                yield from _write_loaded_split(split, plans, names, source.loaded, output_dir, config.image_encoding)
         return
     tasks = [
         {
             "file": plan.file,
             "entries": plan.entries,
             "image_size": config.image_size,
+            "image_encoding": config.image_encoding,
             "output_dir": str(output_dir),
             "num_outputs": len(source.class_names),
         }

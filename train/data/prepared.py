@@ -1,12 +1,20 @@
 """Reads a folder written by `python -m train prepare` (manifest.json + sharded TFRecords) into train/val/test Splits.
 
-Record format (one tf.train.Example per image): `image` is a lossless PNG of the image after
-`serve.preprocess.decode_and_resize` to the prepared size, rounded to uint8 (one gray channel when
-the three channels are equal, as for X-rays, else RGB); `label` is the float label vector; `id` names
-the source image. Reading decodes the PNG with `serve.preprocess.decode_image` and, when the
-training image_size differs from the prepared size, resizes with `serve.preprocess.resize`: the
-same functions the served model uses. At the prepared size a record gives the directly decoded
-tensor rounded to whole gray levels (8-bit sources at that size: bit for bit the same tensor).
+Record format (one tf.train.Example per image): `image` holds the image after
+`serve.preprocess.decode_and_resize` to the prepared size, rounded to uint8, with one gray channel when
+the three channels are equal (as for X-rays), else RGB, stored as the manifest's `image_encoding` says:
+`png-uint8` (lossless PNG, the default), `raw-uint8` (the pixels themselves, row-major [S, S, C] bytes:
+no decoding at all, about 2.5 times PNG's size) or `jpeg-q95` (JPEG at quality 95: about half PNG's size
+and several times faster to decode, but lossy: most pixels within 2 gray levels). `label` is the
+float label vector; `id` names the source image. The manifest's `channels` is 1 when every stored image
+is gray (format version 1 folders, written before it existed, read as 3).
+
+Reading gives each split twice: `pixels`, the stored uint8 images, which the training input pipeline
+caches, shuffles and batches before converting whole batches, and `dataset`, the float32 [S, S, 3]
+images every other reader takes, converted image by image with the same train.data.pixels functions
+(`serve.preprocess.resize` when the training image_size differs from the prepared size). At the
+prepared size a lossless record gives the directly decoded tensor rounded to whole gray levels (8-bit
+sources at that size: bit for bit the same tensor).
 """
 
 from __future__ import annotations
@@ -31,8 +39,14 @@ if TYPE_CHECKING:
 MANIFEST_NAME = "manifest.json"
 STATE_NAME = "prepare_state.json"
 FORMAT = "medimg-prepared-tfrecord"
-FORMAT_VERSION = 1
-IMAGE_ENCODING = "png-uint8"
+# Version 2 added the raw and JPEG encodings and `channels`; version 1 folders (PNG only) still read.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+# The `image_encoding` setting of `prepare` -> what the manifest calls it.
+ENCODINGS = {"png": "png-uint8", "raw": "raw-uint8", "jpeg": "jpeg-q95"}
+DEFAULT_ENCODING = "png"
+JPEG_QUALITY = 95
+LOSSY_ENCODINGS = (ENCODINGS["jpeg"],)
 IMAGE_FEATURE = "image"
 LABEL_FEATURE = "label"
 ID_FEATURE = "id"
@@ -64,10 +78,17 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"{path} cannot be read ({error}); run `python -m train prepare` again") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format") != FORMAT or manifest.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(
-            f"{path} is not a medimg prepared folder of format version {FORMAT_VERSION} "
-            f"(format {manifest.get('format')!r}, version {manifest.get('format_version')!r}); prepare it again"
+            f"{path} is not a medimg prepared folder of format version {' or '.join(map(str, READABLE_VERSIONS))} "
+            f"(format {manifest.get('format')!r}, version {manifest.get('format_version')!r}); run "
+            "`python -m train prepare` into a new output_dir"
+        )
+    encoding = manifest.setdefault("image_encoding", ENCODINGS[DEFAULT_ENCODING])
+    if encoding not in ENCODINGS.values():
+        raise ValueError(
+            f"{path} stores images as {encoding!r}, which this medimg cannot read (it reads "
+            f"{', '.join(ENCODINGS.values())}); update medimg or run `python -m train prepare` into a new output_dir"
         )
     return manifest
 
@@ -103,25 +124,59 @@ def count_records(path: str | Path) -> int | None:
     return count
 
 
-def encode_image(image) -> tf.Tensor:
-    """PNG bytes of a float 0-255 [H, W, 3] image rounded to uint8; one gray channel when all channels are equal."""
+def encode_image(image, encoding: str = DEFAULT_ENCODING) -> tuple[tf.Tensor, tf.Tensor]:
+    """(stored value, channels) of a float 0-255 [H, W, 3] image rounded to uint8, one gray channel when all are equal.
+
+    encoding: a key of ENCODINGS. The stored value is PNG or JPEG bytes, or for `raw` the uint8 pixels
+    themselves ([H, W, 1] or [H, W, 3]; `record_bytes` makes them the record's bytes).
+    """
     import tensorflow as tf
 
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown image_encoding {encoding!r}; valid: {', '.join(ENCODINGS)}")
     pixels = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
-    gray = pixels[..., :1]
-    return tf.cond(
-        tf.reduce_all(tf.equal(pixels, gray)),
-        lambda: tf.io.encode_png(gray),
-        lambda: tf.io.encode_png(pixels),
-    )
+    gray = tf.reduce_all(tf.equal(pixels, pixels[..., :1]))
+
+    def stored(chosen):
+        if encoding == "png":
+            return tf.io.encode_png(chosen)
+        if encoding == "jpeg":
+            return tf.io.encode_jpeg(chosen, quality=JPEG_QUALITY, chroma_downsampling=False)
+        return chosen
+
+    value = tf.cond(gray, lambda: stored(pixels[..., :1]), lambda: stored(pixels))
+    return value, tf.where(gray, 1, 3)
 
 
-def serialize_example(png: bytes, label: np.ndarray, example_id: str) -> bytes:
-    """One tf.train.Example with the image PNG, the float label vector and the source id."""
+def record_bytes(value) -> bytes:
+    """The bytes a record stores for `encode_image`'s value (as NumPy gives it): raw pixels as row-major uint8."""
+    return value if isinstance(value, bytes) else np.ascontiguousarray(value, dtype=np.uint8).tobytes()
+
+
+def decode_pixels(data, encoding: str, stored_size: int, channels: int) -> tf.Tensor:
+    """A record's `image` bytes -> uint8 [stored_size, stored_size, channels] (gray records made RGB when channels=3)."""
+    import tensorflow as tf
+
+    if encoding == ENCODINGS["png"]:
+        pixels = tf.io.decode_png(data, channels=channels)
+    elif encoding == ENCODINGS["jpeg"]:
+        pixels = tf.io.decode_jpeg(data, channels=channels)
+    else:
+        pixels = tf.reshape(tf.io.decode_raw(data, tf.uint8), [stored_size, stored_size, -1])
+        if channels == 3:
+            pixels = tf.cond(
+                tf.equal(tf.shape(pixels)[-1], 1), lambda: tf.tile(pixels, [1, 1, 3]), lambda: tf.identity(pixels)
+            )
+    pixels.set_shape([stored_size, stored_size, channels])
+    return pixels
+
+
+def serialize_example(image: bytes, label: np.ndarray, example_id: str) -> bytes:
+    """One tf.train.Example with the stored image bytes, the float label vector and the source id."""
     import tensorflow as tf
 
     feature = {
-        IMAGE_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[png])),
+        IMAGE_FEATURE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
         LABEL_FEATURE: tf.train.Feature(
             float_list=tf.train.FloatList(value=np.asarray(label, dtype=np.float32).reshape(-1).tolist())
         ),
@@ -141,17 +196,6 @@ def parse_example(serialized, num_outputs: int) -> dict:
             ID_FEATURE: tf.io.FixedLenFeature([], tf.string, default_value=""),
         },
     )
-
-
-def decode_prepared_image(png, stored_size: int, image_size: int):
-    """Stored PNG -> float32 [image_size, image_size, 3] in 0-255, through serve.preprocess."""
-    from serve.preprocess import decode_image, resize
-
-    image = decode_image(png)
-    if image_size == stored_size:
-        image.set_shape([stored_size, stored_size, 3])
-        return image
-    return resize(image, image_size)
 
 
 def shard_paths(folder: str | Path, manifest: dict[str, Any], split: str) -> list[Path]:
@@ -174,6 +218,43 @@ def _records(paths: list[str], count: int | None, total: int):
     return records
 
 
+def split_pixels(
+    folder: str | Path,
+    manifest: dict[str, Any],
+    split: str,
+    *,
+    include_ids: bool = False,
+    count: int | None = None,
+) -> tf.data.Dataset:
+    """(uint8 pixels [s, s, C], label) elements of one prepared split as stored, or (id, pixels, label) with include_ids.
+
+    s is the prepared size and C the manifest's `channels`. count: read only this many records, spaced
+    evenly over the split (None = all).
+    """
+    import tensorflow as tf
+
+    paths = [str(path) for path in shard_paths(folder, manifest, split)]
+    num_outputs = int(manifest["num_outputs"])
+    stored_size = int(manifest["image_size"])
+    encoding = manifest["image_encoding"]
+    channels = int(manifest.get("channels", 3))
+
+    def decode(serialized):
+        example = parse_example(serialized, num_outputs)
+        pixels = decode_pixels(example[IMAGE_FEATURE], encoding, stored_size, channels)
+        if include_ids:
+            return example[ID_FEATURE], pixels, example[LABEL_FEATURE]
+        return pixels, example[LABEL_FEATURE]
+
+    if not paths:
+        return tf.data.Dataset.from_tensor_slices(tf.constant([], tf.string)).map(decode)
+    total = int(manifest["splits"][split]["count"])
+    records = _records(paths, count, total)
+    dataset = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    # The manifest knows the exact count; Keras then knows the steps per epoch from the first epoch on.
+    return dataset.apply(tf.data.experimental.assert_cardinality(min(total, count) if count is not None else total))
+
+
 def split_records(
     folder: str | Path,
     manifest: dict[str, Any],
@@ -185,28 +266,25 @@ def split_records(
 ) -> tf.data.Dataset:
     """(image float32 [S, S, 3], label) elements of one prepared split, or (id, image, label) with include_ids.
 
-    count: read only this many records, spaced evenly over the split (None = all).
+    The stored pixels of `split_pixels`, made images one by one by train.data.pixels.to_images (resized
+    when image_size differs from the prepared size). count: as for split_pixels.
     """
     import tensorflow as tf
 
-    paths = [str(path) for path in shard_paths(folder, manifest, split)]
-    num_outputs = int(manifest["num_outputs"])
-    stored_size = int(manifest["image_size"])
+    from train.data.pixels import to_images
 
-    def decode(serialized):
-        example = parse_example(serialized, num_outputs)
-        image = decode_prepared_image(example[IMAGE_FEATURE], stored_size, image_size)
-        if include_ids:
-            return example[ID_FEATURE], image, example[LABEL_FEATURE]
-        return image, example[LABEL_FEATURE]
-
-    if not paths:
-        return tf.data.Dataset.from_tensor_slices(tf.constant([], tf.string)).map(decode)
-    total = int(manifest["splits"][split]["count"])
-    records = _records(paths, count, total)
-    dataset = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    # The manifest knows the exact count; Keras then knows the steps per epoch from the first epoch on.
-    return dataset.apply(tf.data.experimental.assert_cardinality(min(total, count) if count is not None else total))
+    pixels = split_pixels(folder, manifest, split, include_ids=include_ids, count=count)
+    if include_ids:
+        return pixels.map(
+            lambda example_id, image, label: (example_id, to_images(image, image_size), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+    return pixels.map(
+        lambda image, label: (to_images(image, image_size), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
 
 
 def _check_settings(manifest: dict[str, Any], folder: str | Path, image_size: int, view: str, validation_fraction):
@@ -261,7 +339,14 @@ def load_prepared(
     validation_fraction: float | None = None,
     **_: object,
 ) -> LoadedDataset:
-    """Wrap a prepared folder as a LoadedDataset; max_examples keeps an evenly spaced sample of each split, in proportion."""
+    """Wrap a prepared folder as a LoadedDataset; max_examples keeps an evenly spaced sample of each split, in proportion.
+
+    Each Split carries the stored `pixels` (which make_batches caches, shuffles and batches) and the float32
+    `dataset` made from them image by image.
+    """
+    import tensorflow as tf
+
+    from train.data.pixels import to_images
     from train.data.spec import LoadedDataset, Split
 
     folder = Path(folder)
@@ -277,23 +362,27 @@ def load_prepared(
         positives = np.array(manifest["splits"][split]["positives"], dtype=np.int64)
         if count < counts[split]:
             positives = _sample_positives(folder, manifest, split, count)
-        dataset = split_records(folder, manifest, split, image_size, count=count)
-        splits[split] = Split(dataset=dataset, count=count, positives=positives)
+        pixels = split_pixels(folder, manifest, split, count=count)
+        dataset = pixels.map(
+            lambda image, label: (to_images(image, image_size), label),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        splits[split] = Split(dataset=dataset, count=count, positives=positives, pixels=pixels)
         if split != "train" and manifest.get("examples"):
             splits[split].groups, splits[split].metadata = _examples_of(folder, manifest, split, count)
+    described = {
+        "source_digest": manifest["source_digest"],
+        "prepared_size": manifest["image_size"],
+        "image_size": image_size,
+        "max_examples": max_examples,
+        "counts": {split: splits[split].count for split in SPLIT_NAMES},
+    }
+    # PNG and raw records hold the same pixels, so the same data; JPEG's pixels differ a little.
+    if manifest["image_encoding"] in LOSSY_ENCODINGS:
+        described["image_encoding"] = manifest["image_encoding"]
     hasher = hashlib.sha256()
-    hasher.update(
-        json.dumps(
-            {
-                "source_digest": manifest["source_digest"],
-                "prepared_size": manifest["image_size"],
-                "image_size": image_size,
-                "max_examples": max_examples,
-                "counts": {split: splits[split].count for split in SPLIT_NAMES},
-            },
-            sort_keys=True,
-        ).encode()
-    )
+    hasher.update(json.dumps(described, sort_keys=True).encode())
     skipped = manifest.get("skipped", {})
     return LoadedDataset(
         name=name,

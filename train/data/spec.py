@@ -31,6 +31,10 @@ class Split:
     # The image files of a split read from files (None for generated, TFDS or prepared data): monitoring reads
     # their headers (size, bit depth, modality) for the model's reference.
     paths: list[str] | None = None
+    # The same elements as stored, when that is cheaper to cache, shuffle and batch than float32 (a prepared
+    # folder): (uint8 [s, s, C] pixels, label), which train.data.pixels.to_images makes `dataset`'s images.
+    # make_batches then converts whole batches; None: make_batches uses `dataset`.
+    pixels: tf.data.Dataset | None = None
 
 
 @dataclass
