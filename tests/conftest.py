@@ -37,6 +37,7 @@ LONGEST_FIRST = (
     "test_batch.py",
     "test_monitoring.py",
     "test_gpu_bench.py",
+    "test_feed.py",
     "test_clinical.py",
     "test_serving.py",
     "test_chestxray14.py",
