@@ -61,8 +61,10 @@ ui: setup
 	esac
 
 # Three workers on two cores: most long tests wait on subprocesses (mlflow run, servers) part of the time.
+# Files go out longest first (tests/conftest.py LONGEST_FIRST; --no-loadscope-reorder keeps xdist from
+# reordering them by test count), and the 25 slowest tests are printed at the end.
 test: setup
-	$(RUN) python -m pytest -n 3 --dist loadfile
+	$(RUN) python -m pytest -n 3 --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: setup
 	$(BIN)/ruff check .

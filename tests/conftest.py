@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import sys
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import audited_runner, free_port, load_pyfunc, running_server
+from serving_helpers import MODEL_NAME, audited_runner, free_port, load_pyfunc, running_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,28 +26,32 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
 # make test runs the files on three pytest-xdist workers, a file per worker at a time (--dist loadfile).
-# The longest files start first, so that none of them is left alone at the end.
+# The longest files start first, so that none of them is left alone at the end (ranked by `--durations`
+# of a whole run; make test passes --no-loadscope-reorder, else xdist would order files by test count).
 LONGEST_FIRST = (
-    "test_mlflow_server.py",
-    "test_pipeline.py",
     "test_first_run.py",
+    "test_pipeline.py",
+    "test_mlflow_server.py",
     "test_tune.py",
     "test_training.py",
     "test_evaluate.py",
-    "test_dicom.py",
-    "test_pacs.py",
     "test_batch.py",
-    "test_monitoring.py",
     "test_gpu_bench.py",
-    "test_feed.py",
     "test_clinical.py",
-    "test_serving.py",
-    "test_chestxray14.py",
-    "test_app.py",
+    "test_dicom.py",
     "test_s3_artifacts.py",
-    "test_tracking.py",
+    "test_feed.py",
+    "test_chestxray14.py",
+    "test_pacs.py",
     "test_explain.py",
+    "test_tracking.py",
+    "test_serving.py",
     "test_promote.py",
+    "test_models.py",
+    "test_prepare.py",
+    "test_app.py",
+    "test_cli.py",
+    "test_monitoring.py",
 )
 
 
@@ -254,22 +260,31 @@ def spot_app(spot_model, tmp_path_factory) -> dict:
 # The trained served model: one tiny model, trained, registered and served once per session for every test that needs it.
 
 
-@pytest.fixture(scope="session")
-def registered_model(tmp_path_factory):
-    """One tiny model trained in-process, registered as MODEL_NAME with the alias `champion`.
+@contextlib.contextmanager
+def shared_by_workers(tmp_path_factory, worker_id: str, name: str):
+    """A folder that every pytest-xdist worker of this session sees, held under an exclusive lock: the first worker
+    to get it fills it, the others wait and find it filled. Without xdist, a folder of the session."""
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent
+    folder = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            folder.mkdir(exist_ok=True)
+            yield folder
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
-    The tracking store is the fixture's own; MLFLOW_TRACKING_URI is set only while training, so the tests
-    that run after the first user of this fixture keep the environment they expect.
-    """
+
+def train_registered_model(tracking_uri: str) -> str:
+    """Train the tiny served model in-process into `tracking_uri`, register it with the alias `champion`; its run id."""
     import mlflow
     from mlflow.tracking import MlflowClient
-    from serving_helpers import MODEL_NAME
 
     from train.job.trainer import train
     from train.settings import MainSettings
 
-    directory = tmp_path_factory.mktemp("tracking")
-    tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)
@@ -288,6 +303,25 @@ def registered_model(tmp_path_factory):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
+    return run_id
+
+
+@pytest.fixture(scope="session")
+def registered_model(tmp_path_factory, worker_id):
+    """One tiny model trained in-process, registered as MODEL_NAME with the alias `champion`.
+
+    Trained once per test session, by the first worker that needs it; each worker then gets its own copy of the
+    tracking database (the artifacts, written once, are shared), so the runs its tests add stay its own.
+    MLFLOW_TRACKING_URI is set only while training, so later tests keep the environment they expect.
+    """
+    with shared_by_workers(tmp_path_factory, worker_id, "registered_model") as shared:
+        trained = shared / "run_id"
+        if not trained.exists():
+            trained.write_text(train_registered_model(f"sqlite:///{shared / 'mlflow.db'}"))
+        run_id = trained.read_text()
+        directory = tmp_path_factory.mktemp("tracking")
+        shutil.copyfile(shared / "mlflow.db", directory / "mlflow.db")
+    tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
     return {"tracking_uri": tracking_uri, "run_id": run_id, "uri": f"models:/{MODEL_NAME}@champion"}
 
 

@@ -123,7 +123,8 @@ def test_unknown_registered_model_exits_2(tracking_uri, capsys):
 
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory):
-    """A module-wide sqlite tracking store with one binary and one multilabel model trained on synthetic data."""
+    """A module-wide sqlite tracking store with one binary model trained on synthetic data (test_training evaluates a
+    multilabel run right after training it)."""
     import mlflow
 
     from train.job.trainer import train
@@ -151,18 +152,7 @@ def tracking(tmp_path_factory):
     ).run_id
     client = MlflowClient(tracking_uri)
     client.set_registered_model_alias("evaluated", "champion", "1")
-    multilabel = train(
-        MainSettings.from_dict(
-            {
-                "image_size": "32",
-                "epochs": "1",
-                "batch_size": "16",
-                "max_examples": "120",
-                "synthetic_task": "multilabel",
-            }
-        )
-    ).run_id
-    yield {"uri": tracking_uri, "client": client, "binary": binary, "multilabel": multilabel}
+    yield {"uri": tracking_uri, "client": client, "binary": binary}
     mlflow.set_tracking_uri(None)
     if previous is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -225,30 +215,6 @@ def test_mlflow_run_evaluate_on_the_champion_logs_metrics_plots_and_tags(trackin
     for name in ("roc_curves.png", "confusion_matrix.png", "samples.png", "gradcam.png"):
         with Image.open(os.path.join(local, name)) as image:
             assert image.format == "PNG" and min(image.size) > 100, name
-
-
-@pytest.mark.slow
-def test_evaluate_multilabel_run_uri_logs_per_label_metrics(tracking, capsys):
-    import mlflow
-
-    client = tracking["client"]
-    mlflow.set_experiment("evaluations")
-    uri = f"runs:/{tracking['multilabel']}/model"
-    assert train_cli(["evaluate", "--model-uri", uri, "--split", "val", "--threshold", "0.4"]) == 0
-    run = client.get_run(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"])
-    metrics = run.data.metrics
-    for label in ("dots", "ring", "stripes"):
-        for name in ("auroc", "precision", "recall", "f1"):
-            assert 0.0 <= metrics[f"val_{name}_{label}"] <= 1.0, (name, label)
-    assert metrics["val_mean_auroc"] == pytest.approx(
-        np.mean([metrics[f"val_auroc_{label}"] for label in ("dots", "ring", "stripes")])
-    )
-    assert 0.0 <= metrics["val_exact_match"] <= 1.0
-    assert run.data.tags["medimg.source_run_id"] == tracking["multilabel"]
-    assert run.data.tags["medimg.split"] == "val"
-    assert artifact_paths(client, run.info.run_id) >= PLOTS
-    matrix = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/metrics/confusion_matrix.json")["matrices"]
-    assert np.asarray(matrix).shape == (3, 2, 2)
 
 
 @pytest.mark.slow

@@ -456,6 +456,48 @@ def test_training_survives_the_server_being_killed_and_restarted(server, repo_ro
 
 @pytest.mark.slow
 @requires_postgres
+def test_logger_keeps_metrics_while_a_real_server_is_killed_and_restarted(server):
+    """ResilientLogger alone (the training above uses it): metrics logged while the server is down arrive after."""
+    from mlflow import MlflowClient
+
+    from train.tracking.resilience import ResilientLogger, server_is_up, wait_for_server
+
+    client = MlflowClient(server.tracking_uri)
+    run_id = client.create_run(experiment(server, "resilient")).info.run_id
+    logger = ResilientLogger(run_id, client=client, initial_backoff_s=0.2, max_backoff_s=1.0)
+    logger.log_metrics({"loss": 1.0, "val_auroc": 0.5}, step=0)
+    assert logger.pending_count == 0
+
+    os.killpg(launcher.status(server.data_dir).server_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while server_is_up(server.tracking_uri, timeout_s=1) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server_is_up(server.tracking_uri, timeout_s=1) is False
+    for step in (1, 2, 3):
+        logger.log_metrics({"loss": 1.0 / (step + 1), "val_auroc": 0.5 + step / 10}, step=step)
+    assert logger.pending_count == 6
+
+    restarted = launcher.up(server.data_dir)
+    assert restarted.tracking_uri == server.tracking_uri
+    wait_for_server(server.tracking_uri, timeout_s=60)
+    logger.log_metrics({"loss": 0.2, "val_auroc": 0.9}, step=4)
+    assert logger.flush(timeout_s=60) is True
+
+    history = client.get_metric_history(run_id, "loss")
+    assert sorted((metric.step, metric.value) for metric in history) == [
+        (0, 1.0),
+        (1, 0.5),
+        (2, 1.0 / 3),
+        (3, 0.25),
+        (4, 0.2),
+    ]
+    assert sorted(metric.step for metric in client.get_metric_history(run_id, "val_auroc")) == [0, 1, 2, 3, 4]
+    client.set_terminated(run_id)
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+@requires_postgres
 def test_basic_auth_server_needs_credentials_and_down_leaves_no_process(monkeypatch, repo_root):
     data_dir = make_data_dir("medimg-mlflow-auth-")
     try:

@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -23,7 +22,6 @@ from mlflow_server.postgres import PostgresCluster
 
 BUCKET = "medimg-test-artifacts"
 PREFIX = "mlflow"
-TRAINING_TIMEOUT_S = 600
 
 pytestmark = [
     pytest.mark.slow,
@@ -135,50 +133,29 @@ def test_logged_artifact_is_stored_in_the_bucket_under_the_prefix(tracking_serve
     assert Path(downloaded).read_text() == "stored in S3\n"
 
 
-def test_mlflow_run_training_stores_its_model_in_the_bucket(tracking_server, s3_server, repo_root, tmp_path):
+def test_a_training_run_stores_its_model_in_the_bucket(tracking_server, s3_server, monkeypatch):
     from mlflow import MlflowClient
 
     from aws.cost import estimate
 
     client = MlflowClient(tracking_server.tracking_uri)
     experiment_id = client.create_experiment(f"s3-training-{uuid.uuid4().hex[:8]}")
-    environment = dict(os.environ)
-    # `mlflow run --env-manager local` runs `python -m train ...`, which must be this interpreter.
-    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment.get('PATH', '')}"
-    environment["MLFLOW_TRACKING_URI"] = tracking_server.tracking_uri
-    environment["MEDIMG_INSTANCE_TYPE"] = "g5.xlarge"
-    environment.pop("MEDIMG_HOURLY_PRICE_USD", None)
-    command = [sys.executable, "-m", "mlflow", "run", str(repo_root), "--env-manager", "local"]
-    command += ["--experiment-id", experiment_id]
-    for name, value in {
-        "dataset": "synthetic",
-        "model": "small_cnn",
-        "image_size": 32,
-        "batch_size": 16,
-        "max_examples": 64,
-        "epochs": 1,
-    }.items():
-        command += ["-P", f"{name}={value}"]
-    log = tmp_path / "training.log"
-    with open(log, "wb") as handle:
-        process = subprocess.Popen(
-            command,
-            cwd=repo_root,
-            env=environment,
-            stdin=subprocess.DEVNULL,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.tracking_uri)
+    monkeypatch.setenv("MEDIMG_INSTANCE_TYPE", "g5.xlarge")
+    monkeypatch.delenv("MEDIMG_HOURLY_PRICE_USD", raising=False)
+    # `python -m train main` in-process, as `mlflow run` starts it (test_training runs the entry point itself).
+    import mlflow
+
+    from train.__main__ import main as train_cli
+
+    mlflow.set_tracking_uri(tracking_server.tracking_uri)
     try:
-        process.wait(timeout=TRAINING_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    assert process.returncode == 0, (
-        f"mlflow run exited with {process.returncode}:\n{log.read_text(errors='replace')[-4000:]}"
-    )
+        mlflow.set_experiment(experiment_id=experiment_id)
+        settings = {"dataset": "synthetic", "model": "small_cnn", "image_size": 32, "batch_size": 16}
+        settings.update({"max_examples": 64, "epochs": 1})
+        assert train_cli(["main", *(f"--{key.replace('_', '-')}={value}" for key, value in settings.items())]) == 0
+    finally:
+        mlflow.set_tracking_uri(None)
 
     (run,) = client.search_runs([experiment_id])
     run_keys = _keys(s3_server, run.info.run_id)

@@ -95,7 +95,7 @@ def test_model_logged_from_code_predicts_like_the_registered_one(loaded_model, i
     """serve/model_code.py (models from code, no cloudpickle) gives the same model as the logged one."""
     import mlflow
 
-    from serve.pyfunc import CONFIG_ARTIFACT, MODEL_ARTIFACT, MODEL_CODE_PATH
+    from serve.pyfunc import CONFIG_ARTIFACT, MODEL_ARTIFACT, MODEL_CODE_PATH, serving_requirements
 
     repo_root = Path(__file__).resolve().parents[1]
     classifier = loaded_model.unwrap_python_model()
@@ -109,6 +109,8 @@ def test_model_logged_from_code_predicts_like_the_registered_one(loaded_model, i
             python_model=str(MODEL_CODE_PATH),
             artifacts={MODEL_ARTIFACT: str(keras_path), CONFIG_ARTIFACT: str(config_path)},
             code_paths=[str(repo_root / "serve"), str(repo_root / "models")],
+            # Pinned as log_classifier pins them: inferring requirements would load the model in a subprocess.
+            pip_requirements=serving_requirements(),
         )
     frame = pd.DataFrame({"image": [encode(path) for path in image_files.values()]})
     from_code = mlflow.pyfunc.load_model(info.model_uri).predict(frame)

@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import socket
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -258,56 +253,6 @@ def test_wait_for_server_passes_for_database_stores_and_times_out_on_a_dead_port
     assert server_is_up(dead_uri, timeout_s=1) is False
     with pytest.raises(TimeoutError, match="did not answer /health"):
         wait_for_server(dead_uri, timeout_s=0.5, poll_s=0.1)
-
-
-@pytest.mark.slow
-def test_logger_keeps_metrics_while_a_real_server_is_killed_and_restarted(postgres_bin):
-    from mlflow import MlflowClient
-
-    from mlflow_server import launcher
-
-    # The `postgres` user must reach the folder when tests run as root; pytest's tmp root is 0700.
-    data_dir = Path(tempfile.mkdtemp(prefix="medimg-tracking-"))
-    data_dir.chmod(0o755)
-    try:
-        info = launcher.up(data_dir, workers=1)
-        client = MlflowClient(info.tracking_uri)
-        run_id = client.create_run(client.create_experiment("resilient")).info.run_id
-        logger = ResilientLogger(run_id, client=client, initial_backoff_s=0.2, max_backoff_s=1.0)
-        logger.log_metrics({"loss": 1.0, "val_auroc": 0.5}, step=0)
-        assert logger.pending_count == 0
-
-        os.killpg(info.server_pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while server_is_up(info.tracking_uri, timeout_s=1) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert server_is_up(info.tracking_uri, timeout_s=1) is False
-        for step in (1, 2, 3):
-            logger.log_metrics({"loss": 1.0 / (step + 1), "val_auroc": 0.5 + step / 10}, step=step)
-        assert logger.pending_count == 6
-
-        restarted = launcher.up(data_dir, workers=1)
-        assert restarted.tracking_uri == info.tracking_uri
-        wait_for_server(info.tracking_uri, timeout_s=60)
-        logger.log_metrics({"loss": 0.2, "val_auroc": 0.9}, step=4)
-        assert logger.flush(timeout_s=60) is True
-
-        history = client.get_metric_history(run_id, "loss")
-        assert sorted((metric.step, metric.value) for metric in history) == [
-            (0, 1.0),
-            (1, 0.5),
-            (2, 1.0 / 3),
-            (3, 0.25),
-            (4, 0.2),
-        ]
-        assert sorted(metric.step for metric in client.get_metric_history(run_id, "val_auroc")) == [0, 1, 2, 3, 4]
-        client.set_terminated(run_id)
-        assert client.get_run(run_id).info.status == "FINISHED"
-    finally:
-        try:
-            launcher.down(data_dir)
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_medimg_runs_mark_their_experiment_as_model_training_but_keep_a_kind_a_user_set(tracking_uri):

@@ -210,7 +210,7 @@ def test_imagefolder_with_unreadable_files_completes_and_reports_skips(tracking_
 
 
 @pytest.mark.slow
-def test_multilabel_run_logs_per_class_auroc(tracking_uri):
+def test_multilabel_run_logs_per_class_auroc_and_evaluate_scores_each_label(tracking_uri, capsys):
     import mlflow
 
     from train.job.trainer import train
@@ -229,3 +229,25 @@ def test_multilabel_run_logs_per_class_auroc(tracking_uri):
     table = json.loads(mlflow.artifacts.load_text(f"runs:/{run_id}/metrics/test_classes.json"))
     assert table["columns"][0] == "class" and {"auroc", "auroc_ci_low", "auroc_ci_high"} <= set(table["columns"])
     assert [row[0] for row in table["data"]] == ["dots", "ring", "stripes"]
+
+    # `python -m train evaluate` of that run, in-process, on its validation split: per-label metrics.
+    from train.__main__ import main as train_cli
+
+    mlflow.set_experiment("evaluations")
+    uri = f"runs:/{run_id}/model"
+    assert train_cli(["evaluate", "--model-uri", uri, "--split", "val", "--threshold", "0.4"]) == 0
+    evaluated = client.get_run(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_id"])
+    metrics = evaluated.data.metrics
+    for label in ("dots", "ring", "stripes"):
+        for name in ("auroc", "precision", "recall", "f1"):
+            assert 0.0 <= metrics[f"val_{name}_{label}"] <= 1.0, (name, label)
+    assert metrics["val_mean_auroc"] == pytest.approx(
+        np.mean([metrics[f"val_auroc_{label}"] for label in ("dots", "ring", "stripes")])
+    )
+    assert 0.0 <= metrics["val_exact_match"] <= 1.0
+    assert evaluated.data.tags["medimg.source_run_id"] == run_id
+    assert evaluated.data.tags["medimg.split"] == "val"
+    plots = {"plots/roc_curves.png", "plots/confusion_matrix.png", "plots/samples.png", "plots/gradcam.png"}
+    assert artifact_paths(client, evaluated.info.run_id) >= plots
+    matrix = mlflow.artifacts.load_dict(f"runs:/{evaluated.info.run_id}/metrics/confusion_matrix.json")["matrices"]
+    assert np.asarray(matrix).shape == (3, 2, 2)
