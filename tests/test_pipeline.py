@@ -219,17 +219,71 @@ def test_a_clearly_worse_challenger_is_not_promoted_and_the_reason_says_why(stor
     assert latest.data.tags["mlflow.note.content"].startswith("chest version 2 was not promoted:")
 
 
-@pytest.mark.slow
-def test_a_better_challenger_is_promoted_and_the_old_champion_becomes_previous(store, monkeypatch):
+@pytest.fixture(scope="module")
+def better_challenger(store) -> str:
+    """A challenger trained in-process with more capacity and epochs than version 1: the run id."""
     import mlflow
 
-    assert pipeline_in_process(store, monkeypatch, "epochs=3", "learning_rate=0.003", "convolutions=2") == 0
-    assert aliases(store.client, "chest") == {"champion": "3", "challenger": "2", "previous": "1"}
-    version = store.client.get_model_version("chest", "3")
+    from train.job.trainer import train
+    from train.settings import MainSettings
+
+    mlflow.set_tracking_uri(store.uri)
+    try:
+        mlflow.set_experiment("pipeline")
+        settings = MainSettings.from_dict({**TINY, "epochs": "3", "learning_rate": "0.003", "convolutions": "2"})
+        return train(settings).run_id
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.slow
+def test_a_step_that_fails_after_registering_moves_no_alias_and_leaves_no_version(
+    store, better_challenger, monkeypatch
+):
+    """The serving Dockerfile fails: @champion stays, the new version (3) is deleted again, exit 1 tagged as a
+    failure. The registry keeps the number of a deleted version: the next one registered is 4."""
+    import mlflow
+
+    import train.release.pipeline as pipeline_module
+    from train.__main__ import main
+
+    before = aliases(store.client, "chest")
+    versions = len(store.client.search_model_versions("name='chest'"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
+    project_run = store.client.create_run(store.client.get_experiment_by_name("pipeline").experiment_id)
+
+    class FailingMlflowCommands:
+        """subprocess for the pipeline module only: `mlflow models generate-dockerfile` fails."""
+
+        @staticmethod
+        def run(command, **options):
+            return subprocess.CompletedProcess(command, 1, "", "MlflowException: no space left on device\n")
+
+    monkeypatch.setattr(pipeline_module, "subprocess", FailingMlflowCommands)
+    monkeypatch.setenv("MLFLOW_RUN_ID", project_run.info.run_id)
+    mlflow.set_tracking_uri(store.uri)
+    try:
+        code = main(["pipeline", "--registered-model", "chest", "--challenger", better_challenger, "--margin", "0.5"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert code == 1
+    assert aliases(store.client, "chest") == before
+    assert len(store.client.search_model_versions("name='chest'")) == versions
+    tags = store.client.get_run(project_run.info.run_id).data.tags
+    assert "generate-dockerfile failed" in tags["medimg.failure"] and "medimg.config_error" not in tags
+
+
+@pytest.mark.slow
+def test_a_better_challenger_is_promoted_and_the_old_champion_becomes_previous(store, better_challenger, monkeypatch):
+    import mlflow
+
+    assert pipeline_in_process(store, monkeypatch, f"challenger={better_challenger}") == 0
+    assert aliases(store.client, "chest") == {"champion": "4", "challenger": "2", "previous": "1"}
+    version = store.client.get_model_version("chest", "4")
     mlflow.set_tracking_uri(store.uri)
     card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
     mlflow.set_tracking_uri(None)
-    assert card.startswith("# Model card: chest version 3")
+    assert card.startswith("# Model card: chest version 4")
     assert "test_auroc = " in card and "95% CI" in card and "| finding | positives / negatives | AUROC (95% CI)" in card
     assert "mlflow run . --env-manager local -P model=small_cnn -P dataset=synthetic" in card
     assert "-e pipeline -P registered_model=chest" in card
@@ -263,51 +317,8 @@ def test_rollback_restores_the_previous_champion(store):
         command, capture_output=True, text=True, env=mlflow_env(store.uri), cwd=store.repo_root, timeout=300
     )
     assert result.returncode == 0, result.stderr
-    assert aliases(store.client, "chest") == {"champion": "1", "challenger": "2", "previous": "3"}
+    assert aliases(store.client, "chest") == {"champion": "1", "challenger": "2", "previous": "4"}
     assert json.loads(result.stdout.strip().splitlines()[-1])["action"] == "rollback"
-
-
-@pytest.mark.slow
-def test_a_step_that_fails_after_registering_moves_no_alias_and_leaves_no_version(store, monkeypatch):
-    """The serving Dockerfile fails: @champion stays, the new version is deleted again, exit 1 tagged as a failure."""
-    import mlflow
-
-    import train.release.pipeline as pipeline_module
-    from train.__main__ import main
-    from train.job.trainer import train
-    from train.settings import MainSettings
-
-    before = aliases(store.client, "chest")
-    versions = len(store.client.search_model_versions("name='chest'"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
-    mlflow.set_tracking_uri(store.uri)
-    try:
-        challenger = train(
-            MainSettings.from_dict({**TINY, "epochs": "3", "learning_rate": "0.003", "convolutions": "2"})
-        )
-        project_run = store.client.create_run(store.client.get_experiment_by_name("pipeline").experiment_id)
-    finally:
-        mlflow.set_tracking_uri(None)
-
-    class FailingMlflowCommands:
-        """subprocess for the pipeline module only: `mlflow models generate-dockerfile` fails."""
-
-        @staticmethod
-        def run(command, **options):
-            return subprocess.CompletedProcess(command, 1, "", "MlflowException: no space left on device\n")
-
-    monkeypatch.setattr(pipeline_module, "subprocess", FailingMlflowCommands)
-    monkeypatch.setenv("MLFLOW_RUN_ID", project_run.info.run_id)
-    mlflow.set_tracking_uri(store.uri)
-    try:
-        code = main(["pipeline", "--registered-model", "chest", "--challenger", challenger.run_id, "--margin", "0.5"])
-    finally:
-        mlflow.set_tracking_uri(None)
-    assert code == 1
-    assert aliases(store.client, "chest") == before
-    assert len(store.client.search_model_versions("name='chest'")) == versions
-    tags = store.client.get_run(project_run.info.run_id).data.tags
-    assert "generate-dockerfile failed" in tags["medimg.failure"] and "medimg.config_error" not in tags
 
 
 @pytest.mark.slow

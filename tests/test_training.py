@@ -116,8 +116,8 @@ def trained_run(tmp_path_factory):
     mlflow.set_experiment("learnability")
     config = MainSettings.from_dict(
         {
-            "image_size": "48",
-            "epochs": "6",
+            "image_size": "32",
+            "epochs": "4",
             "batch_size": "32",
             "seed": "0",
             "learning_rate": "0.003",
@@ -161,7 +161,7 @@ def test_logged_model_predicts_like_keras(trained_run, tmp_path):
     classifier = served.unwrap_python_model()
     from serve.preprocess import load_image_tensor
 
-    raw = classifier.model.predict(np.asarray(load_image_tensor(path.read_bytes(), 48))[None], verbose=0)
+    raw = classifier.model.predict(np.asarray(load_image_tensor(path.read_bytes(), 32))[None], verbose=0)
     # The served probability is the Keras output mapped through the calibration stored with the model.
     expected = classifier.calibrated(raw)
     assert abs(float(output["parasitized"][0]) - float(expected[0, 0])) < 1e-5
