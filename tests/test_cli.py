@@ -133,3 +133,16 @@ def test_kubernetes_quoting_is_undone(raw, expected):
     from train.settings import unquote
 
     assert unquote(raw) == expected
+
+
+def test_samples_help_prints_usage_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """`python -m train.samples --help` once wrote the samples into a folder named `--help`."""
+    from train.samples import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as finished:
+        main(["--help"])
+    assert finished.value.code == 0 and "usage: python -m train.samples" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+    assert main([str(tmp_path / "out")]) == 0
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["cell.dcm", "cell.jpg", "cell.png"]

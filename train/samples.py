@@ -66,6 +66,17 @@ def write_samples(folder: str | Path) -> list[Path]:
     return written
 
 
-if __name__ == "__main__":
-    for written_path in write_samples(sys.argv[1] if len(sys.argv) > 1 else "samples"):
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m train.samples", description="Write a PNG, a JPEG and a DICOM of synthetic cells for the demo."
+    )
+    parser.add_argument("folder", nargs="?", default="samples", help="where to write them (default: samples)")
+    for written_path in write_samples(parser.parse_args(argv).folder):
         print(written_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
