@@ -70,12 +70,13 @@ SERVING_PACKAGES = (
     "pandas",
     "pillow",
     "pydicom",
-    # pydicom's pixel-data plugins: JPEG baseline/extended/lossless and JPEG-LS (libjpeg),
-    # JPEG 2000 and HTJ2K (openjpeg), fast RLE (rle).
+    # pydicom's pixel-data plugins: JPEG 2000 and HTJ2K (openjpeg), fast RLE (rle), JPEG Lossless,
+    # 12-bit JPEG and JPEG-LS (GDCM, CharLS). Not the GPLv3 libjpeg: a served model ships without it.
     "pylibjpeg",
-    "pylibjpeg-libjpeg",
     "pylibjpeg-openjpeg",
     "pylibjpeg-rle",
+    "python-gdcm",
+    "pyjpegls",
 )
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +126,7 @@ def test_every_lossless_transfer_syntax_decodes_to_the_same_array(variants):
             "TransferSyntaxUID" in getattr(dataset, "file_meta", {})
             and dataset.file_meta.TransferSyntaxUID.is_encapsulated
         ):
-            # The plugin family the served model installs decodes it on its own (GDCM is only a test writer).
+            # pylibjpeg (libjpeg included) decodes every one of them on its own, where it is installed.
             assert pixel_array(dataset, decoding_plugin="pylibjpeg").shape == (48, 40), name
     expected_syntaxes = {JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEG2000Lossless, HTJ2KLossless, RLELossless}
     written = {
@@ -145,12 +147,44 @@ def test_pydicom_files_of_one_mr_image_in_every_syntax_agree():
         )
 
 
-def test_serving_requirements_pin_the_pixel_data_plugins():
+def test_serving_requirements_pin_the_pixel_data_plugins_and_no_gpl_decoder():
     from serve.pyfunc import serving_requirements
 
     pinned = {line.split("==")[0] for line in serving_requirements()}
-    assert {"pydicom", "pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle"} <= pinned
+    assert {"pydicom", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "python-gdcm", "pyjpegls"} <= pinned
+    assert "pylibjpeg-libjpeg" not in pinned
     assert all("==" in line for line in serving_requirements())
+
+
+def test_every_lossless_transfer_syntax_decodes_the_same_without_the_gpl_decoder(variants):
+    """What a served model and the images ship without libjpeg (GPLv3): GDCM and CharLS take its syntaxes."""
+    reference = decode_array(variants[ExplicitVRLittleEndian].read_bytes())
+    paths = {name: str(path) for name, path in variants.items()}
+    # As if pylibjpeg-libjpeg were not installed: its entry points (the plugins pylibjpeg finds) are hidden.
+    script = """
+import importlib.metadata, json, sys
+from pathlib import Path
+import numpy as np
+everything = importlib.metadata.entry_points
+def entry_points(**selection):
+    found = everything(**selection)
+    return type(found)(point for point in found if not point.value.startswith("libjpeg"))
+importlib.metadata.entry_points = entry_points
+from serve.preprocess import decode_array
+import pylibjpeg.utils
+assert all(not decoder.__module__.startswith("libjpeg") for decoder in pylibjpeg.utils.get_pixel_data_decoders().values())
+paths = json.loads(sys.argv[1])
+np.savez(sys.argv[2], **{name: decode_array(Path(path).read_bytes()) for name, path in paths.items()})
+"""
+    output = Path(variants[ExplicitVRLittleEndian]).parent / "without_libjpeg.npz"
+    result = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(paths), str(output)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    decoded = np.load(output)
+    assert set(decoded.files) == set(paths)
+    for name in paths:
+        np.testing.assert_allclose(decoded[name], reference, atol=1e-4, err_msg=name)
 
 
 # One decoder for training and serving.
