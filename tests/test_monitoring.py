@@ -196,15 +196,18 @@ def test_tracking_server_override_keeps_mlflows_allowed_hosts_and_adds_the_app()
     assert compose["services"]["app"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
 
-def test_app_image_installs_requirements_that_pin_what_the_model_and_the_app_import():
+def test_app_image_installs_the_serving_images_requirements_that_pin_what_the_model_and_the_app_import():
+    from serve.image import APP_PACKAGES
     from serve.pyfunc import SERVING_PACKAGES
 
     dockerfile = (MONITORING / "Dockerfile.app").read_text()
-    assert "COPY requirements.txt /tmp/requirements.txt" in dockerfile
-    assert "pip install --no-cache-dir -r /tmp/requirements.txt" in dockerfile
-    lines = (REPO_ROOT / "requirements.txt").read_text().splitlines()
+    assert "COPY docker/serving/requirements.txt /tmp/requirements.txt" in dockerfile
+    assert "python -m pip install -r /tmp/requirements.txt" in dockerfile
+    lines = (REPO_ROOT / "docker" / "serving" / "requirements.txt").read_text().splitlines()
     pinned = {line.split("==")[0].lower() for line in lines if "==" in line and not line.startswith("#")}
-    assert pinned >= {*SERVING_PACKAGES, "fastapi", "uvicorn", "python-multipart", "prometheus_client"}
+    substitutes = {"tensorflow": "tensorflow-cpu", "mlflow": "mlflow-skinny"}
+    assert pinned >= {substitutes.get(name, name) for name in (*SERVING_PACKAGES, *APP_PACKAGES)}
+    assert "pylibjpeg-libjpeg" not in pinned
 
 
 # Prometheus's own tools on the rules, the configuration and the exposition.
