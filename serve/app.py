@@ -7,7 +7,9 @@ the model's own pyfunc, the same bytes-to-answer path as `mlflow models serve`; 
 the model's params (`explain`, `explain_class`, `threshold`, ...). `GET /info` the model, its
 classes and its monitoring (reference `available` or `none`, window, figures), `GET /health`,
 `GET /metrics` (Prometheus, with the drift gauges of serve.monitoring over the last
-`--monitoring-window` answers). Uploaded images are never written to disk or logs.
+`--monitoring-window` answers), and MLflow's scoring protocol on the same loaded model (`POST /invocations`,
+`GET /ping`, `GET /version`, answered by MLflow's own scoring app exactly as `mlflow models serve` answers).
+Uploaded images are never written to disk or logs.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at run time.
@@ -39,6 +41,7 @@ DEFAULT_MAX_UPLOAD_MB = 50
 DEFAULT_MONITORING_WINDOW = 500
 STATIC_DIR = Path(__file__).resolve().with_name("static")
 MODEL_ENVIRONMENT = "MEDIMG_MODEL_URI"
+PORT_ENVIRONMENT = "MEDIMG_PORT"
 # The tracking server's convention (mlflow_server/): MLFLOW_AUTH=true turns auth on; clients log in with
 # MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD; compose hands the admin password over as a file.
 AUTH_ENVIRONMENT = "MLFLOW_AUTH"
@@ -47,7 +50,7 @@ PASSWORD_ENVIRONMENT = "MLFLOW_TRACKING_PASSWORD"
 PASSWORD_FILE_ENVIRONMENT = "MLFLOW_ADMIN_PASSWORD_FILE"
 DEFAULT_USERNAME = "admin"
 # Routes that answer without a password: container health checks cannot log in.
-PUBLIC_ROUTES = ("/health",)
+PUBLIC_ROUTES = ("/health", "/ping")
 # Bytes read and thrown away after an oversize upload, so the client sees the 413 instead of a reset.
 DRAIN_BYTES = 256 * 1024 * 1024
 UPLOAD_FIELD = "file"
@@ -432,7 +435,16 @@ def create_app(
         return JSONResponse(answer, headers=NO_STORE, background=watch)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    mount_mlflow_protocol(app, served)
     return app
+
+
+def mount_mlflow_protocol(app, served: ServedModel) -> None:
+    """MLflow's own scoring app (/invocations, /ping, /version) on the same loaded model, mounted last so that the
+    app's routes win (/health answers with the model's name and version, still 200 when ready)."""
+    from mlflow.pyfunc.scoring_server import init as mlflow_scoring_app
+
+    app.mount("/", mlflow_scoring_app(served.pyfunc), name="mlflow")
 
 
 def observe_upload(monitor, row: dict, data: bytes) -> None:
@@ -479,7 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--host", default=DEFAULT_HOST, help=f"interface to bind (default: {DEFAULT_HOST}; 0.0.0.0 for all)"
     )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=os.environ.get(PORT_ENVIRONMENT, DEFAULT_PORT),
+        help=f"port (default: ${PORT_ENVIRONMENT}, else {DEFAULT_PORT})",
+    )
     parser.add_argument(
         "--max-upload-mb",
         type=float,

@@ -8,7 +8,7 @@
 | `models:/NAME` | `NAME@champion` when that alias is set, else the newest version |
 | `models:/m-<id>` | a logged model (MLflow 3), registered or not |
 | `runs:/<run id>/<path>` | the model a run logged under `path` |
-| a folder, `file://`, `s3://`, ... | that model folder; no registry information |
+| a folder, `file://`, `s3://`, ... | that model folder; registry information only from its `medimg_registered_model.json` (a serving image's copy) |
 
 `evaluate`, `pipeline`, `promote`, `batch`, `python -m serve.app`, `python -m serve.client --serve` and
 `python -m serve.pacs` all resolve through `resolve_model_uri`, so one URI scores one version everywhere.
@@ -19,9 +19,11 @@ Stages (`models:/NAME/Production`) are not used by medimg: use an alias.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 CHAMPION_ALIAS = "champion"
 LATEST = "latest"
@@ -29,6 +31,9 @@ MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 REGISTRY_URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>[^/@]+))?/?")
 RUN_URI = re.compile(r"runs:/(?P<run_id>[^/]+)(?P<path>/.*)?")
+# Written beside a registered version's files when they are copied out of the registry (a serving image): which
+# version they are, so that answers and /metrics still name it where no tracking store can be reached.
+IDENTITY_FILE = "medimg_registered_model.json"
 FORMS = "models:/<name>@<alias>, models:/<name>/<version>, models:/<name>, models:/<model id>, runs:/<run id>/model"
 
 
@@ -94,6 +99,8 @@ def resolve_model_uri(uri: str, client=None) -> ResolvedModel:
 
     check_model_uri(uri)
     text = uri.strip()
+    if (identity := _copied_identity(text)) is not None:
+        return identity
     if client is None:
         from mlflow.tracking import MlflowClient
 
@@ -112,6 +119,24 @@ def resolve_model_uri(uri: str, client=None) -> ResolvedModel:
     except MlflowException as error:
         raise ModelUriError(f"model URI {uri!r} does not resolve: {_first_line(error.message)}") from None
     return ResolvedModel(text, text)
+
+
+def write_identity(resolved: ResolvedModel, folder: str | Path) -> None:
+    """Record in a copied model folder which registered version it is (read back by resolve_model_uri)."""
+    stored = {key: value for key, value in asdict(resolved).items() if key not in ("load_uri", "aliases")}
+    stored["uri"] = f"models:/{resolved.name}/{resolved.version}" if resolved.name else resolved.uri
+    (Path(folder) / IDENTITY_FILE).write_text(json.dumps(stored, indent=2) + "\n", encoding="utf-8")
+
+
+def _copied_identity(text: str) -> ResolvedModel | None:
+    """The registered version a local model folder was copied from, when it says so; None for other URIs."""
+    folder = Path(text.removeprefix("file://"))
+    if "://" in text.removeprefix("file://") or not (folder / IDENTITY_FILE).is_file():
+        return None
+    stored = json.loads((folder / IDENTITY_FILE).read_text(encoding="utf-8"))
+    # Aliases are left out: they move in the registry after the copy was made.
+    known = {item.name for item in fields(ResolvedModel)} - {"load_uri", "aliases"}
+    return ResolvedModel(load_uri=text, **{key: str(value) for key, value in stored.items() if key in known})
 
 
 def _registered(uri: str, client, name: str, alias: str | None, version: str | None) -> ResolvedModel:

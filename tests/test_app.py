@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import requests
 from PIL import Image, PngImagePlugin
-from serving_helpers import load_pyfunc
+from serving_helpers import invoke, load_pyfunc, split_body
 
 RED, GREEN, WHITE = (255, 0, 0), (0, 255, 0), (255, 255, 255)
 # A name that must never reach the server's log.
@@ -179,6 +179,25 @@ def test_predict_answers_as_the_pyfunc_does_for_the_same_bytes(spot_app, spot_py
 
 
 @pytest.mark.slow
+def test_mlflow_scoring_protocol_answers_exactly_as_mlflow_models_serve(spot_app, spot_scoring_server, red_png):
+    """/invocations, /ping and /version of the app are MLflow's own, on the app's one loaded model."""
+    image = base64.b64encode(red_png).decode("ascii")
+    for body in (split_body([image]), split_body([image, image], params={"threshold": 0.9})):
+        ours, theirs = invoke(spot_app["url"], body), invoke(spot_scoring_server, body)
+        assert ours.status_code == theirs.status_code == 200
+        assert ours.json() == theirs.json()
+    bad = split_body([base64.b64encode(b"not an image").decode("ascii")])
+    ours, theirs = invoke(spot_app["url"], bad), invoke(spot_scoring_server, bad)
+    assert ours.status_code == theirs.status_code == 400
+    assert ours.json() == theirs.json()
+    for route in ("/ping", "/version"):
+        ours = requests.get(f"{spot_app['url']}{route}", timeout=10)
+        theirs = requests.get(f"{spot_scoring_server}{route}", timeout=10)
+        assert (ours.status_code, ours.text) == (theirs.status_code, theirs.text)
+    metrics = requests.get(f"{spot_app['url']}/metrics", timeout=10).text
+    assert 'medimg_http_requests_total{method="POST",route="/invocations",status="400"} 1.0' in metrics
+
+
 def test_predict_explain_returns_a_heatmap_hottest_in_the_finding(spot_app, red_png):
     body = post_file(spot_app["url"], red_png, params={"explain": "true"}).json()
     answer = body["answer"]

@@ -150,6 +150,26 @@ def test_gpu_dockerfile_has_no_hadolint_findings_at_all():
     assert findings == [], "\n".join(f"{item['line']} {item['code']} {item['message']}" for item in findings)
 
 
+@pytest.mark.parametrize("path", repository_dockerfiles(), ids=lambda path: str(path.relative_to(REPO_ROOT)))
+def test_every_dockerfile_builds_without_docker_hub_and_keeps_secrets_out_of_layers(path):
+    """No `# syntax=` frontend to pull, the base chosen by ARG BASE_IMAGE (default a pinned official image), pip's CA
+    bundle and configuration as BuildKit secrets in every install step, a numeric non-root USER."""
+    text = path.read_text()
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I), "a # syntax= line makes BuildKit pull from Docker Hub"
+    instructions = dockerfile_instructions(path)
+    assert instructions[0][0] == "ARG" and instructions[0][1].startswith("BASE_IMAGE=")
+    default = instructions[0][1].split("=", 1)[1]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", default), default
+    assert [arguments for keyword, arguments in instructions if keyword == "FROM"] == ["${BASE_IMAGE}"]
+    installs = [arguments for keyword, arguments in instructions if keyword == "RUN" and "pip install" in arguments]
+    assert installs
+    for arguments in installs:
+        assert "--mount=type=secret,id=ca_bundle" in arguments and "--mount=type=secret,id=pip_conf" in arguments
+        assert "PIP_CERT=/run/secrets/ca_bundle" in arguments and "PIP_CONFIG_FILE=/run/secrets/pip_conf" in arguments
+    user = [arguments for keyword, arguments in instructions if keyword == "USER"][-1].split(":")[0]
+    assert user.isdigit() and user != "0" or user.startswith("${"), user
+
+
 def test_base_image_is_pinned_by_tag():
     bases = [expand(arguments.split()[0], ARG_DEFAULTS) for keyword, arguments in INSTRUCTIONS if keyword == "FROM"]
     assert bases, "no FROM instruction"
@@ -243,6 +263,76 @@ def test_entrypoint_unsets_empty_passthrough_variables_and_runs_the_command():
 
 def test_entrypoint_covers_every_passthrough_variable():
     assert set(DOCKER_PROJECT.docker_env["environment"]) <= set(ENVIRONMENT["MEDIMG_UNSET_IF_EMPTY"].split())
+
+
+# --- the serving image's build (tests/test_containers.py builds and runs it) ----------------------
+
+
+def test_the_serving_images_requirements_are_current_and_a_change_to_requirements_txt_shows(tmp_path, monkeypatch):
+    import serve.image
+
+    checked = subprocess.run(
+        [sys.executable, "-m", "serve.image", "--requirements", "--check"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    changed = tmp_path / "requirements.txt"
+    changed.write_text((REPO_ROOT / "requirements.txt").read_text().replace("tensorflow==2.21.0", "tensorflow==2.22.0"))
+    monkeypatch.setattr(serve.image, "REQUIREMENTS_FILE", changed)
+    assert serve.image.write_requirements(check=True) == [serve.image.IMAGE_REQUIREMENTS]
+    assert "tensorflow-cpu==2.22.0" in serve.image.written_requirements()[serve.image.IMAGE_REQUIREMENTS]
+
+
+def test_serving_image_options_pass_secrets_by_file_and_refuse_bad_ones(tmp_path):
+    from serve.image import ImageOptions
+
+    bundle = tmp_path / "site-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    options = ImageOptions.from_environment(
+        {"MEDIMG_BASE_IMAGE": "registry.local/python:3.11", "MEDIMG_CA_BUNDLE": str(bundle),
+         "MEDIMG_DOCKER_BUILD_FLAGS": "--network host --pull=false", "DOCKER": "/usr/bin/docker"}
+    )  # fmt: skip
+    options.check()
+    arguments = options.docker_arguments()
+    assert ["--secret", f"id=ca_bundle,src={bundle}"] == arguments[arguments.index("--secret") :][:2]
+    assert "BASE_IMAGE=registry.local/python:3.11" in arguments and arguments[-3:] == [
+        "--network",
+        "host",
+        "--pull=false",
+    ]
+    assert "BEGIN CERTIFICATE" not in " ".join(arguments) and options.docker == "/usr/bin/docker"
+    with pytest.raises(ValueError, match="JPEG decoder must be one of gdcm, libjpeg"):
+        ImageOptions(jpeg_decoder="turbo").check()
+    with pytest.raises(ValueError, match="pip.conf .* is not a readable file"):
+        ImageOptions(pip_conf=str(tmp_path / "missing.conf")).check()
+
+
+def test_a_copied_model_folder_names_the_registered_version_it_came_from(tmp_path):
+    from serve.image import default_tag
+    from serve.model_uri import ResolvedModel, resolve_model_uri, write_identity
+
+    resolved = ResolvedModel(
+        "models:/Chest X-ray@champion", "models:/Chest X-ray/3", "Chest X-ray", "3", "m-1", "r1", ("champion",)
+    )
+    write_identity(resolved, tmp_path)
+    again = resolve_model_uri(str(tmp_path))
+    assert (again.name, again.version, again.model_id, again.run_id) == ("Chest X-ray", "3", "m-1", "r1")
+    assert again.uri == "models:/Chest X-ray/3" and again.load_uri == str(tmp_path) and again.aliases == ()
+    assert default_tag(resolved) == "medimg-serve-chest-x-ray:3"
+    with pytest.raises(ValueError, match="name the image with --tag"):
+        default_tag(ResolvedModel("runs:/abc/model", "runs:/abc/model"))
+
+
+def test_the_base_image_script_and_the_ci_entry_point_pass_shellcheck():
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    checked = subprocess.run(
+        [str(shellcheck), str(REPO_ROOT / "docker" / "base-image.sh"), str(REPO_ROOT / ".ci" / "run")],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout
 
 
 # --- .dockerignore --------------------------------------------------------------------------

@@ -240,26 +240,18 @@ def better_challenger(store) -> str:
 def test_a_step_that_fails_after_registering_moves_no_alias_and_leaves_no_version(
     store, better_challenger, monkeypatch
 ):
-    """The serving Dockerfile fails: @champion stays, the new version (3) is deleted again, exit 1 tagged as a
-    failure. The registry keeps the number of a deleted version: the next one registered is 4."""
+    """The serving step fails (its image requirements are stale): @champion stays, the new version (3) is deleted
+    again, exit 1 tagged as a failure. The registry keeps the number of a deleted version: the next one is 4."""
     import mlflow
 
-    import train.release.pipeline as pipeline_module
+    import serve.image
     from train.__main__ import main
 
     before = aliases(store.client, "chest")
     versions = len(store.client.search_model_versions("name='chest'"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
     project_run = store.client.create_run(store.client.get_experiment_by_name("pipeline").experiment_id)
-
-    class FailingMlflowCommands:
-        """subprocess for the pipeline module only: `mlflow models generate-dockerfile` fails."""
-
-        @staticmethod
-        def run(command, **options):
-            return subprocess.CompletedProcess(command, 1, "", "MlflowException: no space left on device\n")
-
-    monkeypatch.setattr(pipeline_module, "subprocess", FailingMlflowCommands)
+    monkeypatch.setattr(serve.image, "IMAGE_REQUIREMENTS", store.cwd / "missing" / "requirements.txt")
     monkeypatch.setenv("MLFLOW_RUN_ID", project_run.info.run_id)
     mlflow.set_tracking_uri(store.uri)
     try:
@@ -270,7 +262,7 @@ def test_a_step_that_fails_after_registering_moves_no_alias_and_leaves_no_versio
     assert aliases(store.client, "chest") == before
     assert len(store.client.search_model_versions("name='chest'")) == versions
     tags = store.client.get_run(project_run.info.run_id).data.tags
-    assert "generate-dockerfile failed" in tags["medimg.failure"] and "medimg.config_error" not in tags
+    assert "differs from requirements.txt" in tags["medimg.failure"] and "medimg.config_error" not in tags
 
 
 @pytest.mark.slow
@@ -290,24 +282,25 @@ def test_a_better_challenger_is_promoted_and_the_old_champion_becomes_previous(s
 
 
 @pytest.mark.slow
-def test_the_serving_dockerfile_has_no_hadolint_error(store, tmp_path):
-    import shutil
-
+def test_the_promoted_version_carries_the_serving_images_dockerfile_and_requirements(store, tmp_path):
     import mlflow
+
+    from serve.image import DOCKERFILE, IMAGE_REQUIREMENTS
 
     experiment = store.client.get_experiment_by_name("pipeline")
     parents = store.client.search_runs([experiment.experiment_id], "tags.`medimg.kind` = 'pipeline'")
     latest = max(parents, key=lambda run: run.info.start_time)
     mlflow.set_tracking_uri(store.uri)
-    local = mlflow.artifacts.download_artifacts(
-        run_id=latest.info.run_id, artifact_path="serving/Dockerfile", dst_path=str(tmp_path)
-    )
-    mlflow.set_tracking_uri(None)
-    text = Path(local).read_text()
-    assert "FROM " in text and "/opt/ml/model" in text
-    hadolint = shutil.which("hadolint") or os.path.join(os.path.dirname(sys.executable), "hadolint")
-    result = subprocess.run([hadolint, "--failure-threshold", "error", local], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=latest.info.run_id, artifact_path="serving", dst_path=str(tmp_path)
+            )
+        )
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert (local / "Dockerfile").read_text() == DOCKERFILE.read_text()
+    assert (local / "requirements.txt").read_text() == IMAGE_REQUIREMENTS.read_text()
 
 
 @pytest.mark.slow

@@ -11,21 +11,17 @@ Steps, each a nested run under one parent run, with one progress line each:
    worse at `alpha`; without a champion, when its AUROC interval lies above 0.5. On promotion the old
    champion becomes `previous` (`python -m train promote --rollback NAME` undoes it);
 6. record: the challenger's registered version carries the decision as tags, its run the model card;
-7. serve: a Dockerfile for the champion from `mlflow models generate-dockerfile` (and, with
-   build_image=true, the image from `mlflow models build-docker`).
+7. serve: the serving image's Dockerfile and requirements for the champion (and, with build_image=true,
+   the image itself, built by serve.image).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,10 +58,13 @@ class Progress:
 
 
 def docker_engine_error() -> str:
-    """Why no Docker engine can build an image here ('' when one answers)."""
-    if shutil.which("docker") is None:
-        return "the docker command is not installed"
-    result = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
+    """Why no Docker engine can build an image here ('' when one answers), asked through the client serve.image uses."""
+    from serve.image import ImageOptions
+
+    docker = ImageOptions.from_environment().docker
+    if shutil.which(docker) is None:
+        return f"the docker command ({docker}) is not installed"
+    result = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
     if result.returncode != 0:
         return f"no Docker engine answers ({first_line(result.stderr) or 'docker info failed'})"
     return ""
@@ -239,34 +238,33 @@ def decision_tags(decision: Decision, evaluation) -> dict[str, str]:
 
 
 def write_serving_image(name: str, version: str, build: bool, progress: Progress) -> None:
-    """Log a Dockerfile that serves the version (generate-dockerfile); with `build`, build the image too.
+    """Log the serving image's Dockerfile and requirements (serve.image); with `build`, build the image too.
 
-    CommandFailed (exit 1, not a settings mistake) when either MLflow command fails.
+    CommandFailed (exit 1, not a settings mistake) when the image's requirements are stale or the build fails.
     """
     import mlflow
 
+    from serve.image import DOCKERFILE, IMAGE_REQUIREMENTS, ImageBuildError, build_image, write_requirements
+
     uri = f"models:/{name}/{version}"
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}
-    with tempfile.TemporaryDirectory() as workdir:
-        output = Path(workdir) / "serving"
-        command = [sys.executable, "-m", "mlflow", "models", "generate-dockerfile", "-m", uri, "-d", str(output)]
-        result = subprocess.run(command, capture_output=True, text=True, env=environment)
-        if result.returncode != 0:
-            last = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
-            raise CommandFailed(f"mlflow models generate-dockerfile failed: {first_line(last)}")
-        mlflow.log_artifact(str(output / "Dockerfile"), names.SERVING_DOCKERFILE_ARTIFACT)
-    progress.say("serve", f"Dockerfile for {uri} logged as {names.SERVING_DOCKERFILE_ARTIFACT}/Dockerfile")
-    if build:
-        image = f"{name.lower()}:{version}"
-        built = subprocess.run(
-            [sys.executable, "-m", "mlflow", "models", "build-docker", "-m", uri, "-n", image], env=environment
+    if write_requirements(check=True):
+        raise CommandFailed(
+            f"{IMAGE_REQUIREMENTS.name} of the serving image differs from requirements.txt; "
+            "run `python -m serve.image --requirements` and commit it"
         )
-        if built.returncode != 0:
-            raise CommandFailed(
-                f"mlflow models build-docker -m {uri} failed (exit {built.returncode}); see its output above"
-            )
-        mlflow.set_tag(names.SERVING_IMAGE_TAG, image)
-        progress.say("serve", f"image {image} built")
+    for path in (DOCKERFILE, IMAGE_REQUIREMENTS):
+        mlflow.log_artifact(str(path), names.SERVING_DOCKERFILE_ARTIFACT)
+    progress.say(
+        "serve",
+        f"Dockerfile logged as {names.SERVING_DOCKERFILE_ARTIFACT}/; image: python -m serve.image --model {uri}",
+    )
+    if build:
+        try:
+            built = build_image(uri)
+        except (ValueError, ImageBuildError) as error:
+            raise CommandFailed(f"serving image of {uri}: {first_line(str(error))}") from None
+        mlflow.set_tags({names.SERVING_IMAGE_TAG: built.tag, names.SERVING_IMAGE_ID_TAG: built.image_id})
+        progress.say("serve", f"image {built.tag} built ({built.image_id})")
 
 
 def challenge(client, settings: PipelineSettings, champion, champion_data, progress: Progress, parent_run_id: str):
