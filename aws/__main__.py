@@ -14,7 +14,36 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from aws.stack import DEFAULT_STACK_ID, StackError, UpOptions, detect_caller_cidr, down, stack_name, status, up
+from aws.stack import (
+    DEFAULT_STACK_ID,
+    StackError,
+    UpOptions,
+    database_storage_gib,
+    detect_caller_cidr,
+    down,
+    down_refusal,
+    stack_name,
+    status,
+    template_allowed_values,
+    template_defaults,
+    up,
+)
+
+
+def true_or_false(text: str) -> str:
+    """A template switch as CloudFormation takes it: the word true or false."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"{text!r} is neither true nor false")
+    return text.lower()
+
+
+def monitoring_interval(text: str) -> str:
+    """Seconds between enhanced monitoring samples, one of the values the template allows."""
+    allowed = template_allowed_values("DatabaseMonitoringInterval")
+    if text not in allowed:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(allowed)} seconds")
+    return text
+
 
 # The flags of `up` that set one template parameter each (dest: its name in aws/stack.yaml). One left
 # out keeps the stack's current value, or takes the template's default (in brackets) for a new stack.
@@ -27,7 +56,21 @@ SETTING_FLAGS = [
     ("--volume-size", "VolumeSizeGiB", int, "root disk in GiB [200]"),
     ("--idle-minutes", "IdleMinutes", int, "stop the host after this long idle, 0 = never [30]"),
     ("--hourly-price", "HourlyPriceUsd", float, "USD per hour for cost_usd [the price table's, for a new type]"),
+    ("--db-multi-az", "DatabaseMultiAz", true_or_false, "a standby database in a second zone [false]"),
+    ("--db-monitoring-interval", "DatabaseMonitoringInterval", monitoring_interval, "seconds between OS samples [60]"),
+    (
+        "--db-deletion-protection",
+        "DatabaseDeletionProtection",
+        true_or_false,
+        "RDS refuses to delete the database [true]",
+    ),
+    ("--bucket-kms", "ArtifactBucketKms", true_or_false, "artifacts under the stack's KMS key, for good [false]"),
+    ("--access-log-bucket", "AccessLogBucket", str, "an existing bucket for the access logs [the stack makes one]"),
+    ("--access-log-days", "AccessLogRetentionDays", int, "days the stack's log bucket keeps each log [365]"),
 ]
+# The flags of `up` that `cost --month` also takes: the parameters that change what the stack costs.
+MONTH_FLAGS = ("--db-instance-class", "--volume-size", "--db-multi-az", "--db-monitoring-interval", "--bucket-kms")
+MONTH_FLAGS += ("--access-log-bucket", "--access-log-days")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = {
         "up": commands.add_parser("up", help="create or update the stack through a change set"),
         "status": commands.add_parser("status", help="print the stack, its outputs and the ssh commands"),
-        "down": commands.add_parser("down", help="delete the stack, then its artifact bucket"),
+        "down": commands.add_parser("down", help="delete the stack, then its artifact and access-log buckets"),
     }
     for name, subparser in subparsers.items():
         subparser.add_argument("--stack-id", default=DEFAULT_STACK_ID, help="the stack is medimg-<id> [%(default)s]")
@@ -56,15 +99,37 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers["up"].add_argument("--with-rds", action="store_true", help="also make an RDS PostgreSQL tracking store")
     subparsers["up"].add_argument("--ami-id", default=None, help="AMI to launch [the latest Deep Learning AMI]")
     subparsers["up"].add_argument("--subnet-id", default=None, help="public subnet of the host [a default VPC one]")
-    subparsers["down"].add_argument("--keep-bucket", action="store_true", help="keep the bucket and its artifacts")
-    cost = commands.add_parser("cost", help="estimate the dollars of a run from its wall time")
+    subparsers["down"].add_argument(
+        "--keep-bucket", action="store_true", help="keep the buckets: artifacts and access logs"
+    )
+    _add_cost_parser(commands)
+    return parser
+
+
+def _add_cost_parser(commands) -> None:
+    cost = commands.add_parser(
+        "cost", help="estimate the dollars of a run from its wall time, or of the stack per month"
+    )
     source = cost.add_mutually_exclusive_group(required=True)
     source.add_argument("--run-id", default=None, help="MLflow run whose wall_time_s metric to price")
     source.add_argument("--hours", type=float, default=None, help="price this many hours instead")
+    source.add_argument("--month", action="store_true", help="price a month of the stack, item by item")
     cost.add_argument("--instance-type", default=None, help="EC2 type from the price table [MEDIMG_INSTANCE_TYPE]")
     cost.add_argument("--hourly-price", type=float, default=None, help="USD per hour (wins over --instance-type)")
     cost.add_argument("--tracking-uri", default=None, help="MLflow tracking URI [MLFLOW_TRACKING_URI]")
-    return parser
+    month = cost.add_argument_group("with --month: the stack's settings, as `up` takes them")
+    month.add_argument("--with-rds", action="store_true", help="the stack has the RDS tracking database")
+    for flag, parameter, kind, text in SETTING_FLAGS:
+        if flag in MONTH_FLAGS:
+            month.add_argument(
+                flag, dest=parameter, type=kind, default=None, help=text, metavar=flag[2:].upper().replace("-", "_")
+            )
+    month.add_argument(
+        "--gpu-hours", type=float, default=0.0, help="hours the GPU host runs in the month [%(default)s]"
+    )
+    month.add_argument(
+        "--artifact-gb", type=float, default=None, help="GB of artifacts in the bucket [the price table's]"
+    )
 
 
 def _session(arguments: argparse.Namespace):
@@ -138,11 +203,14 @@ def command_down(arguments: argparse.Namespace) -> int:
     if not current["exists"] and (arguments.keep_bucket or not current["kept_bucket"]):
         print(f"stack {current['stack_name']} does not exist in {current['region']}; nothing to delete")
         return 0
+    refusal = down_refusal(arguments.stack_id, arguments.region, current["parameters"], arguments.keep_bucket)
+    if refusal:
+        raise StackError(refusal)
     if current["exists"]:
         print_status(current)
     else:
         print(f"only bucket {current['kept_bucket']} is left (kept by an earlier down --keep-bucket)")
-    warning = "" if arguments.keep_bucket else " and every artifact in the bucket"
+    warning = "" if arguments.keep_bucket else " and every artifact in the bucket, with its access logs"
     answer = _ask(f"\nThis deletes the above{warning}. Type the stack id to confirm: ", arguments)
     if answer not in (None, arguments.stack_id):
         print("not confirmed; nothing deleted")
@@ -154,8 +222,23 @@ def command_down(arguments: argparse.Namespace) -> int:
 
 
 def command_cost(arguments: argparse.Namespace) -> int:
-    from aws.cost import estimate
+    from aws.cost import estimate, monthly_estimate
 
+    if arguments.month:
+        # The template's defaults, then what the flags name: the stack a plain `up` with the same flags makes.
+        given = {parameter: getattr(arguments, parameter, None) for _, parameter, *_ in SETTING_FLAGS}
+        parameters = {**template_defaults(), **{name: str(value) for name, value in given.items() if value is not None}}
+        parameters.update({"WithDatabase": "true"} if arguments.with_rds else {})
+        parameters.update(InstanceType=arguments.instance_type or parameters["InstanceType"])
+        parameters.update(HourlyPriceUsd="" if arguments.hourly_price is None else str(arguments.hourly_price))
+        month = monthly_estimate(
+            parameters,
+            database_storage_gib=database_storage_gib(),
+            gpu_hours=arguments.gpu_hours,
+            artifact_gb=arguments.artifact_gb,
+        )
+        print(month.describe())
+        return 0
     names = ("run_id", "hours", "instance_type", "hourly_price", "tracking_uri")
     print(estimate(**{name: getattr(arguments, name) for name in names}).describe())
     return 0

@@ -1,8 +1,9 @@
-"""AWS on-demand prices and run costs: reads an instance type, hourly price or a run's wall time; returns dollars.
+"""AWS on-demand prices, run and stack costs: reads an instance type, hourly price, a run's wall time or the stack's parameters; returns dollars.
 
 The one price table of medimg, aws/prices.yaml: training logs `cost_usd` with `estimate_cost_from_environment`
-(MEDIMG_INSTANCE_TYPE / MEDIMG_HOURLY_PRICE_USD), and `python -m aws up|cost` read the same table.
-Nothing here imports boto3 or MLflow at module level, so training can import it cheaply.
+(MEDIMG_INSTANCE_TYPE / MEDIMG_HOURLY_PRICE_USD), and `python -m aws up|cost` read the same table, `cost --month`
+for what the whole stack costs per month. Nothing here imports boto3 or MLflow at module level, so training can
+import it cheaply.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import yaml
 
-# The price table (aws/prices.yaml): on-demand us-east-1 dollars per hour by instance type.
-ON_DEMAND_HOURLY_USD: dict[str, float] = yaml.safe_load(Path(__file__).with_name("prices.yaml").read_text())
+# The price table (aws/prices.yaml): on-demand us-east-1 dollars.
+PRICE_TABLE: dict[str, dict[str, float]] = yaml.safe_load(Path(__file__).with_name("prices.yaml").read_text())
+# Dollars per hour by EC2 instance type.
+ON_DEMAND_HOURLY_USD: dict[str, float] = PRICE_TABLE["ec2_hourly_usd"]
 
 INSTANCE_TYPE_ENV = "MEDIMG_INSTANCE_TYPE"
 HOURLY_PRICE_ENV = "MEDIMG_HOURLY_PRICE_USD"
@@ -126,3 +129,89 @@ def estimate(
         (hours * 3600.0, "given hours") if hours is not None else run_wall_time_seconds(run_id, tracking_uri)
     )
     return CostEstimate(seconds, price, instance_type, estimate_cost_usd(seconds, hourly_price=price), source)
+
+
+@dataclass(frozen=True)
+class MonthlyItem:
+    name: str
+    usd: float
+    basis: str
+
+
+@dataclass(frozen=True)
+class MonthlyEstimate:
+    items: tuple[MonthlyItem, ...]
+
+    @property
+    def total_usd(self) -> float:
+        return sum(item.usd for item in self.items)
+
+    def describe(self) -> str:
+        hours = PRICE_TABLE["assumptions"]["hours_per_month"]
+        lines = [f"The stack per month ({hours} h; on-demand us-east-1 prices of aws/prices.yaml):"]
+        lines += [f"  {item.name:<30}${item.usd:>9.2f}  {item.basis}" for item in self.items]
+        return "\n".join([*lines, f"  {'total':<30}${self.total_usd:>9.2f}  (estimate)"])
+
+
+def _database_items(parameters: dict[str, str], storage_gib: float) -> list[MonthlyItem]:
+    """The database, its storage and its enhanced monitoring; Multi-AZ doubles the first two (one standby)."""
+    hours, monthly = PRICE_TABLE["assumptions"]["hours_per_month"], PRICE_TABLE["monthly_usd"]
+    hourly, database_class = PRICE_TABLE["rds_postgres_hourly_usd"], parameters["DatabaseInstanceClass"]
+    if database_class not in hourly:
+        raise ValueError(f"No price for database class {database_class!r}: known classes: {', '.join(sorted(hourly))}.")
+    multi_az = parameters["DatabaseMultiAz"] == "true"
+    copies, zones = (2, "Multi-AZ: primary + standby") if multi_az else (1, "single-AZ")
+    items = [
+        MonthlyItem("database", copies * hourly[database_class] * hours, f"{database_class}, {zones}"),
+        MonthlyItem(
+            "database storage", copies * storage_gib * monthly["rds_gp3_per_gib"], f"{storage_gib:g} GiB gp3 x {copies}"
+        ),
+        MonthlyItem("database secret", monthly["secret"], "Secrets Manager"),
+    ]
+    interval = int(parameters["DatabaseMonitoringInterval"])
+    if interval:
+        assumed = PRICE_TABLE["assumptions"]
+        gigabytes = hours * 3600 / interval * assumed["enhanced_monitoring_kib_per_sample"] * 1024 / 1e9
+        kept = gigabytes * assumed["monitoring_log_retention_days"] * 12 / 365
+        usd = gigabytes * monthly["cloudwatch_logs_ingest_per_gb"] + kept * monthly["cloudwatch_logs_store_per_gb"]
+        items.append(
+            MonthlyItem("enhanced monitoring", usd, f"every {interval} s, {gigabytes:.2f} GB into CloudWatch Logs")
+        )
+    return items
+
+
+def monthly_estimate(
+    parameters: dict[str, str], *, database_storage_gib: float, gpu_hours: float = 0.0, artifact_gb: float | None = None
+) -> MonthlyEstimate:
+    """What a stack with these template parameters costs per month, item by item, from the price table.
+
+    The GPU host is billed only while it runs (`gpu_hours`); everything else for as long as the stack exists.
+    """
+    monthly, assumed = PRICE_TABLE["monthly_usd"], PRICE_TABLE["assumptions"]
+    artifact_gb = assumed["artifact_gb"] if artifact_gb is None else artifact_gb
+    if not math.isfinite(gpu_hours) or gpu_hours < 0 or not math.isfinite(artifact_gb) or artifact_gb < 0:
+        raise ValueError(f"GPU hours and artifact GB must be finite and >= 0, got {gpu_hours} and {artifact_gb}.")
+    instance_type = parameters["InstanceType"]
+    price_text = parameters.get("HourlyPriceUsd") or ""
+    hourly = price_per_hour(instance_type, float(price_text) if price_text else None)
+    volume_gib = float(parameters["VolumeSizeGiB"])
+    log_days = int(parameters["AccessLogRetentionDays"])
+    log_gb = assumed["s3_requests_per_month"] * assumed["access_log_bytes_per_request"] / 1e9 * log_days * 12 / 365
+    where = parameters.get("AccessLogBucket") or f"the stack's log bucket, {log_days} days"
+    items = [
+        MonthlyItem("GPU host", gpu_hours * hourly, f"{instance_type}, {gpu_hours:g} h running at ${hourly:.4f}/h"),
+        MonthlyItem(
+            "root disk", volume_gib * monthly["ebs_gp3_per_gib"], f"{volume_gib:g} GiB gp3, running or stopped"
+        ),
+        MonthlyItem("artifact bucket", artifact_gb * monthly["s3_standard_per_gb"], f"{artifact_gb:g} GB in S3"),
+        MonthlyItem("access logs", log_gb * monthly["s3_standard_per_gb"], f"{log_gb:.2f} GB kept in {where}"),
+    ]
+    with_database = parameters["WithDatabase"] == "true"
+    # As the template decides: the key encrypts a bucket the stack creates, never an adopted one.
+    bucket_kms = parameters["ArtifactBucketKms"] == "true" and not parameters.get("ExistingBucket")
+    if with_database or bucket_kms:
+        uses = ["database secret"] * with_database + ["artifacts"] * bucket_kms
+        items.append(MonthlyItem("KMS key", monthly["kms_key"], f"the stack's key, for the {' and '.join(uses)}"))
+    if with_database:
+        items += _database_items(parameters, database_storage_gib)
+    return MonthlyEstimate(tuple(items))

@@ -1,7 +1,7 @@
 """Reads aws/stack.yaml and one AWS account (a boto3 Session); creates, updates, describes and deletes the medimg CloudFormation stack.
 
 `up` shows a change set, executes it and follows its events; `status` reads outputs, events and the live host;
-`down` deletes the stack, then empties and deletes the bucket the template retains (unless --keep-bucket).
+`down` deletes the stack, then empties and deletes the buckets the template retains (unless --keep-bucket).
 """
 
 from __future__ import annotations
@@ -54,9 +54,21 @@ _TemplateLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 
 @functools.cache
+def _template() -> dict:
+    return yaml.load(TEMPLATE_PATH.read_text(), Loader=_TemplateLoader)
+
+
 def template_defaults() -> dict[str, str]:
-    parameters = yaml.load(TEMPLATE_PATH.read_text(), Loader=_TemplateLoader)["Parameters"]
-    return {name: str(spec["Default"]) for name, spec in parameters.items() if "Default" in spec}
+    return {name: str(spec["Default"]) for name, spec in _template()["Parameters"].items() if "Default" in spec}
+
+
+def template_allowed_values(name: str) -> list[str]:
+    return [str(value) for value in _template()["Parameters"][name]["AllowedValues"]]
+
+
+def database_storage_gib() -> float:
+    """The tracking database's allocated storage as the template declares it, for the monthly estimate."""
+    return float(_template()["Resources"]["Database"]["Properties"]["AllocatedStorage"])
 
 
 def stack_name(stack_id: str) -> str:
@@ -151,9 +163,11 @@ def _instance(aws: _Aws, instance_id: str | None) -> dict | None:
     return next((instance for reservation in found["Reservations"] for instance in reservation["Instances"]), None)
 
 
-def kept_bucket(aws: _Aws, stack_id: str) -> str | None:
-    """The stack's artifact bucket if it exists (the stack's own, or one `down --keep-bucket` left), else None."""
-    name = f"medimg-{stack_id}-{aws.account_id}-{aws.region}"  # as the template names it
+def kept_bucket(aws: _Aws, stack_id: str, kind: str = "") -> str | None:
+    """The stack's artifact bucket (`kind` "logs": its access-log bucket) if it exists, the stack's own or one
+    `down --keep-bucket` left, else None."""
+    infix = f"{kind}-" if kind else ""
+    name = f"medimg-{stack_id}-{infix}{aws.account_id}-{aws.region}"  # as the template names it
     try:
         aws.client("s3").head_bucket(Bucket=name)
         tags = aws.client("s3").get_bucket_tagging(Bucket=name)["TagSet"]
@@ -231,6 +245,13 @@ def _parameter_values(aws: _Aws, options: UpOptions, stack: dict | None, previou
     if stack is None:
         values["GitRef"] = options.settings.get("GitRef") or default_git_ref()
         values["ExistingBucket"] = kept_bucket(aws, options.stack_id) or ""
+        # A kept log bucket goes on taking the kept artifact bucket's logs, as that bucket's logging still says.
+        values["AccessLogBucket"] = values["AccessLogBucket"] or kept_bucket(aws, options.stack_id, "logs") or ""
+    if previous.get("ArtifactBucketKms") == "true" and values["ArtifactBucketKms"] != "true":
+        raise ValueError(
+            "The artifact bucket is encrypted with the stack's KMS key and stays so: artifacts written so far "
+            "need that key. Leave --bucket-kms out (or true)."
+        )
     values["GitUrl"] = values.get("GitUrl") or default_git_url() or ""
     if not values["GitUrl"]:
         raise ValueError("No --git-url given and this folder has no git remote `origin`: pass --git-url https://...")
@@ -398,7 +419,29 @@ def status(session: Any, stack_id: str, region: str | None = None, key_file: Pat
         "last_event": _event_line(events[-1]) if events else None,
         "failure": first_failure(events[last_start:]) if stack and stack["StackStatus"].endswith(_FAILED) else None,
         "kept_bucket": None if stack else kept_bucket(aws, stack_id),
+        "parameters": parameters,
     }
+
+
+def down_refusal(stack_id: str, region: str | None, parameters: dict[str, str], keep_bucket: bool) -> str | None:
+    """Why `down` must not delete the stack with these parameters, and how to go on on purpose; None when it may."""
+    where = f" --region {region}" if region else ""
+    if parameters.get("WithDatabase") == "true" and parameters.get("DatabaseDeletionProtection") == "true":
+        database = f"medimg-{stack_id}-mlflow"
+        return (
+            f"stack {stack_name(stack_id)} keeps its database {database} under deletion protection, so down deletes "
+            "nothing. To delete the database and every run and model in it on purpose: snapshot it if you may need it "
+            f"(aws rds create-db-snapshot --db-instance-identifier {database} --db-snapshot-identifier {database}-final"
+            f"{where}), turn the protection off with `python -m aws up --stack-id {stack_id}{where} "
+            f"--db-deletion-protection false`, then run `python -m aws down --stack-id {stack_id}{where}` again."
+        )
+    if keep_bucket and parameters.get("ArtifactBucketKms") == "true" and not parameters.get("ExistingBucket"):
+        return (
+            "the artifacts are encrypted with the stack's KMS key, which down schedules for deletion with the stack, "
+            "so a kept bucket would hold artifacts nobody can read. Copy them out first (the host role can read them), "
+            "or run down without --keep-bucket."
+        )
+    return None
 
 
 def _empty_and_delete_bucket(aws: _Aws, bucket: str) -> int:
@@ -418,9 +461,13 @@ def _empty_and_delete_bucket(aws: _Aws, bucket: str) -> int:
 def down(
     session: Any, stack_id: str, region: str | None = None, *, keep_bucket=False, key_file=None, poll_seconds=15.0
 ) -> list[str]:
-    """Delete the stack (CloudFormation removes what it made), the artifact bucket and the private key; say what went."""
+    """Delete the stack (CloudFormation removes what it made), the artifact and log buckets and the private key;
+    say what went. A protected database or a kept bucket only the stack's key can read stops it first (StackError)."""
     name, aws, report = stack_name(stack_id), _Aws(session, region), []
     stack, _, parameters = _describe(aws, stack_id)
+    refusal = down_refusal(stack_id, region, parameters, keep_bucket) if stack else None
+    if refusal:
+        raise StackError(refusal)
     if stack:
         LOGGER.info("deleting stack %s", name)
         delete = functools.partial(aws.client("cloudformation").delete_stack, StackName=stack["StackId"])
@@ -430,9 +477,10 @@ def down(
         if not parameters.get("KeyName") and local_key.exists():
             local_key.unlink()
             report.append(f"deleted private key file {local_key}")
-    bucket = kept_bucket(aws, stack_id)
-    if bucket and keep_bucket:
-        report.append(f"kept    bucket {bucket}")
-    elif bucket:
-        report.append(f"deleted bucket {bucket} ({_empty_and_delete_bucket(aws, bucket)} object versions)")
+    # The artifacts first, so that no access log arrives after its bucket is emptied.
+    for bucket in (kept_bucket(aws, stack_id), kept_bucket(aws, stack_id, "logs")):
+        if bucket and keep_bucket:
+            report.append(f"kept    bucket {bucket}")
+        elif bucket:
+            report.append(f"deleted bucket {bucket} ({_empty_and_delete_bucket(aws, bucket)} object versions)")
     return report

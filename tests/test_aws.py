@@ -24,8 +24,26 @@ from moto.cloudformation.parsing import OutputMap
 
 from aws import __main__ as aws_cli
 from aws import stack as aws_stack
-from aws.cost import ON_DEMAND_HOURLY_USD, estimate, estimate_cost_from_environment, estimate_cost_usd
-from aws.stack import TEMPLATE_PATH, StackError, UpOptions, down, parse_ssh_cidr, status, template_defaults, up
+from aws.cost import (
+    ON_DEMAND_HOURLY_USD,
+    PRICE_TABLE,
+    MonthlyEstimate,
+    estimate,
+    estimate_cost_from_environment,
+    estimate_cost_usd,
+    monthly_estimate,
+)
+from aws.stack import (
+    TEMPLATE_PATH,
+    StackError,
+    UpOptions,
+    database_storage_gib,
+    down,
+    parse_ssh_cidr,
+    status,
+    template_defaults,
+    up,
+)
 
 REGION = "us-east-1"
 STACK_ID = "ci"
@@ -73,9 +91,117 @@ def _publish_dlami_parameter(image_id: str) -> None:
     )
 
 
+class _SecretFromTemplate:
+    """AWS::SecretsManager::Secret as CloudFormation makes it, which moto's CloudFormation cannot: the template's
+    JSON with a generated password, under the KMS key the template names; its Ref is its ARN."""
+
+    def __init__(self, arn: str):
+        self.physical_resource_id = arn
+
+    @classmethod
+    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        from moto.secretsmanager.models import secretsmanager_backends
+
+        properties = cloudformation_json["Properties"]
+        generate = properties["GenerateSecretString"]
+        value = json.loads(generate["SecretStringTemplate"])
+        value[generate["GenerateStringKey"]] = "g" * generate["PasswordLength"]
+        created = secretsmanager_backends[account_id][region_name].create_secret(
+            name=resource_name,
+            secret_string=json.dumps(value),
+            secret_binary=None,
+            description=properties.get("Description"),
+            tags=None,
+            kms_key_id=properties.get("KmsKeyId"),
+            client_request_token=None,
+            replica_regions=[],
+            force_overwrite=False,
+        )
+        return cls(json.loads(created)["ARN"])
+
+    @classmethod
+    def update_from_cloudformation_json(cls, original_resource, new_resource_name, cloudformation_json, **where):
+        return original_resource
+
+    def delete(self, account_id: str, region_name: str) -> None:
+        from moto.secretsmanager.models import secretsmanager_backends
+
+        secretsmanager_backends[account_id][region_name].delete_secret(self.physical_resource_id, None, True)
+
+
+def _cloudformation_true(value) -> bool:
+    """A template boolean as CloudFormation reads it: a Ref to a parameter arrives as the text true or false."""
+    return value is True or str(value).lower() == "true"
+
+
+def _set_database_properties(database, properties: dict) -> None:
+    """The database properties that moto's CloudFormation drops, set the way RDS sets them (in place)."""
+    database.multi_az = _cloudformation_true(properties.get("MultiAZ", False))
+    database.deletion_protection = _cloudformation_true(properties.get("DeletionProtection", False))
+    database.enable_iam_database_authentication = _cloudformation_true(
+        properties.get("EnableIAMDatabaseAuthentication", False)
+    )
+    database.monitoring_interval = int(properties.get("MonitoringInterval", 0))
+    database.monitoring_role_arn = properties.get("MonitoringRoleArn")
+
+
+def _close_moto_template_gaps(monkeypatch) -> None:
+    """What moto's CloudFormation ignores of this template, filled in so the tests can read it back from the
+    services: the secret (above), the artifact bucket's access logging (moto's own check of the log bucket's
+    policy cannot pass: it cannot create bucket policies), and the database's protection, monitoring and IAM
+    authentication, on creation and on update, and the key policy as the JSON text KMS keeps."""
+    from moto.cloudformation import parsing
+    from moto.kms.models import Key
+    from moto.rds.models import DBInstance
+    from moto.s3.models import FakeBucket
+
+    resource_class = parsing.resource_class_from_type
+    monkeypatch.setattr(
+        parsing,
+        "resource_class_from_type",
+        lambda kind: _SecretFromTemplate if kind == "AWS::SecretsManager::Secret" else resource_class(kind),
+    )
+    create_bucket, create_database = (
+        FakeBucket.create_from_cloudformation_json,
+        DBInstance.create_from_cloudformation_json,
+    )
+    create_key = Key.create_from_cloudformation_json
+
+    def key(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        created = create_key(resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        # KMS keeps a key policy as JSON text; moto's CloudFormation keeps the template's mapping.
+        created.policy = json.dumps(created.policy)
+        return created
+
+    def bucket(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        created = create_bucket(resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        logging_configuration = cloudformation_json["Properties"].get("LoggingConfiguration")
+        if logging_configuration:
+            created.logging = {
+                "TargetBucket": logging_configuration["DestinationBucketName"],
+                "TargetPrefix": logging_configuration["LogFilePrefix"],
+            }
+        return created
+
+    def database(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs):
+        created = create_database(resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        _set_database_properties(created, cloudformation_json["Properties"])
+        return created
+
+    def update_database(cls, original_resource, new_resource_name, cloudformation_json, **where):
+        _set_database_properties(original_resource, cloudformation_json["Properties"])
+        return original_resource
+
+    monkeypatch.setattr(Key, "create_from_cloudformation_json", classmethod(key))
+    monkeypatch.setattr(FakeBucket, "create_from_cloudformation_json", classmethod(bucket))
+    monkeypatch.setattr(DBInstance, "create_from_cloudformation_json", classmethod(database))
+    monkeypatch.setattr(DBInstance, "update_from_cloudformation_json", classmethod(update_database))
+
+
 def _close_moto_cloudformation_gaps(monkeypatch) -> None:
-    """Two gaps of moto's CloudFormation that AWS does not have, closed for these tests: a stack made through a
+    """Two more gaps of moto's CloudFormation that AWS does not have, closed for these tests: a stack made through a
     change set gets no Outputs, and a deleted stack's Outputs, which moto resolves lazily, create its resources again."""
+    _close_moto_template_gaps(monkeypatch)
     execute, delete = CloudFormationBackend.execute_change_set, Stack.delete
 
     def execute_change_set(backend, change_set_name, stack_name=None):
@@ -214,7 +340,12 @@ def test_template_keeps_the_bucket_private_encrypted_versioned_and_tls_only(temp
     bucket = template["Resources"]["ArtifactBucket"]
     properties = bucket["Properties"]
     (rule,) = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
-    assert rule["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+    # SSE-S3, or with ArtifactBucketKms the stack's own key.
+    assert rule["ServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": {"Fn::If": ["BucketUsesKey", "aws:kms", "AES256"]},
+        "KMSMasterKeyID": {"Fn::If": ["BucketUsesKey", {"Fn::GetAtt": ["DataKey", "Arn"]}, {"Ref": "AWS::NoValue"}]},
+    }
+    assert rule["BucketKeyEnabled"] is True
     assert properties["VersioningConfiguration"] == {"Status": "Enabled"}
     assert properties["PublicAccessBlockConfiguration"] == {
         key: True for key in ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
@@ -236,23 +367,168 @@ def test_template_keeps_the_bucket_private_encrypted_versioned_and_tls_only(temp
     ]
 
 
+def test_template_logs_every_artifact_request_to_a_log_bucket_with_its_own_lifecycle(template):
+    logging_configuration = template["Resources"]["ArtifactBucket"]["Properties"]["LoggingConfiguration"]
+    assert logging_configuration == {
+        "DestinationBucketName": {"Fn::If": ["CreateLogBucket", {"Ref": "AccessLogs"}, {"Ref": "AccessLogBucket"}]},
+        "LogFilePrefix": {"Fn::Sub": "medimg-${StackId}-${AWS::AccountId}-${AWS::Region}/"},
+    }
+    assert template["Conditions"]["CreateLogBucket"] == {
+        "Fn::And": [{"Condition": "CreateBucket"}, {"Fn::Equals": [{"Ref": "AccessLogBucket"}, ""]}]
+    }
+    logs = template["Resources"]["AccessLogs"]
+    assert logs["Condition"] == "CreateLogBucket"
+    assert (logs["DeletionPolicy"], logs["UpdateReplacePolicy"]) == ("Retain", "Retain")
+    properties = logs["Properties"]
+    assert properties["BucketName"] == {"Fn::Sub": "medimg-${StackId}-logs-${AWS::AccountId}-${AWS::Region}"}
+    # S3 delivers access logs only to a bucket with SSE-S3 default encryption.
+    (rule,) = properties["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"] == {"SSEAlgorithm": "AES256"}
+    assert (
+        all(properties["PublicAccessBlockConfiguration"].values())
+        and len(properties["PublicAccessBlockConfiguration"]) == 4
+    )
+    (lifecycle,) = properties["LifecycleConfiguration"]["Rules"]
+    assert lifecycle["Status"] == "Enabled" and lifecycle["ExpirationInDays"] == {"Ref": "AccessLogRetentionDays"}
+    assert template_defaults()["AccessLogRetentionDays"] == "365" and template_defaults()["AccessLogBucket"] == ""
+    statements = {
+        item["Sid"]: item
+        for item in template["Resources"]["AccessLogsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    }
+    delivery = statements["S3ServerAccessLogDelivery"]
+    assert (delivery["Principal"], delivery["Action"]) == ({"Service": "logging.s3.amazonaws.com"}, "s3:PutObject")
+    assert delivery["Condition"] == {
+        "ArnLike": {"aws:SourceArn": {"Fn::Sub": "arn:${AWS::Partition}:s3:::${ArtifactBucket}"}},
+        "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}},
+    }
+    assert statements["DenyInsecureTransport"]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def _database_parameters(template: dict) -> dict[str, str]:
+    """Each RDS database property that a template parameter sets, by the parameter's name."""
+    database = template["Resources"]["Database"]["Properties"]
+    return {value["Ref"]: name for name, value in database.items() if isinstance(value, dict) and "Ref" in value}
+
+
+def test_template_declares_no_database_without_deletion_protection(template):
+    """No database is left unprotected by a literal: DeletionProtection comes from a parameter that defaults to true."""
+    databases = {**_resources(template, "AWS::RDS::DBInstance"), **_resources(template, "AWS::RDS::DBCluster")}
+    assert databases
+    for name, database in databases.items():
+        protection = database["Properties"].get("DeletionProtection")
+        assert isinstance(protection, dict) and set(protection) == {"Ref"}, (name, protection)
+        parameter = template["Parameters"][protection["Ref"]]
+        assert (parameter["Default"], parameter["AllowedValues"]) == ("true", ["true", "false"]), name
+    assert not re.search(r"DeletionProtection:\s*false", TEMPLATE_PATH.read_text(), flags=re.IGNORECASE)
+
+
+def test_template_database_zones_monitoring_and_iam_authentication(template):
+    assert _database_parameters(template) == {
+        "DatabaseInstanceClass": "DBInstanceClass",
+        "DatabaseMultiAz": "MultiAZ",
+        "DatabaseMonitoringInterval": "MonitoringInterval",
+        "DatabaseDeletionProtection": "DeletionProtection",
+    }
+    defaults = template_defaults()
+    # Single-AZ is the cheap default the template keeps with its reason; monitoring every minute; protection on.
+    assert (
+        defaults["DatabaseMultiAz"],
+        defaults["DatabaseMonitoringInterval"],
+        defaults["DatabaseDeletionProtection"],
+    ) == (
+        "false",
+        "60",
+        "true",
+    )
+    assert template["Parameters"]["DatabaseMonitoringInterval"]["AllowedValues"] == [
+        "0",
+        "1",
+        "5",
+        "10",
+        "15",
+        "30",
+        "60",
+    ]
+    database = template["Resources"]["Database"]["Properties"]
+    assert database["EnableIAMDatabaseAuthentication"] is True
+    # The tracking server still logs in with the generated password.
+    assert database["MasterUserPassword"] == {
+        "Fn::Sub": "{{resolve:secretsmanager:${DatabaseSecret}:SecretString:password}}"
+    }
+    assert database["MonitoringRoleArn"] == {
+        "Fn::If": ["DatabaseMonitoring", {"Fn::GetAtt": ["DatabaseMonitoringRole", "Arn"]}, {"Ref": "AWS::NoValue"}]
+    }
+    role = template["Resources"]["DatabaseMonitoringRole"]
+    assert role["Condition"] == "DatabaseMonitoring"
+    (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"Service": "monitoring.rds.amazonaws.com"}
+    assert role["Properties"]["ManagedPolicyArns"] == [
+        {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonRDSEnhancedMonitoringRole"}
+    ]
+
+
+def test_template_groups_every_parameter_once_in_the_console(template):
+    groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    grouped = [name for group in groups for name in group["Parameters"]]
+    assert sorted(grouped) == sorted(template["Parameters"])
+    assert len(grouped) == len(set(grouped))
+
+
 def test_template_scopes_the_host_role_to_its_bucket_and_secret(template):
-    (policy,) = template["Resources"]["HostRole"]["Properties"]["Policies"]
-    assert "ManagedPolicyArns" not in template["Resources"]["HostRole"]["Properties"]
-    statements = policy["PolicyDocument"]["Statement"]
-    secret_statement = statements[-1]["Fn::If"]
-    assert secret_statement[0] == "WithDatabase" and secret_statement[2] == {"Ref": "AWS::NoValue"}
+    role = template["Resources"]["HostRole"]["Properties"]
+    assert "Policies" not in role and "ManagedPolicyArns" not in role
+    policies = _resources(template, "AWS::IAM::Policy")
+    assert set(policies) == {"HostAccessPolicy", "HostSecretPolicy"}
+    assert (
+        "Condition" not in policies["HostAccessPolicy"] and policies["HostSecretPolicy"]["Condition"] == "WithDatabase"
+    )
+    assert all(policy["Properties"]["Roles"] == [{"Ref": "HostRole"}] for policy in policies.values())
+    statements = [
+        statement for policy in policies.values() for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    ]
     bucket = {"Bucket": {"Fn::If": ["CreateBucket", {"Ref": "ArtifactBucket"}, {"Ref": "ExistingBucket"}]}}
-    resources = [statement["Resource"] for statement in [*statements[:-1], secret_statement[1]]]
-    assert resources == [
+    assert [statement["Resource"] for statement in statements] == [
         {"Fn::Sub": ["arn:${AWS::Partition}:s3:::${Bucket}", bucket]},
         {"Fn::Sub": ["arn:${AWS::Partition}:s3:::${Bucket}/*", bucket]},
         {"Ref": "DatabaseSecret"},
     ]
-    actions = [action for statement in [*statements[:-1], secret_statement[1]] for action in statement["Action"]]
-    assert all(statement["Effect"] == "Allow" for statement in [*statements[:-1], secret_statement[1]])
+    actions = [action for statement in statements for action in statement["Action"]]
+    assert all(statement["Effect"] == "Allow" for statement in statements)
     assert not [action for action in actions if "*" in action]
     assert template["Resources"]["HostInstanceProfile"]["Properties"]["Roles"] == [{"Ref": "HostRole"}]
+    assert template["Resources"]["HostInstance"]["DependsOn"] == "HostAccessPolicy"
+
+
+def test_template_keeps_the_secret_under_the_stacks_key_usable_by_its_roles_only(template):
+    assert template["Resources"]["DatabaseSecret"]["Properties"]["KmsKeyId"] == {"Fn::GetAtt": ["DataKey", "Arn"]}
+    key = template["Resources"]["DataKey"]
+    assert key["Condition"] == "CreateDataKey"
+    assert template["Conditions"]["CreateDataKey"] == {
+        "Fn::Or": [{"Condition": "WithDatabase"}, {"Condition": "BucketUsesKey"}]
+    }
+    assert key["Properties"]["EnableKeyRotation"] is True and key["Properties"]["PendingWindowInDays"] == 30
+    statements = {statement["Sid"]: statement for statement in key["Properties"]["KeyPolicy"]["Statement"]}
+    assert set(statements) == {"KeyAdministration", "HostRoleUse", "DeployThroughSecretsManager"}
+    assert all(statement["Effect"] == "Allow" for statement in statements.values())
+    cryptographic = {"kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey", "kms:ReEncrypt*", "kms:*"}
+    # The account manages the key but never encrypts or decrypts with it through this statement.
+    administration = statements["KeyAdministration"]["Action"]
+    assert not cryptographic & set(administration) and not [action for action in administration if "crypt" in action]
+    assert "Condition" not in statements["KeyAdministration"]
+    # Data use: the host role, through Secrets Manager and S3 only; the deploying identity through Secrets Manager only.
+    host = statements["HostRoleUse"]
+    assert host["Principal"] == {"AWS": {"Fn::GetAtt": ["HostRole", "Arn"]}}
+    assert host["Action"] == ["kms:Decrypt", "kms:GenerateDataKey"]
+    assert host["Condition"]["StringEquals"]["kms:ViaService"] == [
+        {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"},
+        {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"},
+    ]
+    deploy = statements["DeployThroughSecretsManager"]["Condition"]["StringEquals"]
+    assert deploy == {
+        "kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"},
+        "kms:CallerAccount": {"Ref": "AWS::AccountId"},
+    }
+    assert template["Resources"]["DataKeyAlias"]["Properties"]["AliasName"] == {"Fn::Sub": "alias/medimg-${StackId}"}
 
 
 def test_template_generates_the_database_password_and_never_shows_it(template):
@@ -281,7 +557,13 @@ def test_template_generates_the_database_password_and_never_shows_it(template):
     user_data = json.dumps(template["Resources"]["HostInstance"]["Properties"]["UserData"])
     assert "{{resolve" not in user_data
     conditional = {name for name, body in template["Resources"].items() if body.get("Condition") == "WithDatabase"}
-    assert conditional == {"DatabaseSecret", "DatabaseSecurityGroup", "Database", "DatabaseSecretAttachment"}
+    assert conditional == {
+        "DatabaseSecret",
+        "DatabaseSecurityGroup",
+        "Database",
+        "DatabaseSecretAttachment",
+        "HostSecretPolicy",
+    }
     # Outside the default VPC the database gets a subnet group of the host's VPC; inside, RDS's default one.
     assert template["Resources"]["DatabaseSubnetGroup"]["Condition"] == "DatabaseSubnets"
     assert template["Conditions"]["DatabaseSubnets"] == {
@@ -360,16 +642,33 @@ def test_up_shows_the_change_set_then_creates_the_stack(session, template, caplo
     assert (permission["IpProtocol"], permission["FromPort"], permission["ToPort"]) == ("tcp", 22, 22)
     assert [item["CidrIp"] for item in permission["IpRanges"]] == [OPERATOR_CIDR]
 
-    # The role reaches the bucket, nothing else that moto can model (the secret is not created by moto).
+    # The role reaches the bucket and the database secret, nothing else.
     iam = session.client("iam")
     role = result["outputs"]["HostRoleName"]
-    (policy_name,) = iam.list_role_policies(RoleName=role)["PolicyNames"]
-    document = iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"]
-    # moto keeps a policy that CloudFormation passed as a mapping in Python's notation, not JSON.
-    document = ast.literal_eval(document) if isinstance(document, str) else document
-    resources = {statement["Resource"] for statement in document["Statement"] if "Resource" in statement}
-    assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}
+    secret_arn = result["outputs"]["DatabaseSecretArn"]
+    resources = set()
+    for policy_name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+        document = iam.get_role_policy(RoleName=role, PolicyName=policy_name)["PolicyDocument"]
+        # moto keeps a policy that CloudFormation passed as a mapping in Python's notation, not JSON.
+        document = ast.literal_eval(document) if isinstance(document, str) else document
+        resources |= {statement["Resource"] for statement in document["Statement"] if "Resource" in statement}
+    assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*", secret_arn}
     (profile,) = iam.list_instance_profiles_for_role(RoleName=role)["InstanceProfiles"]
+
+    # Every artifact request is logged to the stack's log bucket, under the artifact bucket's name.
+    log_bucket = f"medimg-{STACK_ID}-logs-{account_id}-{REGION}"
+    assert s3.get_bucket_logging(Bucket=bucket)["LoggingEnabled"] == {
+        "TargetBucket": log_bucket,
+        "TargetPrefix": f"{bucket}/",
+    }
+    assert {"Key": "medimg:stack", "Value": STACK_ID} in s3.get_bucket_tagging(Bucket=log_bucket)["TagSet"]
+
+    # The secret is under the stack's key, which only the host role may use directly, with yearly rotation.
+    key = _stack_key(session)
+    assert session.client("secretsmanager").describe_secret(SecretId=secret_arn)["KmsKeyId"] == key["Arn"]
+    assert key["rotation"] is True
+    host_use = key["policy"]["HostRoleUse"]
+    assert host_use["Principal"] == {"AWS": iam.get_role(RoleName=role)["Role"]["Arn"]}
 
     # The host: the pinned Deep Learning AMI, the type, the profile, the rendered boot script.
     (instance,) = _live_instances(session)
@@ -387,8 +686,66 @@ def test_up_shows_the_change_set_then_creates_the_stack(session, template, caplo
     (database,) = session.client("rds").describe_db_instances()["DBInstances"]
     assert database["DBInstanceIdentifier"] == f"medimg-{STACK_ID}-mlflow"
     assert database["PubliclyAccessible"] is False and database["StorageEncrypted"] is True
+    # By default: one zone, deletion protection on, enhanced monitoring every minute with its role, IAM auth on.
+    assert (database["MultiAZ"], database["DeletionProtection"], database["MonitoringInterval"]) == (False, True, 60)
+    monitoring_role = next(item for item in iam.list_roles()["Roles"] if "DatabaseMonitoringRole" in item["RoleName"])
+    assert database["MonitoringRoleArn"] == monitoring_role["Arn"]
+    assert database["IAMDatabaseAuthenticationEnabled"] is True
     assert result["outputs"]["DatabaseEndpoint"] == database["Endpoint"]["Address"]
     assert "password" not in json.dumps(result).lower()
+
+
+def _stack_key(session) -> dict:
+    """The stack's KMS key (by its alias): ARN, rotation and key policy statements by Sid."""
+    kms = session.client("kms")
+    (alias,) = [item for item in kms.list_aliases()["Aliases"] if item["AliasName"] == f"alias/medimg-{STACK_ID}"]
+    metadata = kms.describe_key(KeyId=alias["TargetKeyId"])["KeyMetadata"]
+    policy = json.loads(kms.get_key_policy(KeyId=metadata["KeyId"], PolicyName="default")["Policy"])
+    return {
+        "Arn": metadata["Arn"],
+        "rotation": kms.get_key_rotation_status(KeyId=metadata["KeyId"])["KeyRotationEnabled"],
+        "policy": {statement["Sid"]: statement for statement in policy["Statement"]},
+    }
+
+
+def test_up_with_other_parameters_makes_the_stack_they_ask_for(session):
+    """The site's own log bucket, the artifacts under the stack's key, a standby database without monitoring,
+    and deletion protection off: each parameter reaches its resource."""
+    s3, iam = session.client("s3"), session.client("iam")
+    s3.create_bucket(Bucket="site-access-logs")
+    settings = {"AccessLogBucket": "site-access-logs", "ArtifactBucketKms": "true", "DatabaseMultiAz": "true"}
+    settings.update(WithDatabase="true", DatabaseMonitoringInterval="0", DatabaseDeletionProtection="false")
+    result = up(session, _options(**settings))
+    bucket = result["outputs"]["BucketName"]
+    assert s3.get_bucket_logging(Bucket=bucket)["LoggingEnabled"]["TargetBucket"] == "site-access-logs"
+    # No log bucket of the stack's own: the buckets are the site's and the artifacts.
+    assert sorted(item["Name"] for item in s3.list_buckets()["Buckets"]) == sorted([bucket, "site-access-logs"])
+    key = _stack_key(session)
+    (rule,) = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key["Arn"]}
+    secret = session.client("secretsmanager").describe_secret(SecretId=result["outputs"]["DatabaseSecretArn"])
+    assert secret["KmsKeyId"] == key["Arn"]
+    (database,) = session.client("rds").describe_db_instances()["DBInstances"]
+    assert (database["MultiAZ"], database["DeletionProtection"], database["MonitoringInterval"]) == (True, False, 0)
+    assert "MonitoringRoleArn" not in database and database["IAMDatabaseAuthenticationEnabled"] is True
+    assert not [item for item in iam.list_roles()["Roles"] if "DatabaseMonitoringRole" in item["RoleName"]]
+    # The key stays once artifacts depend on it; down cannot keep a bucket only the stack's key can read.
+    with pytest.raises(ValueError, match="stays so"):
+        up(session, _options(ArtifactBucketKms="false"))
+    with pytest.raises(StackError, match="encrypted with the stack's KMS key"):
+        down(session, STACK_ID, keep_bucket=True, poll_seconds=0)
+    assert _stack(session)["StackStatus"] == "CREATE_COMPLETE"
+    assert down(session, STACK_ID, poll_seconds=0)[-1] == f"deleted bucket {bucket} (0 object versions)"
+    assert [item["Name"] for item in s3.list_buckets()["Buckets"]] == ["site-access-logs"]
+
+
+def test_up_without_a_database_makes_no_key(session):
+    up(session, _options())
+    kms = session.client("kms")
+    assert not [item for item in kms.list_aliases()["Aliases"] if item["AliasName"].startswith("alias/medimg-")]
+    assert not [
+        item for item in session.client("iam").list_roles()["Roles"] if "DatabaseMonitoring" in item["RoleName"]
+    ]
 
 
 def test_up_twice_changes_nothing_and_follows_a_new_address(session):
@@ -584,18 +941,42 @@ def test_down_deletes_exactly_what_up_created(session, capsys):
     before = _inventory(session)
     result = up(session, _options(WithDatabase="true"))
     bucket = result["outputs"]["BucketName"]
+    log_bucket = bucket.replace(f"medimg-{STACK_ID}-", f"medimg-{STACK_ID}-logs-", 1)
     # moto's CloudFormation ignores VersioningConfiguration (asserted on the template above): turn it on here.
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     # Two versions of one artifact and a delete marker: down must remove them all to delete the bucket.
     for body in (b"one", b"two"):
         s3.put_object(Bucket=bucket, Key="mlflow/1/run/artifacts/a.txt", Body=body)
     s3.delete_object(Bucket=bucket, Key="mlflow/1/run/artifacts/a.txt")
+    # moto, as S3, writes a log object for these requests into the log bucket, under the artifact bucket's name.
+    logged = s3.list_objects_v2(Bucket=log_bucket, Prefix=f"{bucket}/")["Contents"]
+    assert logged and b"PUT /mlflow/1/run/artifacts/a.txt HTTP/1.1" in b"".join(
+        s3.get_object(Bucket=log_bucket, Key=item["Key"])["Body"].read() for item in logged
+    )
 
+    # The database is deletion-protected: down deletes nothing and says, in one line, how to go on on purpose.
+    assert aws_cli.main(["down", "--stack-id", STACK_ID, "--yes"]) == 1
+    refusal = capsys.readouterr().err
+    assert refusal.startswith("error: ") and refusal.count("\n") == 1
+    assert f"aws rds create-db-snapshot --db-instance-identifier medimg-{STACK_ID}-mlflow" in refusal
+    assert f"`python -m aws up --stack-id {STACK_ID} --db-deletion-protection false`" in refusal
+    assert _stack(session)["StackStatus"] == "CREATE_COMPLETE" and status(session, STACK_ID)["instance"]
+    # Turned off on purpose (an update: the database stays), down goes ahead.
+    assert (
+        aws_cli.main(
+            ["up", "--stack-id", STACK_ID, "--ssh-cidr", OPERATOR_CIDR, "--db-deletion-protection", "false", "--yes"]
+        )
+        == 0
+    )
+    (database,) = session.client("rds").describe_db_instances()["DBInstances"]
+    assert database["DeletionProtection"] is False and database["DBInstanceIdentifier"] == f"medimg-{STACK_ID}-mlflow"
+    capsys.readouterr()
     assert aws_cli.main(["down", "--stack-id", STACK_ID, "--yes"]) == 0
 
     output = capsys.readouterr().out
     assert f"deleted stack {STACK_NAME}" in output
     assert f"deleted bucket {bucket} (3 object versions)" in output
+    assert re.search(rf"^deleted bucket {log_bucket} \(\d+ object versions\)$", output, flags=re.MULTILINE)
     assert status(session, STACK_ID)["exists"] is False
     assert _inventory(session) == {**before, "stacks": 0}
     assert [item["Name"] for item in s3.list_buckets()["Buckets"]] == ["someone-elses-bucket"]
@@ -611,14 +992,19 @@ def test_down_keep_bucket_keeps_the_artifacts_for_the_next_up(session, capsys):
     bucket = first["outputs"]["BucketName"]
     s3 = session.client("s3")
     s3.put_object(Bucket=bucket, Key="mlflow/model.keras", Body=b"weights")
-    assert down(session, STACK_ID, keep_bucket=True, poll_seconds=0)[-1] == f"kept    bucket {bucket}"
+    log_bucket = bucket.replace(f"medimg-{STACK_ID}-", f"medimg-{STACK_ID}-logs-", 1)
+    report = down(session, STACK_ID, keep_bucket=True, poll_seconds=0)
+    assert report[-2:] == [f"kept    bucket {bucket}", f"kept    bucket {log_bucket}"]
     assert status(session, STACK_ID)["kept_bucket"] == bucket
-    # The next stack adopts the kept bucket instead of failing on its name.
+    # The next stack adopts the kept buckets instead of failing on their names; the logs go on to the kept one.
     second = up(session, _options())
     assert _stack_parameter(_stack(session), "ExistingBucket") == bucket
+    assert _stack_parameter(_stack(session), "AccessLogBucket") == log_bucket
     assert second["outputs"]["BucketName"] == bucket
     assert s3.get_object(Bucket=bucket, Key="mlflow/model.keras")["Body"].read() == b"weights"
-    assert down(session, STACK_ID, poll_seconds=0)[-1] == f"deleted bucket {bucket} (1 object versions)"
+    report = down(session, STACK_ID, poll_seconds=0)
+    assert report[-2] == f"deleted bucket {bucket} (1 object versions)"
+    assert re.fullmatch(rf"deleted bucket {log_bucket} \(\d+ object versions\)", report[-1])
     assert s3.list_buckets()["Buckets"] == []
 
 
@@ -835,3 +1221,72 @@ def test_cli_cost_by_hours(capsys, monkeypatch):
     assert "= $2.01" in capsys.readouterr().out
     assert aws_cli.main(["cost", "--hours", "2", "--instance-type", "z1.gigantic"]) == 2
     assert "Known types" in capsys.readouterr().err
+
+
+def _month(**settings: str) -> MonthlyEstimate:
+    return monthly_estimate({**template_defaults(), **settings}, database_storage_gib=database_storage_gib())
+
+
+def _usd(month: MonthlyEstimate) -> dict[str, float]:
+    return {item.name: item.usd for item in month.items}
+
+
+def test_the_price_table_reads_as_positive_numbers():
+    # aws/prices.yaml is edited by hand: every price and assumption must read as a positive number.
+    for section in PRICE_TABLE.values():
+        assert all(isinstance(value, int | float) and value > 0 for value in section.values()), section
+    assert database_storage_gib() == 20
+
+
+def test_monthly_estimate_prices_each_part_of_the_stack():
+    bare = _usd(_month())
+    assert set(bare) == {"GPU host", "root disk", "artifact bucket", "access logs"}
+    assert bare["GPU host"] == 0 and bare["root disk"] == pytest.approx(200 * 0.08)
+    assert bare["artifact bucket"] == pytest.approx(10 * 0.023)
+    # 100,000 requests a month, 500 bytes a log line, kept 365 days: 0.6 GB in the log bucket.
+    assert bare["access logs"] == pytest.approx(0.6 * 0.023)
+    default = _month(WithDatabase="true")
+    database = _usd(default)
+    assert database["KMS key"] == 1.00 and database["database secret"] == 0.40
+    assert database["database"] == pytest.approx(0.016 * 730)  # db.t4g.micro, one zone
+    assert database["database storage"] == pytest.approx(20 * 0.115)
+    # A sample a minute: 43,800 samples of 8 KiB, 0.359 GB into CloudWatch Logs, 30 days kept.
+    ingested = 43_800 * 8 * 1024 / 1e9
+    assert database["enhanced monitoring"] == pytest.approx(ingested * 0.50 + ingested * 30 * 12 / 365 * 0.03)
+    assert default.total_usd == pytest.approx(sum(database.values()))
+    # A standby doubles the instance and its storage, not its monitoring; a sample a second costs sixty times more.
+    standby = _usd(_month(WithDatabase="true", DatabaseMultiAz="true"))
+    assert standby["database"] == pytest.approx(2 * database["database"])
+    assert standby["database storage"] == pytest.approx(2 * database["database storage"])
+    assert standby["enhanced monitoring"] == database["enhanced monitoring"]
+    every_second = _usd(_month(WithDatabase="true", DatabaseMonitoringInterval="1"))
+    assert every_second["enhanced monitoring"] == pytest.approx(60 * database["enhanced monitoring"])
+    assert "enhanced monitoring" not in _usd(_month(WithDatabase="true", DatabaseMonitoringInterval="0"))
+    # The key costs once, for the secret and the artifacts together; an adopted bucket takes no key.
+    assert _usd(_month(ArtifactBucketKms="true"))["KMS key"] == 1.00
+    assert "KMS key" not in _usd(_month(ArtifactBucketKms="true", ExistingBucket="kept-bucket"))
+    with pytest.raises(ValueError, match="db.t4g.micro"):
+        _month(WithDatabase="true", DatabaseInstanceClass="db.x9.huge")
+
+
+def test_cli_cost_month(capsys):
+    """docs/AWS.md's command, as a user runs it."""
+    arguments = ["cost", "--month", "--with-rds", "--db-multi-az", "true", "--gpu-hours", "10"]
+    completed = subprocess.run(
+        [sys.executable, "-m", "aws", *arguments, "--instance-type", "g5.xlarge"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=TEMPLATE_PATH.parents[1],
+    )
+    output = completed.stdout
+    month = _month(WithDatabase="true", DatabaseMultiAz="true")
+    expected_total = month.total_usd + 10 * 1.006
+    assert "GPU host                      $    10.06  g5.xlarge, 10 h running at $1.0060/h" in output
+    assert "database                      $    23.36  db.t4g.micro, Multi-AZ: primary + standby" in output
+    assert "KMS key                       $     1.00" in output
+    assert output.strip().splitlines()[-1] == f"  total                         ${expected_total:>9.2f}  (estimate)"
+    assert aws_cli.main(["cost", "--month", "--with-rds", "--db-instance-class", "db.x9.huge"]) == 2
+    assert "known classes" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        aws_cli.main(["cost", "--month", "--db-multi-az", "maybe"])
