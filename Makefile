@@ -64,7 +64,7 @@ ui: setup
 # Files go out longest first (tests/conftest.py LONGEST_FIRST; --no-loadscope-reorder keeps xdist from
 # reordering them by test count), and the 25 slowest tests are printed at the end.
 test: setup
-	$(RUN) python -m pytest -n 3 --dist loadfile --no-loadscope-reorder --durations=25
+	$(RUN) python -m pytest -n 3 --dist loadfile --no-loadscope-reorder --durations=25 -m "not containers"
 
 lint: setup
 	$(BIN)/ruff check .
@@ -74,6 +74,48 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Images (docs/CONTAINERS.md): every Dockerfile takes these. BASE_IMAGE empty = the Dockerfile's pinned
+# python:3.11.x-slim-bookworm; where Docker Hub cannot be reached, `make base-image` makes one from Debian packages
+# and BASE_IMAGE=medimg-base:bookworm uses it. CA_BUNDLE (a PEM file) and PIP_CONF (a pip.conf naming the site's
+# index and its credentials) reach pip as BuildKit secrets, never a layer. DOCKER_BUILD_FLAGS go to `docker build`
+# (e.g. --network host). DOCKER is the client: it must do BuildKit builds (Debian's docker.io does).
+DOCKER ?= docker
+BASE_IMAGE ?=
+CA_BUNDLE ?=
+PIP_CONF ?=
+JPEG_DECODER ?= gdcm
+DOCKER_BUILD_FLAGS ?=
+SITE_BASE_IMAGE ?= medimg-base:bookworm
+SITE_CA ?=
+comma := ,
+BUILD := DOCKER_BUILDKIT=1 $(DOCKER) build $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	$(if $(CA_BUNDLE),--secret id=ca_bundle$(comma)src=$(abspath $(CA_BUNDLE))) \
+	$(if $(PIP_CONF),--secret id=pip_conf$(comma)src=$(abspath $(PIP_CONF))) \
+	--build-arg JPEG_DECODER=$(JPEG_DECODER) $(DOCKER_BUILD_FLAGS)
+.PHONY: base-image server-image serving-image test-containers
+# A Python 3.11 base from Debian bookworm packages (MIRROR= a site's Debian mirror), with SITE_CA's certificates.
+base-image:
+	DOCKER=$(DOCKER) docker/base-image.sh $(SITE_BASE_IMAGE) $(SITE_CA)
+
+# The serving image of one registered version (SERVE_MODEL; docs/CONTAINERS.md): MLflow's scoring protocol, the
+# clinician page and /metrics, non-root, no GPL package unless JPEG_DECODER=libjpeg. SERVING_TAG names it.
+SERVING_TAG ?=
+serving-image: setup
+	$(RUN) python -m serve.image --model $(SERVE_MODEL) $(if $(SERVING_TAG),--tag $(SERVING_TAG)) --docker $(DOCKER) \
+		--jpeg-decoder $(JPEG_DECODER) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) \
+		$(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE)) $(if $(PIP_CONF),--pip-conf $(PIP_CONF)) \
+		--build-flags "$(DOCKER_BUILD_FLAGS)"
+
+# The tracking-server image of mlflow_server/docker-compose.yaml, built alone.
+SERVER_IMAGE ?= medimg-mlflow-server:latest
+server-image:
+	$(BUILD) -f mlflow_server/Dockerfile -t $(SERVER_IMAGE) .
+
+# The container tests (tests/test_containers.py): base, training, serving and tracking-server images built here,
+# `mlflow run docker` against a PostgreSQL-backed server. Needs a Docker engine; `make test` leaves them out.
+test-containers: setup
+	$(RUN) python -m pytest -m containers tests/test_containers.py --durations=10
+
 # GPU training in the NVIDIA Docker image (docs/GPU.md).
 IMAGE := $(shell sed -n 's/^ *image: *//p' docker/MLproject)
 VERSION := $(lastword $(subst :, ,$(IMAGE)))
@@ -81,6 +123,7 @@ GIT_COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 SOURCE_URL ?= $(shell git remote get-url origin 2>/dev/null || echo unknown)
 USER_UID ?= $(shell [ "$$(id -u)" = 0 ] && echo 1000 || id -u)
 USER_GID ?= $(shell [ "$$(id -g)" = 0 ] && echo 1000 || id -g)
+# GPUS=all, a device list (0,1), or empty for the CPU (the same image; TensorFlow falls back).
 GPUS ?= all
 SHM_SIZE ?= 8g
 ARGS ?=
@@ -89,7 +132,7 @@ GPU_PASSTHROUGH := MLFLOW_TRACKING_USERNAME MLFLOW_TRACKING_PASSWORD MLFLOW_S3_E
 	MEDIMG_INSTANCE_TYPE MEDIMG_HOURLY_PRICE_USD
 .PHONY: image gpu-train
 image:
-	DOCKER_BUILDKIT=1 docker build -f docker/Dockerfile -t $(IMAGE) \
+	$(BUILD) -f docker/Dockerfile -t $(IMAGE) \
 		--build-arg VERSION=$(VERSION) --build-arg IMAGE_TAG=$(IMAGE) \
 		--build-arg GIT_COMMIT=$(GIT_COMMIT) --build-arg SOURCE_URL=$(SOURCE_URL) \
 		--build-arg BUILD_DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ) \
@@ -100,7 +143,7 @@ gpu-train: setup
 		*) echo "gpu-train logs to a tracking server: set MLFLOW_TRACKING_URI=http://HOST:5000 (docs/GPU.md)" >&2; exit 2;; esac
 	@docker image inspect $(IMAGE) >/dev/null 2>&1 || { echo "image $(IMAGE) not found: run 'make image' first" >&2; exit 2; }
 	$(foreach name,$(GPU_PASSTHROUGH),$(name)="$${$(name)-}") $(RUN) mlflow run docker \
-		$(if $(filter all,$(GPUS)),-A gpus=all,-A "gpus='\"device=$(GPUS)\"'") \
+		$(if $(GPUS),$(if $(filter all,$(GPUS)),-A gpus=all,-A "gpus='\"device=$(GPUS)\"'")) \
 		-A network=host -A shm-size=$(SHM_SIZE) $(ARGS)
 
 # Tracking server (docs/TRACKING_SERVER.md): `make server` needs no Docker; server-up/down use docker compose.
