@@ -28,7 +28,7 @@ import pytest
 import requests
 from dicom_files import write_study
 from orthanc import OrthancServer
-from serving_helpers import MODEL_NAME, audited_runner, free_port
+from serving_helpers import MODEL_NAME, audited_runner, free_port, tracking_at
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TODAY = datetime.date.today().strftime("%Y%m%d")
@@ -650,7 +650,6 @@ CHEST_MODEL = "chest-classifier"
 
 def train_chest_model(bed: PacsBed, folder: Path) -> None:
     """A tiny ChestX-ray14 model trained in-process on a generated NIH folder, registered as CHEST_MODEL version 1."""
-    import mlflow
     from test_chestxray14 import write_nih_folder
 
     from train.job.trainer import train
@@ -660,17 +659,8 @@ def train_chest_model(bed: PacsBed, folder: Path) -> None:
     write_nih_folder(folder)
     settings = {"dataset": "chestxray14", "data_dir": str(folder), "image_size": "32", "epochs": "1"}
     settings |= {"batch_size": "16", "validation_fraction": "0.3", "seed": "0", "augment": "false"}
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = bed.tracking_uri
-    mlflow.set_tracking_uri(bed.tracking_uri)
-    try:
+    with tracking_at(bed.tracking_uri):
         train(MainSettings.from_dict({**settings, "register_as": CHEST_MODEL}))
-    finally:
-        mlflow.set_tracking_uri(None)
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 @pytest.fixture(scope="module")
@@ -791,12 +781,9 @@ def test_the_answer_and_the_model_card_name_the_concepts_the_sr_names(chest_bed,
     study, _, _ = chest_bed
     report = bed.retrieve(study, bed.results(study)["SR"][0])
     in_sr = finding_codes(report, bed.folder / "chest-sr.dcm")
-    mlflow.set_tracking_uri(bed.tracking_uri)
-    try:
+    with tracking_at(bed.tracking_uri):
         resolved = resolve_model_uri(f"models:/{CHEST_MODEL}/1")
         served = ServedModel(mlflow.pyfunc.load_model(resolved.load_uri), ModelInfo.of(resolved))
-    finally:
-        mlflow.set_tracking_uri(None)
     answer = served.answer(study.paths[0].read_bytes(), {})
     in_answer = [tuple(finding[CONCEPT_FIELD].values()) for finding in answer["findings"]]
     assert in_answer == in_sr
