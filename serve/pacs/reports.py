@@ -12,8 +12,9 @@ tracking identifier and UID (TID 4108), the algorithm identification (TID 4019: 
 model id and URI), the finding's coded concept (SNOMED CT where the model carries one, else medimg's private
 code) as the finding type and as a qualitative evaluation whose value is Present or Absent (CID 240), the
 calibrated probability as a measurement (DCM 122157 "Probability"), the operating point it was decided at, and
-the scored image (and frame) as the source. With a Parametric Map of the heatmap, the report's image library
-(TID 1600) lists it beside the scored image. The Secondary Capture is the scored picture with the Grad-CAM
+the scored image (and frame) as the source. With a Parametric Map of the heatmap (serve.pacs.heatmap), the
+explained finding's group names it as its best illustration (CID 7003) and the SR lists it as evidence (highdicom's
+TID 1600 image library takes no Parametric Map). The Secondary Capture is the scored picture with the Grad-CAM
 heatmap and the findings burned in, marked as not for diagnostic use.
 """
 
@@ -224,7 +225,7 @@ class Scored:
     """What one SR reports: the findings of one answer, their concepts (in output order) and the frame scored."""
 
     findings: list[Finding]
-    concepts: list
+    concepts: list[Concept]
     frame: int | None = None
     # The output the heatmap explains ('' without one).
     explained: str = ""
