@@ -24,7 +24,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from serve.concepts import concepts_of
 from serve.contract import (
+    CONCEPT_FIELD,
     EXPLAIN_PARAM,
     IMAGE_COLUMN,
     PREDICTED_COLUMN,
@@ -147,6 +149,10 @@ class ServedModel:
         # The medimg pyfunc's ClassifierConfig (its monitoring reference); None for other pyfuncs.
         unwrap = getattr(pyfunc_model, "unwrap_python_model", None)
         self.config = getattr(unwrap(), "config", None) if unwrap is not None else None
+        # Each output's coded concept, as the PACS worker's SR and the model card name it (none for other pyfuncs).
+        self.concepts = (
+            dict(zip(self.config.output_columns, concepts_of(self.config), strict=True)) if self.config else {}
+        )
 
     def monitor(self, window: int):
         """A serve.monitoring.DriftMonitor of this model (without a reference for models logged before them)."""
@@ -189,8 +195,15 @@ class ServedModel:
             operating_point = None if operating_point is None else float(operating_point)
             probability = row[name]
             above = None if probability is None or operating_point is None else probability >= operating_point
+            concept = self.concepts.get(name)
             findings.append(
-                {"name": name, "probability": probability, THRESHOLD_PARAM: operating_point, "above_threshold": above}
+                {
+                    "name": name,
+                    "probability": probability,
+                    THRESHOLD_PARAM: operating_point,
+                    "above_threshold": above,
+                    CONCEPT_FIELD: concept.answered() if concept is not None else None,
+                }
             )
         return {
             "model": asdict(self.info),

@@ -15,6 +15,10 @@ An answer has one row per image:
 | `frame` | long | the 0-based frame scored (multi-frame DICOM; 0 otherwise) |
 | `gradcam_class`, `gradcam_overlay`, `gradcam_input` | string | with `explain=true`: the output explained, an RGBA heatmap PNG and the model-input PNG (base64) |
 
+The clinician app's JSON answer names each finding's coded concept (`concept`: `code`, `scheme`, `meaning`): the
+standard code the model carries for the class (SNOMED CT for ChestX-ray14's findings), else medimg's private
+code; the PACS worker's SR and the model card name the same concept (`serve.concepts`).
+
 A row of an archive scored by `batch` (`batch_columns`) adds `path`, `sha256` (of the file's bytes), `error`
 (why the file was not scored, empty when it was), `model_name`, `model_version` and `model_id`; with
 `explain=true`, `gradcam_class` and `heatmap` (the heatmap PNG's file name) instead of the base64 pictures.
@@ -50,6 +54,10 @@ TASKS = ("binary", "multilabel", "multiclass")
 DECODABLE_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".dcm", ".dicom")
 ACCEPTED_FORMATS_TEXT = "PNG, JPEG, BMP, GIF or DICOM"
+
+# A finding's coded concept in the app's JSON answer: {"code": ..., "scheme": ..., "meaning": ...}.
+CONCEPT_FIELD = "concept"
+CONCEPT_CODE, CONCEPT_SCHEME, CONCEPT_MEANING = "code", "scheme", "meaning"
 
 # Rows of an archive scored by `batch` carry the answer plus where it came from and which model gave it.
 PATH_COLUMN = "path"

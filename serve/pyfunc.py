@@ -90,7 +90,10 @@ class ClassifierConfig:
     split's calibrated scores and input statistics, `serve.monitoring.ModelReference.to_dict`); None for
     models logged before it existed. `modalities` are the DICOM Modality values of the images the model was trained
     on (the dataset's fact, e.g. CR and DX); the PACS worker scores only those unless told otherwise. Empty
-    (and absent in classifier.json files written before it existed) means any image modality.
+    (and absent in classifier.json files written before it existed) means any image modality. `concepts` maps a
+    class name to its coded concept (`serve.concepts.Concept.stored`: value, scheme, meaning, source) where its
+    dataset knows one (ChestX-ray14: SNOMED CT); classes without one, and every class of a model logged before the
+    field existed, are coded in medimg's private scheme (`serve.concepts.concepts_of`).
     """
 
     class_names: list[str]
@@ -103,6 +106,7 @@ class ClassifierConfig:
     calibration: dict | None = None
     reference: dict | None = None
     modalities: list[str] = field(default_factory=list)
+    concepts: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def output_columns(self) -> list[str]:

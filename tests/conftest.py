@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import MODEL_NAME, audited_runner, free_port, load_pyfunc, running_server
+from serving_helpers import MODEL_NAME, audited_runner, free_port, load_pyfunc, running_server, tracking_at
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -279,16 +279,12 @@ def shared_by_workers(tmp_path_factory, worker_id: str, name: str):
 
 def train_registered_model(tracking_uri: str) -> str:
     """Train the tiny served model in-process into `tracking_uri`, register it with the alias `champion`; its run id."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     from train.job.trainer import train
     from train.settings import MainSettings
 
-    previous = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
+    with tracking_at(tracking_uri):
         # The Default experiment of the fixture's own store.
         settings = MainSettings.from_dict(
             {"image_size": "32", "epochs": "1", "batch_size": "16", "max_examples": "120", "register_as": MODEL_NAME}
@@ -297,12 +293,6 @@ def train_registered_model(tracking_uri: str) -> str:
         client = MlflowClient(tracking_uri)
         (version,) = client.search_model_versions(f"name='{MODEL_NAME}'")
         client.set_registered_model_alias(MODEL_NAME, "champion", version.version)
-    finally:
-        mlflow.set_tracking_uri(None)
-        if previous is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous
     return run_id
 
 

@@ -15,6 +15,26 @@ MODEL_NAME = "served-classifier"
 MAX_PIXELS = 1_000_000
 
 
+@contextlib.contextmanager
+def tracking_at(tracking_uri: str):
+    """MLflow tracks into `tracking_uri` inside the block (MLFLOW_TRACKING_URI and mlflow's own setting), as before after."""
+    import os
+
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 def write_dicom(
     path: Path,
     pixels: np.ndarray | None,

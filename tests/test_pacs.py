@@ -28,12 +28,16 @@ import pytest
 import requests
 from dicom_files import write_study
 from orthanc import OrthancServer
-from serving_helpers import MODEL_NAME, audited_runner, free_port
+from serving_helpers import MODEL_NAME, audited_runner, free_port, tracking_at
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TODAY = datetime.date.today().strftime("%Y%m%d")
-SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"
+# The worker's SR is a Comprehensive 3D SR (IHE AI Results); its heatmap's Parametric Map comes when asked for.
+SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
 SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+PM_STORAGE = "1.2.840.10008.5.1.4.1.1.30"
+# TID 1501's "Finding" (DCM 121071): the concept name of each finding's code.
+FINDING = "121071"
 # Short waits so the whole file runs in well under a minute besides the required 30 s outage.
 FAST = ["--poll-seconds", "0.2", "--max-backoff-seconds", "2", "--timeout-seconds", "5"]
 OUTAGE_SECONDS = 30
@@ -62,6 +66,84 @@ def test_chest_datasets_name_the_modalities_their_models_score():
     assert get_dataset_spec("chestxray14").modalities == ("CR", "DX")
     assert get_dataset_spec("malaria").modalities == ("GM", "SM")
     assert get_dataset_spec("synthetic").modalities == ()
+
+
+def test_a_model_logged_before_concepts_still_loads_and_codes_its_outputs_privately(tmp_path):
+    from dataclasses import asdict
+
+    from serve.concepts import PRIVATE_SCHEME, concepts_of
+    from serve.pyfunc import ClassifierConfig
+
+    written = asdict(ClassifierConfig(class_names=["a", "b", "c"], task="multilabel", image_size=64))
+    del written["concepts"]  # classifier.json as medimg wrote it before the field existed
+    (tmp_path / "old.json").write_text(json.dumps(written))
+    old = ClassifierConfig.load(str(tmp_path / "old.json"))
+    assert old.concepts == {}
+    assert [(c.value, c.scheme, c.meaning) for c in concepts_of(old)] == [
+        ("F1", PRIVATE_SCHEME, "a"),
+        ("F2", PRIVATE_SCHEME, "b"),
+        ("F3", PRIVATE_SCHEME, "c"),
+    ]
+
+
+def test_chestxray14_codes_its_findings_in_snomed_ct_each_with_its_source():
+    from pydicom.sr.codedict import codes
+
+    from train.data import get_dataset_spec
+    from train.data.chestxray14 import CLASS_NAMES
+
+    concepts = dict(get_dataset_spec("chestxray14").concepts)
+    # Pleural thickening has no SNOMED CT id that could be confirmed: it stays private rather than guessed.
+    assert set(CLASS_NAMES) - set(concepts) == {"Pleural_Thickening"}
+    for name, concept in concepts.items():
+        assert concept.scheme == "SCT" and concept.value.isdigit() and len(concept.source) > 20, name
+    # The codes taken from DICOM PS3.16 are the ones pydicom's dictionary (generated from PS3.16) holds.
+    from_ps3_16 = {"Edema": "PulmonaryEdema", "Effusion": "PleuralEffusion", "Mass": "Mass", "Nodule": "Nodule"}
+    for name, keyword in {**from_ps3_16, "Pneumothorax": "Pneumothorax"}.items():
+        code = getattr(codes.SCT, keyword)
+        assert (concepts[name].value, concepts[name].meaning) == (code.value, code.meaning), name
+        assert "PS3.16" in concepts[name].source
+    stored = get_dataset_spec("chestxray14").stored_concepts(list(CLASS_NAMES))
+    assert stored["Pneumothorax"] == {
+        "value": "36118008",
+        "scheme": "SCT",
+        "meaning": "Pneumothorax",
+        "source": concepts["Pneumothorax"].source,
+    }
+    for other in ("malaria", "synthetic", "imagefolder"):
+        assert get_dataset_spec(other).concepts == (), other
+
+
+def test_the_ledger_records_the_sr_template_and_an_older_ledger_keeps_its_reports_as_the_legacy_one(tmp_path):
+    import hashlib
+    import hmac
+    import sqlite3
+
+    from serve.pacs.ledger import LEDGER_FILE, LEGACY_SR_TEMPLATE, REPORTED, SKIPPED, Ledger
+    from serve.pacs.reports import SR_TEMPLATE
+
+    key = "ab" * 32
+    hashed = {
+        uid: hmac.new(bytes.fromhex(key), uid.encode(), hashlib.sha256).hexdigest()[:20] for uid in ("1.1", "1.2")
+    }
+    # A ledger as the worker wrote it before it recorded template versions: one image reported, one skipped.
+    with contextlib.closing(sqlite3.connect(tmp_path / LEDGER_FILE)) as old, old:
+        old.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        old.execute("INSERT INTO meta VALUES ('hash_key', ?)", (key,))
+        old.execute(
+            "CREATE TABLE instances (uid TEXT PRIMARY KEY, outcome TEXT NOT NULL, reason TEXT NOT NULL, "
+            "model TEXT NOT NULL, at REAL NOT NULL)"
+        )
+        old.execute("INSERT INTO instances VALUES (?, ?, '', 'm 1', 0)", (hashed["1.1"], REPORTED))
+        old.execute("INSERT INTO instances VALUES (?, ?, 'modality', '', 0)", (hashed["1.2"], SKIPPED))
+    with Ledger(tmp_path) as ledger:
+        # Its report stays what it was (the worker never scores a reported image again) and says which template wrote it.
+        assert ledger.outcome("1.1") == (REPORTED, "") and ledger.template("1.1") == LEGACY_SR_TEMPLATE
+        assert ledger.template("1.2") == "" and ledger.template("1.3") is None
+        ledger.record("1.3", REPORTED, model="m 2", template=SR_TEMPLATE)
+        assert ledger.templates() == {LEGACY_SR_TEMPLATE: 1, SR_TEMPLATE: 1}
+    with Ledger(tmp_path) as ledger:
+        assert ledger.templates() == {LEGACY_SR_TEMPLATE: 1, SR_TEMPLATE: 1}, "opening it again changes nothing"
 
 
 def test_eligibility_scores_listed_modalities_and_never_its_own_output():
@@ -230,12 +312,12 @@ class PacsBed:
         return DICOMwebClient(self.orthanc.dicomweb_url)
 
     def results(self, study: Study) -> dict[str, list[dict]]:
-        """The study's instances by SOP class: SR, SC and the rest (QIDO-RS rows)."""
+        """The study's instances by SOP class: SR, SC, PM (Parametric Map) and the rest (QIDO-RS rows)."""
         rows = self.client().search_for_instances(study.study_uid)
-        found: dict[str, list[dict]] = {"SR": [], "SC": [], "other": []}
+        found: dict[str, list[dict]] = {"SR": [], "SC": [], "PM": [], "other": []}
+        kinds = {SR_STORAGE: "SR", SC_STORAGE: "SC", PM_STORAGE: "PM"}
         for row in rows:
-            sop_class = row["00080016"]["Value"][0]
-            found["SR" if sop_class == SR_STORAGE else "SC" if sop_class == SC_STORAGE else "other"].append(row)
+            found[kinds.get(row["00080016"]["Value"][0], "other")].append(row)
         return found
 
     def retrieve(self, study: Study, row: dict):
@@ -368,6 +450,19 @@ def text_items(item, found: dict[str, list[str]] | None = None) -> dict[str, lis
     return found
 
 
+def finding_codes(dataset, path: Path) -> list[tuple[str, str, str]]:
+    """(code value, coding scheme designator, code meaning) of every TID 1501 Finding, as DCMTK's dsr2xml reads them."""
+    import xml.etree.ElementTree as ElementTree
+
+    dataset.save_as(path, enforce_file_format=True)
+    done = subprocess.run(["dsr2xml", str(path)], capture_output=True, text=True, timeout=60, check=True)
+    return [
+        (code.findtext("value"), code.findtext("scheme/designator"), code.findtext("meaning"))
+        for code in ElementTree.fromstring(done.stdout).iter("code")
+        if code.findtext("concept/value") == FINDING
+    ]
+
+
 def dciodvfy_errors(dataset, path: Path) -> list[str]:
     dataset.save_as(path, enforce_file_format=True)
     done = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
@@ -405,7 +500,11 @@ def test_three_studies_get_one_sr_and_secondary_capture_per_eligible_image(bed, 
             assert (str(report.PatientName), report.PatientID) == (study.patient_name, study.patient_id)
             assert (report.CompletionFlag, report.VerificationFlag) == ("COMPLETE", "UNVERIFIED")
             if study is cr:
-                probability = float(items["Calibrated probability"][0])
+                # A model of classes without a standard code writes medimg's private code, declared in the SR.
+                assert finding_codes(report, bed.folder / "sr.dcm") == [("F1", "99MEDIMG", "parasitized")]
+                schemes = [item.CodingSchemeDesignator for item in report.CodingSchemeIdentificationSequence]
+                assert "99MEDIMG" in schemes
+                probability = float(items["Probability"][0])
                 assert probability == pytest.approx(float(answer["parasitized"]), abs=1e-5)
                 threshold = answer[threshold_column("parasitized")]
                 assert float(items["Operating point threshold"][0]) == pytest.approx(threshold)
@@ -542,3 +641,153 @@ def test_no_log_holds_a_patient_name_id_or_raw_uid(bed):
     assert not leaked, f"the worker logs hold patient data: {leaked}"
     with Ledger(bed.state_dir) as ledger:
         assert f"study {ledger.hash(bed.studies['after-outage'].study_uid)}: 1 image(s) scored" in logs
+
+
+# A ChestX-ray14 model: standard codes, read back by independent consumers. Last in the file: its study would be scored
+# by the other tests' worker too, and its worker positions its own feed after what the PACS already holds.
+CHEST_MODEL = "chest-classifier"
+
+
+def train_chest_model(bed: PacsBed, folder: Path) -> None:
+    """A tiny ChestX-ray14 model trained in-process on a generated NIH folder, registered as CHEST_MODEL version 1."""
+    from test_chestxray14 import write_nih_folder
+
+    from train.job.trainer import train
+    from train.settings import MainSettings
+
+    folder.mkdir()
+    write_nih_folder(folder)
+    settings = {"dataset": "chestxray14", "data_dir": str(folder), "image_size": "32", "epochs": "1"}
+    settings |= {"batch_size": "16", "validation_fraction": "0.3", "seed": "0", "augment": "false"}
+    with tracking_at(bed.tracking_uri):
+        train(MainSettings.from_dict({**settings, "register_as": CHEST_MODEL}))
+
+
+@pytest.fixture(scope="module")
+def chest_bed(bed, tmp_path_factory):
+    """The chest model's worker run on one new CR study with --parametric-map: (study, log, state folder, model)."""
+    folder = tmp_path_factory.mktemp("chest")
+    train_chest_model(bed, folder / "nih")
+    arguments = ["--model", f"models:/{CHEST_MODEL}/1", "--state-dir", str(folder / "state"), "--parametric-map"]
+    code, log = bed.run(*arguments, "--skip-backlog")
+    assert code == 0, log
+    study = bed.send("chest", "CR", 1)
+    code, log = bed.run(*arguments)
+    assert code == 0 and "1 image(s) scored" in log, log
+    return study, log, folder / "state"
+
+
+def group_codes(group) -> tuple:
+    """A highdicom measurement group's finding, decision, probability and tracking UID."""
+    from highdicom.sr import CodedConcept
+
+    finding = group.finding_type
+    (evaluation,) = group.get_qualitative_evaluations()
+    (probability,) = group.get_measurements(name=CodedConcept("122157", "DCM", "Probability"))
+    assert evaluation.name == finding, "the qualitative evaluation is named by the finding's concept"
+    return (finding.value, finding.scheme_designator), evaluation.value.meaning, probability.value, group.tracking_uid
+
+
+@pytest.mark.slow
+def test_a_chest_model_writes_a_comprehensive_3d_sr_with_snomed_ct_codes_read_back_by_dcmtk_and_highdicom(
+    chest_bed, bed
+):
+    import highdicom
+
+    from serve.pacs.ledger import Ledger
+    from serve.pacs.reports import SR_TEMPLATE, Algorithm, ResultUids
+    from train.data import get_dataset_spec
+    from train.data.chestxray14 import CLASS_NAMES
+
+    study, log, state = chest_bed
+    results = bed.results(study)
+    assert len(results["SR"]) == len(results["SC"]) == len(results["PM"]) == 1, results
+    report = bed.retrieve(study, results["SR"][0])
+    path = bed.folder / "chest-sr.dcm"
+    assert dciodvfy_errors(report, path) == []
+    dump = subprocess.run(["dsrdump", "+Pl", "+Pu", str(path)], capture_output=True, text=True, check=True).stdout
+    assert dump.startswith("Comprehensive 3D SR Document") and '=(36118008,SCT,"Pneumothorax")' in dump
+    # DCMTK's XML: all fourteen findings, thirteen in SNOMED CT as the dataset spec names them, one private.
+    concepts = dict(get_dataset_spec("chestxray14").concepts)
+    expected = [
+        (concepts[name].value, "SCT", concepts[name].meaning) if name in concepts else ("F12", "99MEDIMG", name)
+        for name in CLASS_NAMES
+    ]
+    assert finding_codes(report, path) == expected
+    # highdicom's parser: one TID 1501 group per finding, each with a decision, a probability and its own tracking UID.
+    parsed = highdicom.sr.srread(path)
+    assert parsed.SOPClassUID == SR_STORAGE and parsed.VerificationFlag == "UNVERIFIED"
+    groups = [group_codes(group) for group in parsed.content.get_image_measurement_groups()]
+    assert [finding for finding, *_ in groups] == [(value, scheme) for value, scheme, _ in expected]
+    assert len({uid for *_, uid in groups}) == 14 and all(
+        decision in ("Present", "Absent") for _, decision, *_ in groups
+    )
+    assert all(0.0 <= probability <= 1.0 for _, _, probability, _ in groups)
+    # The same UIDs on every store of this image by this model version: a second store is the same instance.
+    with Ledger(state) as ledger:
+        assert ledger.template(study.sop_uids[0]) == SR_TEMPLATE
+    model_id = next(
+        value.split("=", 1)[1] for value in text_items(report)["Algorithm Parameters"] if "model_id" in value
+    )
+    algorithm = Algorithm(CHEST_MODEL, "1", model_id)
+    uids = ResultUids.of(study.study_uid, study.sop_uids[0], algorithm)
+    assert report.SOPInstanceUID == uids.sr_instance and results["PM"][0]["00080018"]["Value"][0] == uids.pm_instance
+    leaked = [
+        secret for secret in (study.patient_name, study.patient_id, study.study_uid, *study.sop_uids) if secret in log
+    ]
+    assert not leaked, log
+
+
+@pytest.mark.slow
+def test_the_heatmap_s_parametric_map_is_referenced_from_the_sr_and_passes_dciodvfy(chest_bed, bed):
+    import highdicom
+
+    study, _, _ = chest_bed
+    results = bed.results(study)
+    heatmap = bed.retrieve(study, results["PM"][0])
+    assert dciodvfy_errors(heatmap, bed.folder / "chest-pm.dcm") == []
+    source = bed.retrieve(study, results["other"][0])
+    assert (heatmap.Rows, heatmap.Columns) == (source.Rows, source.Columns) and heatmap.Modality == "OT"
+    mapping = heatmap.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    quantity = mapping.QuantityDefinitionSequence[0].ConceptCodeSequence[0]
+    assert (quantity.CodeValue, quantity.CodingSchemeDesignator) == ("130403", "DCM")
+    derivation = heatmap.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+    assert derivation.ReferencedSOPInstanceUID == study.sop_uids[0]
+    assert (str(heatmap.PatientName), heatmap.PatientID) == (study.patient_name, study.patient_id)
+    assert highdicom.pm.ParametricMap.from_dataset(heatmap).pixel_array.max() > 0
+    # The SR points the explained finding's group at the map and lists it as evidence.
+    report = bed.retrieve(study, results["SR"][0])
+    dump_path = bed.folder / "chest-sr.dcm"
+    report.save_as(dump_path, enforce_file_format=True)
+    dump = subprocess.run(["dsrdump", "+Pl", "+Pu", str(dump_path)], capture_output=True, text=True, check=True).stdout
+    assert f'"Best illustration of finding")=(PM image,"{heatmap.SOPInstanceUID}")' in dump
+    evidence = {
+        item.ReferencedSOPInstanceUID
+        for series in report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    assert evidence == {study.sop_uids[0], heatmap.SOPInstanceUID}
+
+
+@pytest.mark.slow
+def test_the_answer_and_the_model_card_name_the_concepts_the_sr_names(chest_bed, bed):
+    import mlflow
+
+    from serve.app import ModelInfo, ServedModel
+    from serve.contract import CONCEPT_FIELD
+    from serve.model_uri import resolve_model_uri
+    from train.release.model_card import class_rows, output_concepts_of
+
+    study, _, _ = chest_bed
+    report = bed.retrieve(study, bed.results(study)["SR"][0])
+    in_sr = finding_codes(report, bed.folder / "chest-sr.dcm")
+    with tracking_at(bed.tracking_uri):
+        resolved = resolve_model_uri(f"models:/{CHEST_MODEL}/1")
+        served = ServedModel(mlflow.pyfunc.load_model(resolved.load_uri), ModelInfo.of(resolved))
+    answer = served.answer(study.paths[0].read_bytes(), {})
+    in_answer = [tuple(finding[CONCEPT_FIELD].values()) for finding in answer["findings"]]
+    assert in_answer == in_sr
+    classes = {"class": served.config.output_columns, "positives": [1] * 14, "negatives": [1] * 14}
+    card = "\n".join(class_rows(classes, output_concepts_of(served.config)))
+    for (value, scheme, meaning), name in zip(in_sr, served.config.output_columns, strict=True):
+        assert f"| {name} | {scheme} {value} {meaning} |" in card

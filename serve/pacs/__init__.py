@@ -1,1 +1,1 @@
-"""The PACS worker (`python -m serve.pacs`): watches a DICOMweb PACS, scores new images with a registered model and stores a TID 1500 SR and a Secondary Capture into each study; imports serve and models only."""
+"""The PACS worker (`python -m serve.pacs`): watches a DICOMweb PACS, scores new images with a registered model and stores a TID 1500 Comprehensive 3D SR, a Secondary Capture (and optionally a Parametric Map of the heatmap) into each study; imports serve and models only."""

@@ -117,6 +117,7 @@ def run(settings, session, ledger) -> int:
         poll_seconds=settings.poll_seconds,
         max_backoff_seconds=settings.max_backoff_seconds,
         stop=stop,
+        parametric_map=settings.parametric_map,
     )
     counts = ledger.counts()
     log.info(

@@ -1,15 +1,21 @@
-"""DICOM results of one scored image: reads the source data set and the model's answer, writes (in memory) a TID 1500 Comprehensive SR and a Secondary Capture overlay with highdicom.
+"""DICOM results of one scored image: reads the source data set and the model's answer, writes (in memory) a TID 1500 Comprehensive 3D SR and a Secondary Capture overlay with highdicom.
 
 Both go into the source's study, each in a series of its own (an SR series and an OT series: a series
 has one modality), with patient and study modules copied from the source. Their series and instance
-UIDs are derived from the source's UIDs and the model version (name-based UUIDs under the 2.25 root),
-so storing the results of one image twice stores the same two instances, never a second report.
+UIDs are derived from the source's UIDs, the model version and the SR template version (name-based UUIDs
+under the 2.25 root), so storing the results of one image twice stores the same instances, never a second
+report.
 
-The SR (TID 1500 Measurement Report) holds one measurement group (TID 1501) per finding: the calibrated
-probability, the operating point (threshold) it was decided at, the decision (present or absent), the
-algorithm (registered model name, version and model id) and a reference to the scored image (and frame).
-The Secondary Capture is the scored picture with the Grad-CAM heatmap and the findings burned in,
-marked as not for diagnostic use.
+The SR is encoded as the IHE Radiology AI Results (AIR) profile encodes its result primitives: a Comprehensive
+3D SR (TID 1500 Measurement Report) with one measurement group (TID 1501) per finding, each carrying a
+tracking identifier and UID (TID 4108), the algorithm identification (TID 4019: registered model name, version,
+model id and URI), the finding's coded concept (SNOMED CT where the model carries one, else medimg's private
+code) as the finding type and as a qualitative evaluation whose value is Present or Absent (CID 240), the
+calibrated probability as a measurement (DCM 122157 "Probability"), the operating point it was decided at, and
+the scored image (and frame) as the source. With a Parametric Map of the heatmap (serve.pacs.heatmap), the
+explained finding's group names it as its best illustration (CID 7003) and the SR lists it as evidence (highdicom's
+TID 1600 image library takes no Parametric Map). The Secondary Capture is the scored picture with the Grad-CAM
+heatmap and the findings burned in, marked as not for diagnostic use.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serve.concepts import PRIVATE_SCHEME, PRIVATE_SCHEME_NAME, Concept
 from serve.contract import MODEL_ID_COLUMN, has_thresholds, read_answer
 
 MANUFACTURER = "medimg"
 SR_SERIES_DESCRIPTION = "medimg AI findings"
 SC_SERIES_DESCRIPTION = "medimg AI heatmap - NOT FOR DIAGNOSTIC USE"
+PM_SERIES_DESCRIPTION = "medimg AI heatmap data - NOT FOR DIAGNOSTIC USE"
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
 NOT_FOR_DIAGNOSIS_TEXT = (
     f"{NOT_FOR_DIAGNOSIS}: output of an AI model (medimg), not reviewed by a radiologist; "
@@ -34,9 +42,17 @@ NOT_FOR_DIAGNOSIS_TEXT = (
 # Series numbers of the results, high so that viewers list them after the acquired series.
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
-# Concepts DICOM has no code for live in medimg's private coding scheme (a "99" designator, PS3.16 8.2).
-CODING_SCHEME = "99MEDIMG"
-CODING_SCHEME_NAME = "medimg findings and model outputs"
+PM_SERIES_NUMBER = 9903
+# The SR template version the worker writes now, recorded in the ledger beside each reported image (the one before,
+# a Comprehensive SR with private finding codes, is serve.pacs.ledger.LEGACY_SR_TEMPLATE). Part of the SR's UIDs:
+# a report of another template is another object, never the same UID with other content.
+SR_TEMPLATE = "air-3d-sr-2"
+# The calibrated probability: DICOM's own code (PS3.16 Annex D). The operating point has none that fits (DCM 122411
+# "Threshold Value" is defined for wall motion), so it stays in medimg's private scheme.
+PROBABILITY = ("122157", "DCM", "Probability")
+THRESHOLD = ("THRESHOLD", PRIVATE_SCHEME, "Operating point threshold")
+# How a finding's group names the Parametric Map of its heatmap (PS3.16 CID 7003 Purpose of Reference).
+BEST_ILLUSTRATION = ("121080", "DCM", "Best illustration of finding")
 # The namespace of the name-based UUIDs of result UIDs (PS3.5 B.2: 2.25 followed by the UUID as an integer).
 UID_NAMESPACE = uuid.UUID("6f0d5a47-2f53-4c1e-9a7c-2f64a3e1b0d4")
 # Secondary Captures shown in a viewer: small pictures are enlarged so that the burned-in text stays legible,
@@ -93,21 +109,29 @@ def derived_uid(*parts: str) -> str:
 
 @dataclass(frozen=True)
 class ResultUids:
-    """The series and instance UIDs of one image's SR and Secondary Capture under one model version."""
+    """The series and instance UIDs of one image's SR, Secondary Capture and Parametric Map under one model version.
+
+    The SR's instance UID also depends on the SR template version: a report of another template (another SOP class
+    and content) gets its own UID.
+    """
 
     sr_series: str
     sr_instance: str
     sc_series: str
     sc_instance: str
+    pm_series: str
+    pm_instance: str
 
     @classmethod
     def of(cls, study_uid: str, sop_uid: str, algorithm: Algorithm) -> ResultUids:
         model = f"{algorithm.name}/{algorithm.version}/{algorithm.model_id}"
         return cls(
             sr_series=derived_uid("sr-series", study_uid, model),
-            sr_instance=derived_uid("sr", sop_uid, model),
+            sr_instance=derived_uid("sr", sop_uid, model, SR_TEMPLATE),
             sc_series=derived_uid("sc-series", study_uid, model),
             sc_instance=derived_uid("sc", sop_uid, model),
+            pm_series=derived_uid("pm-series", study_uid, model),
+            pm_instance=derived_uid("pm", sop_uid, model),
         )
 
 
@@ -125,21 +149,24 @@ def header_of(source):
     return header
 
 
-def _code(value: str, meaning: str):
+def coded(concept: Concept | tuple[str, str, str]):
+    """highdicom's CodedConcept of a medimg concept or a (value, scheme, meaning) triple."""
     from highdicom.sr import CodedConcept
 
-    # A code value is at most 16 characters; a finding's name keeps its full text in the meaning.
-    return CodedConcept(value=value[:16], scheme_designator=CODING_SCHEME, meaning=meaning[:64])
+    value, scheme, meaning = (
+        (concept.value, concept.scheme, concept.meaning) if isinstance(concept, Concept) else concept
+    )
+    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
 
 
 def _coding_scheme():
     from highdicom.coding_schemes import CodingSchemeIdentificationItem
 
-    return CodingSchemeIdentificationItem(designator=CODING_SCHEME, name=CODING_SCHEME_NAME)
+    return CodingSchemeIdentificationItem(designator=PRIVATE_SCHEME, name=PRIVATE_SCHEME_NAME)
 
 
-def finding_group(finding: Finding, index: int, source, frame: int | None, algorithm: Algorithm, uid: str):
-    """The TID 1501 measurement group of one finding: probability, threshold, decision, algorithm, source image."""
+def finding_group(finding: Finding, concept: Concept, source, frame: int | None, algorithm: Algorithm, uid: str):
+    """The TID 1501 measurement group of one finding: its concept, probability, threshold, decision, algorithm, image."""
     from highdicom.sr import (
         AlgorithmIdentification,
         Measurement,
@@ -153,47 +180,33 @@ def finding_group(finding: Finding, index: int, source, frame: int | None, algor
 
     frames = [frame + 1] if frame is not None else None
     algorithm_id = AlgorithmIdentification(algorithm.name, algorithm.version, parameters=algorithm.parameters or None)
-    concept = _code(f"F{index + 1}", finding.name)
     unit = codes.UCUM.NoUnits
     measurements = [
         Measurement(
-            name=_code("PROB", "Calibrated probability"),
+            name=coded(PROBABILITY),
             value=round(finding.probability, 6),
             unit=unit,
             referenced_images=[SourceImageForMeasurement.from_source_image(source, frames)],
         )
     ]
     if finding.threshold is not None:
-        measurements.append(
-            Measurement(
-                name=_code("THRESHOLD", "Operating point threshold"),
-                value=round(finding.threshold, 6),
-                unit=unit,
-            )
-        )
+        measurements.append(Measurement(name=coded(THRESHOLD), value=round(finding.threshold, 6), unit=unit))
     decision = codes.SCT.Present if finding.present else codes.SCT.Absent
     return MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=uid, identifier=f"{finding.name} (medimg)"[:64]),
-        finding_type=concept,
+        finding_type=coded(concept),
         algorithm_id=algorithm_id,
         measurements=measurements,
-        qualitative_evaluations=[QualitativeEvaluation(name=concept, value=decision)],
+        qualitative_evaluations=[QualitativeEvaluation(name=coded(concept), value=decision)],
         source_images=[SourceImageForMeasurementGroup.from_source_image(source, frames)],
     )
 
 
-def structured_report(source, findings: list[Finding], algorithm: Algorithm, frame: int | None, uids: ResultUids):
-    """The Comprehensive SR (TID 1500 Measurement Report) of one scored image: unverified, preliminary, complete."""
-    from highdicom.sr import (
-        ComprehensiveSR,
-        DeviceObserverIdentifyingAttributes,
-        MeasurementReport,
-        ObservationContext,
-        ObserverContext,
-    )
+def device_observer(algorithm: Algorithm):
+    """The SR's observer: the model as a device (TID 1004), its UID derived from the model version."""
+    from highdicom.sr import DeviceObserverIdentifyingAttributes, ObservationContext, ObserverContext
     from pydicom.sr.codedict import codes
 
-    header = header_of(source)
     device = ObserverContext(
         observer_type=codes.cid270.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
@@ -204,17 +217,59 @@ def structured_report(source, findings: list[Finding], algorithm: Algorithm, fra
             serial_number=algorithm.version[:64],
         ),
     )
-    groups = [
-        finding_group(finding, index, header, frame, algorithm, derived_uid("finding", uids.sr_instance, finding.name))
-        for index, finding in enumerate(findings)
-    ]
+    return ObservationContext(observer_device_context=device)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What one SR reports: the findings of one answer, their concepts (in output order) and the frame scored."""
+
+    findings: list[Finding]
+    concepts: list[Concept]
+    frame: int | None = None
+    # The output the heatmap explains ('' without one).
+    explained: str = ""
+
+    @property
+    def uses_private_codes(self) -> bool:
+        return any(concept.is_private for concept in self.concepts) or any(
+            finding.threshold is not None for finding in self.findings
+        )
+
+
+def illustration(heatmap):
+    """The content item that points a finding's group at the Parametric Map of its heatmap (PS3.16 CID 7003)."""
+    from highdicom.sr import ImageContentItem, RelationshipTypeValues
+
+    return ImageContentItem(
+        name=coded(BEST_ILLUSTRATION),
+        referenced_sop_class_uid=heatmap.SOPClassUID,
+        referenced_sop_instance_uid=heatmap.SOPInstanceUID,
+        relationship_type=RelationshipTypeValues.CONTAINS,
+    )
+
+
+def structured_report(source, scored: Scored, algorithm: Algorithm, uids: ResultUids, heatmap=None):
+    """The Comprehensive 3D SR (TID 1500) of one scored image: unverified, preliminary, complete.
+
+    `heatmap`: the Parametric Map of the explained finding's heatmap, referenced from that finding's group.
+    """
+    from highdicom.sr import Comprehensive3DSR, MeasurementReport
+
+    header = header_of(source)
+    groups = []
+    for finding, concept in zip(scored.findings, scored.concepts, strict=True):
+        uid = derived_uid("finding", uids.sr_instance, finding.name)
+        groups.append(finding_group(finding, concept, header, scored.frame, algorithm, uid))
+        if heatmap is not None and finding.name == scored.explained:
+            groups[-1][0].ContentSequence.append(illustration(heatmap))
     report = MeasurementReport(
-        observation_context=ObservationContext(observer_device_context=device),
+        observation_context=device_observer(algorithm),
         procedure_reported=_imaging_procedure(),
         imaging_measurements=groups,
     )
-    return ComprehensiveSR(
-        evidence=[header],
+    return Comprehensive3DSR(
+        evidence=[header] if heatmap is None else [header, heatmap],
         content=report[0],
         series_instance_uid=uids.sr_series,
         series_number=SR_SERIES_NUMBER,
@@ -225,7 +280,7 @@ def structured_report(source, findings: list[Finding], algorithm: Algorithm, fra
         series_description=SR_SERIES_DESCRIPTION,
         manufacturer_model_name=algorithm.name[:64],
         software_versions=algorithm.version[:64],
-        coding_schemes=[_coding_scheme()],
+        coding_schemes=[_coding_scheme()] if scored.uses_private_codes else None,
     )
 
 

@@ -11,14 +11,21 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
+from serve.concepts import concepts_of
 from serve.contract import EXPLAIN_PARAM, IMAGE_COLUMN
 from serve.pacs.dicomweb import InstanceRow
-from serve.pacs.reports import MANUFACTURER, SC_SERIES_DESCRIPTION, SR_SERIES_DESCRIPTION, Algorithm
+from serve.pacs.reports import (
+    MANUFACTURER,
+    PM_SERIES_DESCRIPTION,
+    SC_SERIES_DESCRIPTION,
+    SR_SERIES_DESCRIPTION,
+    Algorithm,
+)
 from serve.preprocess import NON_IMAGE_MODALITIES, NON_IMAGE_SOP_WORDS
 
 # A DICOM Modality value (PS3.3 C.7.3.1.1.1 defined terms are 2-3 letters; CS allows 16 characters).
 MODALITY_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_")
-OWN_SERIES = frozenset({SR_SERIES_DESCRIPTION, SC_SERIES_DESCRIPTION})
+OWN_SERIES = frozenset({SR_SERIES_DESCRIPTION, SC_SERIES_DESCRIPTION, PM_SERIES_DESCRIPTION})
 
 
 class BadInstance(Exception):
@@ -92,6 +99,8 @@ class Scorer:
         self.resolved = resolved
         # The served model's own configuration: outputs, task and the modalities it was trained on.
         self.config = pyfunc_model.unwrap_python_model().config
+        # The coded concept of each output (SNOMED CT where the model carries one, else medimg's private code).
+        self.concepts = concepts_of(self.config)
         params = pyfunc_model.metadata.get_params_schema()
         self.explains = params is not None and EXPLAIN_PARAM in {spec.name for spec in params}
         self.algorithm = Algorithm(

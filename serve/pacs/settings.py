@@ -39,6 +39,7 @@ class WorkerSettings:
     lookback_days: int
     metrics_port: int
     metrics_host: str
+    parametric_map: bool = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +88,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on a first start, leave what the PACS already holds alone and score only what arrives",
     )
+    add_timing_options(add)
+    add(
+        "--parametric-map",
+        action="store_true",
+        help="also store the Grad-CAM heatmap as a DICOM Parametric Map, referenced from the SR (default: off)",
+    )
+    add("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (default: off)")
+    add("--metrics-host", default=DEFAULT_METRICS_HOST, help=f"interface of /metrics (default {DEFAULT_METRICS_HOST})")
+    add("--log-level", default="info", choices=["error", "warning", "info", "debug"])
+    add(
+        "--hash-uid",
+        default="",
+        metavar="UID",
+        help="print the hash that stands for UID in this state folder's ledger and log, then exit",
+    )
+    return parser
+
+
+def add_timing_options(add) -> None:
+    """The options of time: between looks at the feed, between tries while the PACS is away, one request, the QIDO look-back."""
     add(
         "--poll-seconds",
         type=float,
@@ -111,16 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_LOOKBACK_DAYS,
         help=f"QIDO feed: studies dated this many days ago or later (default {DEFAULT_LOOKBACK_DAYS})",
     )
-    add("--metrics-port", type=int, default=0, help="serve Prometheus /metrics on this port (default: off)")
-    add("--metrics-host", default=DEFAULT_METRICS_HOST, help=f"interface of /metrics (default {DEFAULT_METRICS_HOST})")
-    add("--log-level", default="info", choices=["error", "warning", "info", "debug"])
-    add(
-        "--hash-uid",
-        default="",
-        metavar="UID",
-        help="print the hash that stands for UID in this state folder's ledger and log, then exit",
-    )
-    return parser
 
 
 def check_url(url: str, option: str) -> str:
@@ -186,4 +197,5 @@ def settings_from(arguments: argparse.Namespace, environment: Mapping[str, str])
         lookback_days=arguments.lookback_days,
         metrics_port=arguments.metrics_port,
         metrics_host=arguments.metrics_host,
+        parametric_map=arguments.parametric_map,
     )

@@ -21,7 +21,9 @@ from serve.pacs.dicomweb import InstanceGone, InstanceRow, InstanceUnreadable, P
 from serve.pacs.ledger import FAILED, REPORTED, SKIPPED, Ledger
 from serve.pacs.metrics import WorkerMetrics
 from serve.pacs.reports import (
+    SR_TEMPLATE,
     ResultUids,
+    Scored,
     burned_in_picture,
     findings_of,
     overlay_lines,
@@ -58,8 +60,11 @@ class Worker:
         poll_seconds: float,
         max_backoff_seconds: float,
         stop: threading.Event | None = None,
+        parametric_map: bool = False,
     ):
         self.pacs, self.feed, self.ledger, self.scorer = pacs, feed, ledger, scorer
+        # Whether a Parametric Map of the heatmap is stored beside the Secondary Capture (--parametric-map).
+        self.parametric_map = parametric_map and scorer.explains
         self.eligibility, self.metrics = eligibility, metrics
         self.poll_seconds, self.max_backoff_seconds = poll_seconds, max_backoff_seconds
         self.stop = stop or threading.Event()
@@ -192,7 +197,7 @@ class Worker:
         self.answered(answer, data)
         results = self.results(answer, data, dataset, row)
         self.pacs.store(results, row.study_uid)
-        self.ledger.record(row.sop_uid, REPORTED, model=self.scorer.label)
+        self.ledger.record(row.sop_uid, REPORTED, model=self.scorer.label, template=SR_TEMPLATE)
         self.scored += 1
         self.metrics.delay.observe(max(0.0, time.time() - arrived))
         self.metrics.instances.inc()
@@ -210,7 +215,8 @@ class Worker:
         self.monitor.observe(answer, self.monitor.image_statistics(image, answer_row=answer))
 
     def results(self, answer: dict, data: bytes, dataset, row: InstanceRow) -> list:
-        """The SR and the Secondary Capture of one answer; BadInstance when the source cannot carry them."""
+        """The SR, the Secondary Capture (and with --parametric-map the heatmap's Parametric Map) of one answer;
+        BadInstance when the source cannot carry them."""
         from serve.preprocess import decode_array, dicom_frames
 
         algorithm = self.scorer.algorithm
@@ -219,7 +225,9 @@ class Worker:
         uids = ResultUids.of(row.study_uid, row.sop_uid, algorithm)
         try:
             findings = findings_of(answer, self.scorer.outputs, self.scorer.config.task)
-            report = structured_report(dataset, findings, algorithm, frame if dicom_frames(dataset) > 1 else None, uids)
+            scored = Scored(findings, self.scorer.concepts, frame if dicom_frames(dataset) > 1 else None, explained)
+            heatmap = self.heatmap(answer, dataset, uids)
+            report = structured_report(dataset, scored, algorithm, uids, heatmap)
             pixels = burned_in_picture(
                 decode_array(data, frame), answer.get(OVERLAY_COLUMN), overlay_lines(findings, algorithm, explained)
             )
@@ -227,7 +235,17 @@ class Worker:
         except Exception as error:  # Whatever an odd source or answer makes highdicom or the decoder raise.
             # One odd image (attributes that break their value representation, say) must not stop the worker.
             raise BadInstance("unwritable_report", type(error).__name__) from None
-        return [report, capture]
+        return [report, capture] if heatmap is None else [report, capture, heatmap]
+
+    def heatmap(self, answer: dict, dataset, uids: ResultUids):
+        """The Parametric Map of the answer's heatmap, or None (not asked for, no heatmap, a multi-frame image)."""
+        overlay = answer.get(OVERLAY_COLUMN)
+        if not self.parametric_map or not overlay:
+            return None
+        from serve.pacs.heatmap import parametric_map
+
+        explained = str(answer.get(EXPLAINED_CLASS_COLUMN) or "")
+        return parametric_map(dataset, str(overlay), explained, self.scorer.algorithm, uids)
 
     def summary(self) -> None:
         reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(self.skipped.items()))

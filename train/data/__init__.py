@@ -12,6 +12,7 @@ import os
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING
 
+from train.data.chestxray14 import CONCEPTS as CHESTXRAY14_CONCEPTS
 from train.data.chestxray14 import load_chestxray14
 from train.data.imagefolder import load_imagefolder
 from train.data.malaria import load_malaria
@@ -209,6 +210,7 @@ register_dataset(
         reads_listed_files=True,
         # Frontal chest radiographs: computed and digital radiography.
         modalities=("CR", "DX"),
+        concepts=CHESTXRAY14_CONCEPTS,
     )
 )
 register_dataset(

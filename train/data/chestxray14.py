@@ -31,28 +31,113 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from serve.concepts import Concept
 from train.data.files import has_image_extension, scan_images
 from train.data.splits import TEST, TRAIN, VAL
 
 if TYPE_CHECKING:
     from train.data.spec import LoadedDataset
 
-CLASS_NAMES = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Effusion",
-    "Emphysema",
-    "Fibrosis",
-    "Hernia",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pleural_Thickening",
-    "Pneumonia",
-    "Pneumothorax",
+# The fourteen findings in the model's output order, each with its SNOMED CT concept where one was found in a source
+# that could be checked (the source is written beside each code; docs/PACS.md lists them). DICOM PS3.16's context
+# groups come first (read from pydicom 3.0.2's code dictionary, generated from PS3.16); where PS3.16 has no concept
+# for the finding, public terminology sources that name the SNOMED CT id with its fully specified name. Pleural
+# thickening has none that could be confirmed, so it stays in medimg's private scheme (serve.concepts) rather than
+# carry a guessed identifier.
+PS3_16 = "DICOM PS3.16"
+FINDINGS: tuple[tuple[str, Concept | None], ...] = (
+    (
+        "Atelectasis",
+        Concept(
+            "46621007",
+            "SCT",
+            "Atelectasis",
+            f"SNOMED CT 'Atelectasis (disorder)' as named in public FHIR concept maps and code tables; not in {PS3_16}",
+        ),
+    ),
+    (
+        "Cardiomegaly",
+        Concept(
+            "8186001",
+            "SCT",
+            "Cardiomegaly",
+            "IHE AI Results FHIR IG draft (github.com/xmiao/AI.interoperability, AIRLesionTypeValueSet: "
+            "'Cardiomegaly (disorder)')",
+        ),
+    ),
+    (
+        "Consolidation",
+        Concept("95436008", "SCT", "Lung consolidation", "OHDSI SNOMED vocabulary: 'Lung consolidation'"),
+    ),
+    ("Edema", Concept("19242006", "SCT", "Pulmonary edema", f"{PS3_16} CID 3700 (pydicom codes.SCT.PulmonaryEdema)")),
+    (
+        "Effusion",
+        Concept(
+            "60046008",
+            "SCT",
+            "Pleural effusion",
+            f"{PS3_16} CID 645 (pydicom codes.SCT.PleuralEffusion); IHE AIR FHIR IG draft AIRLesionTypeValueSet",
+        ),
+    ),
+    (
+        "Emphysema",
+        Concept(
+            "87433001",
+            "SCT",
+            "Pulmonary emphysema",
+            "SNOMED CT 'Pulmonary emphysema (disorder)' as named in public HL7 FHIR IG value sets",
+        ),
+    ),
+    (
+        "Fibrosis",
+        Concept(
+            "51615001",
+            "SCT",
+            "Fibrosis of lung",
+            "SNOMED CT 'Fibrosis of lung (disorder)' as named in public HL7 FHIR IG value sets",
+        ),
+    ),
+    (
+        "Hernia",
+        Concept(
+            "84089009",
+            "SCT",
+            "Hiatal hernia",
+            "SNOMED CT 'Hiatal hernia' in public SNOMED CT to ICD-10 tables (K44.9); narrower than the NIH label "
+            "'Hernia' (see docs/PACS.md)",
+        ),
+    ),
+    (
+        "Infiltration",
+        Concept(
+            "409609008",
+            "SCT",
+            "Radiologic infiltrate of lung",
+            "NLM UMLS Terminology Services: SNOMEDCT_US 409609008, member of the CORE Problem List Subset",
+        ),
+    ),
+    ("Mass", Concept("4147007", "SCT", "Mass", f"{PS3_16} CID 6104 Abnormal Opacity Finding (pydicom codes.SCT.Mass)")),
+    (
+        "Nodule",
+        Concept("27925004", "SCT", "Nodule", f"{PS3_16} CID 6104 Abnormal Opacity Finding (pydicom codes.SCT.Nodule)"),
+    ),
+    ("Pleural_Thickening", None),
+    (
+        "Pneumonia",
+        Concept("233604007", "SCT", "Pneumonia", "NLM UMLS: SNOMED CT 233604007 is concept C0032285 'Pneumonia'"),
+    ),
+    (
+        "Pneumothorax",
+        Concept(
+            "36118008",
+            "SCT",
+            "Pneumothorax",
+            f"{PS3_16} CID 6105 Abnormal Lucency Finding (pydicom codes.SCT.Pneumothorax)",
+        ),
+    ),
 )
+CLASS_NAMES = tuple(name for name, _ in FINDINGS)
+CONCEPTS = tuple((name, concept) for name, concept in FINDINGS if concept is not None)
 CLASS_INDEX = {name: index for index, name in enumerate(CLASS_NAMES)}
 NO_FINDING = "No Finding"
 # The 2020 re-release first, then the original 2017 file name; both have the same columns.

@@ -19,6 +19,9 @@ import numpy as np
 from train.data.groups import NO_GROUPS, resolve_group_pattern
 from train.data.spec import SPLIT_NAMES, LoadedDataset
 
+# No SNOMED CT concept fits a single cell crop: Malaria (disorder) is a patient's diagnosis, not a red cell's state,
+# and no concept for a parasitized (or an uninfected) erythrocyte was found in DICOM PS3.16 or a checked SNOMED CT
+# source, so both classes stay in medimg's private scheme (serve.concepts).
 CLASS_NAMES = ["uninfected", "parasitized"]
 # (class name, folder name) in label order, for the extracted cell_images/ layout.
 CELL_IMAGE_CLASSES = [("uninfected", "Uninfected"), ("parasitized", "Parasitized")]

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from serve.concepts import Concept
+
 if TYPE_CHECKING:
     import tensorflow as tf
 
@@ -105,7 +107,10 @@ class DatasetSpec:
     synthetic variants): `evaluate` sets it from the model's task. `reads_listed_files`: the loader reads only
     files its metadata lists, so a folder written inside data_dir is never read as data. `modalities`: the DICOM
     Modality values of the images the dataset holds (e.g. CR, DX for chest radiographs); the served model keeps
-    them and the PACS worker scores only those by default; empty means any image modality.
+    them and the PACS worker scores only those by default; empty means any image modality. `concepts`: (class name,
+    coded concept) pairs for the classes that have a standard code, each with the source it was looked up in; the
+    served model keeps them, and the PACS worker's SR, the app's answer and the model card name them. Classes
+    without one are coded in medimg's private scheme.
     """
 
     name: str
@@ -120,6 +125,12 @@ class DatasetSpec:
     task_option: str = ""
     reads_listed_files: bool = False
     modalities: tuple[str, ...] = ()
+    concepts: tuple[tuple[str, Concept], ...] = ()
+
+    def stored_concepts(self, class_names: list[str]) -> dict[str, dict[str, str]]:
+        """The concepts of `class_names` that this dataset knows, as the served model's classifier.json keeps them."""
+        known = dict(self.concepts)
+        return {name: known[name].stored() for name in class_names if name in known}
 
     def load(self, options: LoadOptions) -> LoadedDataset:
         """Call the loader with the options it takes (train.data.check_options checks the others first)."""

@@ -576,6 +576,7 @@ def log_model(model, data: LoadedDataset, settings: MainSettings, calibration: C
     from serve.pyfunc import ClassifierConfig, log_classifier
     from train.data import get_dataset_spec
 
+    spec = get_dataset_spec(settings.dataset)
     classifier_config = ClassifierConfig(
         class_names=list(data.class_names),
         task=data.task,
@@ -584,7 +585,8 @@ def log_model(model, data: LoadedDataset, settings: MainSettings, calibration: C
         operating_point=calibration.operating_point,
         calibration=calibration.parameters,
         reference=calibration.reference,
-        modalities=list(get_dataset_spec(settings.dataset).modalities),
+        modalities=list(spec.modalities),
+        concepts=spec.stored_concepts(list(data.class_names)),
     )
     example_image = next(iter(data.splits["val"].dataset.take(1)))[0].numpy()
     model_info = log_classifier(

@@ -22,11 +22,13 @@ def with_interval(metrics: dict, key: str) -> str:
     return f"{number(value)} ({number(low)}-{number(high)})" if low is not None and high is not None else number(value)
 
 
-def class_rows(classes: dict) -> list[str]:
-    """Markdown rows of the per-class table: AUROC and the rates at the operating point, each with its interval."""
+def class_rows(classes: dict, concepts: dict | None = None) -> list[str]:
+    """Markdown rows of the per-class table: the finding's coded concept (as the SR and the app's answer name it),
+    AUROC and the rates at the operating point, each with its interval."""
+    concepts = concepts or {}
     rows = [
-        "| finding | positives / negatives | AUROC (95% CI) | threshold | sensitivity (95% CI) | specificity (95% CI) | PPV | NPV |",
-        "|---|---|---|---|---|---|---|---|",
+        "| finding | concept | positives / negatives | AUROC (95% CI) | threshold | sensitivity (95% CI) | specificity (95% CI) | PPV | NPV |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(statistic: str, index: int) -> str:
@@ -38,12 +40,20 @@ def class_rows(classes: dict) -> list[str]:
 
     for index, name in enumerate(classes["class"]):
         threshold = number(classes["threshold"][index]) if "threshold" in classes else "most probable class"
+        concept = concepts[name].label() if name in concepts else "n/a"
         rows.append(
-            f"| {name} | {classes['positives'][index]} / {classes['negatives'][index]} | {cell('auroc', index)} | "
+            f"| {name} | {concept} | {classes['positives'][index]} / {classes['negatives'][index]} | {cell('auroc', index)} | "
             f"{threshold} | {cell('sensitivity', index)} | {cell('specificity', index)} | {cell('ppv', index)} | "
             f"{cell('npv', index)} |"
         )
     return rows
+
+
+def output_concepts_of(config) -> dict:
+    """Each output's coded concept (serve.concepts), by output name; empty without the model's configuration."""
+    from serve.concepts import concepts_of
+
+    return dict(zip(config.output_columns, concepts_of(config), strict=True)) if config is not None else {}
 
 
 def subgroup_rows(subgroups: dict) -> list[str]:
@@ -123,10 +133,13 @@ def render(settings: PipelineSettings, version, run, evaluation, decision) -> st
         "",
         "## Test metrics (95% bootstrap intervals)",
         "",
+        "Each finding's concept is the code the served model answers with and the PACS worker writes into its SR "
+        "(SCT: SNOMED CT; 99MEDIMG: medimg's private code where no standard concept is stored).",
+        "",
         f"Headline: {decision.metric} = {with_interval(metrics, decision.metric)}; classes scored: "
         f"{number(metrics.get('test_n_classes_scored'), 0)} of {number(metrics.get('test_n_classes'), 0)}.",
         "",
-        *class_rows(evaluation.scores.classes),
+        *class_rows(evaluation.scores.classes, output_concepts_of(config)),
         "",
         "## Calibration and operating point",
         "",
