@@ -9,8 +9,8 @@ Both answer MLflow's scoring protocol; one image is sent to /invocations at a ti
 containers in turns so that other work on the machine slows both alike. Target: medimg's image at most half the size.
 Usage (MLFLOW_TRACKING_URI names the store that holds the model):
 
-    .venv/bin/python bench/images.py --model models:/demo-classifier@champion --base-image medimg-base:bookworm \
-        --docker /usr/bin/docker --build-flags "--network host" --requests 50
+    MEDIMG_DOCKER_BUILD_FLAGS="--network host" .venv/bin/python bench/images.py \
+        --model models:/demo-classifier@champion --base-image medimg-base:bookworm --docker /usr/bin/docker --requests 50
 """
 
 from __future__ import annotations
@@ -137,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="a registered version: models:/NAME@ALIAS or models:/NAME/N")
     parser.add_argument("--base-image", required=True, help="the FROM of both images")
     parser.add_argument("--docker", default=os.environ.get("DOCKER", "docker"), help="docker client with BuildKit")
-    parser.add_argument("--build-flags", default="", help="extra `docker build` flags, e.g. '--network host'")
+    parser.add_argument(
+        "--build-flags",
+        default=os.environ.get("MEDIMG_DOCKER_BUILD_FLAGS", ""),
+        help="extra `docker build` flags, e.g. '--network host' (default: $MEDIMG_DOCKER_BUILD_FLAGS)",
+    )
     parser.add_argument("--requests", type=int, default=50, help="timed /invocations requests per container")
     arguments = parser.parse_args(argv)
     from serve.image import ImageOptions, build_image
