@@ -97,6 +97,11 @@ BATCH_OUTPUT_ARTIFACT = "batch_output"
 BATCH_ENGINE_TAG = "medimg.batch_engine"
 BACKTEST_TAG = "medimg.backtest"
 
+# Params a training run resolves beside its settings: the augmentation policy `augment` gives, and where the
+# input pipeline applies it (per_image, per_batch or none; train.data.pipeline.augmentation_placement).
+RESOLVED_AUGMENTATION_PARAM = "resolved_augmentation"
+AUGMENTATION_PLACEMENT_PARAM = "resolved_augmentation_placement"
+
 # Artifacts of a training run.
 RESOLVED_CONFIG_ARTIFACT = "config/resolved_config.yaml"
 MODEL_SUMMARY_ARTIFACT = "architecture/model_summary.txt"
