@@ -37,6 +37,7 @@ LONGEST_FIRST = (
     "test_evaluate.py",
     "test_batch.py",
     "test_gpu_bench.py",
+    "test_benches.py",
     "test_clinical.py",
     "test_dicom.py",
     "test_s3_artifacts.py",

@@ -211,6 +211,29 @@ def test_batched_augmentation_gives_each_image_tensorflows_per_image_transform()
         np.testing.assert_allclose(single.numpy(), expected[0], atol=1e-3)
 
 
+def test_images_from_files_are_augmented_one_by_one_with_the_batched_values_and_stored_pixels_per_batch():
+    import tensorflow as tf
+
+    from train.data.augment import augment_batch, batch_parameters, transform_image
+    from train.data.pipeline import augmentation_placement
+    from train.data.spec import Split
+
+    generator = np.random.default_rng(4)
+    images = tf.constant(generator.uniform(0.0, 255.0, (16, 20, 20, 3)).astype(np.float32))
+    seeds = tf.constant(generator.integers(0, 2**62, (16, 2)), tf.int64)
+    for policy in POLICIES.values():
+        parameters = batch_parameters(seeds, policy)
+        batched = augment_batch(images, parameters, policy).numpy()
+        for index in range(len(images)):
+            own = {name: value[index] for name, value in parameters.items()}
+            np.testing.assert_allclose(transform_image(images[index], own, policy).numpy(), batched[index], atol=1e-3)
+    files = Split(dataset=tf.data.Dataset.from_tensors((images[0], 0.0)), count=1, positives=np.zeros(1, np.int64))
+    stored = Split(dataset=files.dataset, count=1, positives=files.positives, pixels=files.dataset)
+    assert augmentation_placement(files, POLICIES["cells"]) == "per_image"
+    assert augmentation_placement(stored, POLICIES["cells"]) == "per_batch"
+    assert augmentation_placement(files, None) == augmentation_placement(stored, None) == "none"
+
+
 def dihedral_variants(image: np.ndarray) -> list[np.ndarray]:
     """The eight flips and quarter turns of a square image; index 0 is the image, 1 its left-right flip."""
     variants = []

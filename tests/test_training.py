@@ -203,6 +203,8 @@ def test_imagefolder_with_unreadable_files_completes_and_reports_skips(tracking_
     assert "corrupt.png" in skipped and "empty.jpg" in skipped and "truncated.png" in skipped
     # A folder of chest radiographs gets the radiograph policy by default: no vertical flips, no rotations.
     assert run.data.params["augment"] == "auto" and run.data.params["resolved_augmentation"] == "radiograph"
+    # Images decoded from files are augmented one by one before batching (train.data.pipeline.augmentation_placement).
+    assert run.data.params["resolved_augmentation_placement"] == "per_image"
     resolved = yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{run_id}/config/resolved_config.yaml"))
     augmentation = resolved["resolved"]["augmentation"]
     assert augmentation["horizontal_flip"] is True

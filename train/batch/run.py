@@ -125,7 +125,7 @@ def _score_in_run(settings: BatchSettings, model: ResolvedModel, folder: Path, l
                 "choose another output, or resume=false to replace them"
             )
         back_test = plan_back_test(settings, model, classifier, MlflowClient())
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         already = set(ledger.paths)
         if settings.engine == "spark":
             from train.batch.spark import score_with_spark
@@ -134,6 +134,8 @@ def _score_in_run(settings: BatchSettings, model: ResolvedModel, folder: Path, l
             log_monitoring(output_monitor(config, folder, already))
         else:
             counts = score_locally(settings, model, classifier, columns, folder, ledger)
+            # Every thread of this process: with images_per_s, what an image cost against the CPU bound (bench/batch.py).
+            mlflow.log_metric(names.BATCH_CPU_SECONDS_METRIC, time.process_time() - cpu_started)
         result = BatchResult(run.info.run_id, counts.scored, counts.resumed, counts.failed)
         result.seconds = time.perf_counter() - started
         log_counts(result)

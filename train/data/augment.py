@@ -9,8 +9,12 @@ Policies (the `augment` parameter):
   an unknown folder of medical images).
 
 Each image's transform is drawn from its own seed (`augmentation_parameters`, the draws of TensorFlow's
-per-image stateless ops), and `augment_batch` applies the transforms of a whole batch at once: the input
-pipeline draws per image and transforms per batch, with the same result as transforming image by image.
+per-image stateless ops) and applied either to one image (`transform_image`: only the flips it takes are
+computed, the jitter is TensorFlow's fused contrast op) or to a whole batch (`augment_batch`, `flip_batch`,
+`jitter_batch`: every flip computed for the batch and selected per image), with the same result. The input
+pipeline transforms images that are already float32 at the training size one by one, before batching (a
+batch-wide select moves every pixel several times over, which costs more than the flips themselves), and
+stored uint8 pixels per batch, where the batched conversion pays for itself (train.data.pipeline).
 """
 
 from __future__ import annotations
@@ -169,6 +173,41 @@ def augment_batch(images, parameters: dict, policy: Augmentation):
     return jitter_batch(flip_batch(images, parameters, policy), parameters)
 
 
+def flip_image(image, parameters: dict, policy: Augmentation):
+    """`flip_batch` for one image [H, W, C] with its scalar `augmentation_parameters`: a branch per flip, so an
+    image that does not flip is not copied and one that does is moved once per flip (about a third of the
+    work of selecting between flipped and unflipped copies of a batch).
+    """
+    import tensorflow as tf
+
+    square = policy.rotate_90 and image.shape[0] is not None and image.shape[0] == image.shape[1]
+    transpose, left_right, up_down = _net_flips(parameters, square)
+    if transpose is not None:
+        image = tf.cond(transpose, lambda: tf.transpose(image, [1, 0, 2]), lambda: image)
+    if policy.horizontal_flip or square:
+        image = tf.cond(left_right, lambda: tf.reverse(image, [1]), lambda: image)
+    if policy.vertical_flip or square:
+        image = tf.cond(up_down, lambda: tf.reverse(image, [0]), lambda: image)
+    return image
+
+
+def jitter_image(image, parameters: dict):
+    """`jitter_batch` for one float32 image [H, W, C] in 0-255: TensorFlow's fused contrast op (one pass for
+    x * f + mean(x) * (1 - f)), then the brightness shift and the clip. Shifting before or after the contrast
+    gives the same values: the contrast moves every pixel about the mean, which the shift moves along.
+    """
+    import tensorflow as tf
+
+    contrasted = tf.image.adjust_contrast(image, parameters["contrast"])
+    return tf.clip_by_value(contrasted + parameters["brightness"], 0.0, 255.0)
+
+
+def transform_image(image, parameters: dict, policy: Augmentation):
+    """One float32 image [H, W, C] in 0-255 transformed by its `augmentation_parameters`: `flip_image`, then
+    `jitter_image`; the same values as `augment_batch` gives that image in a batch (up to float rounding)."""
+    return jitter_image(flip_image(image, parameters, policy), parameters)
+
+
 def augment_image(image, seed, policy: Augmentation):
     """Randomly flip, rotate by a multiple of 90 degrees and jitter brightness/contrast of one image, as `policy` allows.
 
@@ -176,7 +215,4 @@ def augment_image(image, seed, policy: Augmentation):
     always give the same output. The result keeps the shape and stays in 0-255. Rotation is applied
     only to square images so the shape never changes. The same transform as `augment_batch` on a batch of one.
     """
-    import tensorflow as tf
-
-    parameters = {name: tf.reshape(value, [1]) for name, value in augmentation_parameters(seed, policy).items()}
-    return augment_batch(image[tf.newaxis], parameters, policy)[0]
+    return transform_image(image, augmentation_parameters(seed, policy), policy)

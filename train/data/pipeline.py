@@ -124,50 +124,76 @@ def arrays_split(images: np.ndarray, labels: np.ndarray) -> Split:
     return Split(dataset=dataset, count=len(images), positives=labels.sum(axis=0).astype(np.int64))
 
 
+# Where make_batches augments (the run's `augmentation_placement` param, train.tracking.names).
+PER_IMAGE, PER_BATCH, NOT_AUGMENTED = "per_image", "per_batch", "none"
+
+
+def augmentation_placement(split: Split, augmentation: Augmentation | None) -> str:
+    """Where make_batches augments a training split: `per_batch` for stored uint8 pixels, `per_image` otherwise.
+
+    Both run in tf.data on the host's CPU, whatever device trains, so the choice follows what the cache holds,
+    not the device. Stored pixels become float32 batch by batch (one banded matrix product resizes the whole
+    batch), and flipping them before the conversion moves a quarter of the bytes (a twelfth for gray). Images
+    decoded from files are cached as float32 at the training size: transforming each one before batching
+    computes only the flips it takes, on an image that stays in the core's cache, where a batch-wide select
+    moves every pixel of the batch once per possible flip (issue #36: cached epochs ran at half their speed).
+    """
+    if augmentation is None:
+        return NOT_AUGMENTED
+    return PER_BATCH if split.pixels is not None else PER_IMAGE
+
+
 def make_batches(split: Split, *, batch_size: int, training: bool, augmentation: Augmentation | None, seed: int):
     """Batches of (images [B, S, S, 3] float32 0-255, labels [B, num_outputs]) ready for Keras.
 
     Order: cache the split (while it fits MEDIMG_CACHE_BUDGET_GB), then (training only) a seeded shuffle that
-    changes every epoch and, with an `augmentation` policy, one seed per image; then batch, make the batch's
-    images (a split with stored `pixels`: cast, resize, gray to RGB) and augment them together, each image
-    as its own seed says (train.data.augment), and prefetch. A split with `pixels` is cached, shuffled and
-    batched as uint8. Every step keeps its order, so the same seed gives the same batches. `augmentation`
-    has no effect when training is False.
+    changes every epoch and, with an `augmentation` policy, one seed per image; then batch and prefetch.
+    Images decoded from files are augmented one by one before batching; a split with stored `pixels` is
+    cached, shuffled and batched as uint8, and each batch is made into float32 RGB images (cast, resize,
+    gray to RGB) and augmented together (`augmentation_placement` says why). Either way each image is
+    transformed as its own seed says (train.data.augment), with the same values. Every step keeps its order,
+    so the same seed gives the same batches. `augmentation` has no effect when training is False.
     """
     import tensorflow as tf
+
+    from train.data.augment import augment_image
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     dataset = _cached(split)
-    augmenting = training and augmentation is not None
+    placement = augmentation_placement(split, augmentation if training else None)
     if training:
         dataset = dataset.shuffle(_shuffle_buffer(split), seed=seed, reshuffle_each_iteration=True)
-    if augmenting:
-        # One [2]-shaped seed per element, new each epoch and reproducible from `seed`; batched with it.
+    if placement != NOT_AUGMENTED:
+        # One [2]-shaped seed per element, new each epoch and reproducible from `seed`.
         element_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, element_seeds))
+    if placement == PER_IMAGE:
+        dataset = dataset.map(
+            lambda element, element_seed: (augment_image(element[0], element_seed, augmentation), element[1]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
     dataset = dataset.batch(batch_size, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if split.pixels is not None or augmenting:
+    if split.pixels is not None:
         image_size = split.dataset.element_spec[0].shape[0]
-        finish = _finish_batch(split.pixels is not None, image_size, augmentation if augmenting else None)
+        finish = _finish_batch(image_size, augmentation if placement == PER_BATCH else None)
         dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def _finish_batch(stored: bool, image_size: int, augmentation: Augmentation | None):
-    """The batch map: stored pixels -> float32 RGB images at image_size, augmented when `augmentation` is given.
+def _finish_batch(image_size: int, augmentation: Augmentation | None):
+    """The batch map of stored pixels: uint8 -> float32 RGB images at image_size, augmented when `augmentation` is given.
 
     Flips move the stored uint8 pixels (they commute with the resize, and uint8 is a quarter of the bytes);
     the jitter runs on the float image before gray becomes RGB, so on one channel instead of three.
     """
-    from train.data.augment import augment_batch, batch_parameters, flip_batch, jitter_batch
+    from train.data.augment import batch_parameters, flip_batch, jitter_batch
     from train.data.pixels import to_float, to_rgb
 
     def augmented(element, seeds):
         images, labels = element
         parameters = batch_parameters(seeds, augmentation)
-        if not stored:
-            return augment_batch(images, parameters, augmentation), labels
         images = to_float(flip_batch(images, parameters, augmentation), image_size)
         return to_rgb(jitter_batch(images, parameters)), labels
 

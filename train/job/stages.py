@@ -184,7 +184,8 @@ def record_run(run_id: str, settings: MainSettings, data: LoadedDataset, runtime
         "val_examples": counts["val"],
         "test_examples": counts.get("test", 0),
         "replicas": setup.strategy.num_replicas_in_sync,
-        "resolved_augmentation": augmentation_settings(settings)["name"],
+        names.RESOLVED_AUGMENTATION_PARAM: augmentation_settings(settings)["name"],
+        names.AUGMENTATION_PLACEMENT_PARAM: augmentation_placement_of(data, settings),
         # Patients (or slides) per split when splits keep them whole: counts only, never the keys.
         **{f"{split}_groups": count for split, count in data.group_counts.items()},
     }
@@ -212,6 +213,7 @@ def record_run(run_id: str, settings: MainSettings, data: LoadedDataset, runtime
             "examples": counts,
             "groups": dict(data.group_counts),
             "augmentation": augmentation_settings(settings),
+            "augmentation_placement": augmentation_placement_of(data, settings),
             "dataset_digest": data.digest,
             "dataset_source": data.source,
         },
@@ -227,6 +229,14 @@ def augmentation_settings(settings: MainSettings) -> dict:
     if policy is None:
         return {"name": "none", "horizontal_flip": False, "vertical_flip": False, "rotate_90": False}
     return {**policy.to_dict(), "contrast_range": list(policy.contrast_range)}
+
+
+def augmentation_placement_of(data: LoadedDataset, settings: MainSettings) -> str:
+    """Where the input pipeline augments the training split (per_image, per_batch or none), as make_batches decides."""
+    from train.data.augment import resolve_augmentation
+    from train.data.pipeline import augmentation_placement
+
+    return augmentation_placement(data.splits["train"], resolve_augmentation(settings.augment, settings.dataset))
 
 
 def log_dataset(data: LoadedDataset, seed: int) -> None:

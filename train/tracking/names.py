@@ -92,11 +92,18 @@ IMAGES_RESUMED_METRIC = "images_resumed"
 IMAGES_FAILED_METRIC = "images_failed"
 IMAGES_PER_S_METRIC = "images_per_s"
 BATCH_SECONDS_METRIC = "batch_seconds"
+# CPU seconds the local engine's process spent scoring, every thread (bench/batch.py compares it with the CPU bound).
+BATCH_CPU_SECONDS_METRIC = "batch_cpu_seconds"
 # The scored archive's rows, logged when they are small (train.batch.run.ARTIFACT_LIMIT_BYTES).
 BATCH_OUTPUT_ARTIFACT = "batch_output"
 # Which engine scored the archive (local or spark) and whether it was back-tested on labels.
 BATCH_ENGINE_TAG = "medimg.batch_engine"
 BACKTEST_TAG = "medimg.backtest"
+
+# Params a training run resolves beside its settings: the augmentation policy `augment` gives, and where the
+# input pipeline applies it (per_image, per_batch or none; train.data.pipeline.augmentation_placement).
+RESOLVED_AUGMENTATION_PARAM = "resolved_augmentation"
+AUGMENTATION_PLACEMENT_PARAM = "resolved_augmentation_placement"
 
 # Artifacts of a training run.
 RESOLVED_CONFIG_ARTIFACT = "config/resolved_config.yaml"
