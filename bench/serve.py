@@ -28,8 +28,6 @@ import io
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +41,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from serve.common import free_port, stop_process_group  # noqa: E402
 
 TENSOR_MODEL_CODE = '''"""Tensor-input twin of the medimg classifier for bench/serve.py: float32 [N, S, S, 3] in 0-255 -> probabilities."""
 
@@ -125,12 +125,6 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--sixteen-bit-only", action="store_true", help="measure only the 2,000 px radiograph rows")
     return parser.parse_args(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -225,12 +219,7 @@ class Server:
         raise RuntimeError(f"server did not start: {self.log_path.read_text()[-2000:]}")
 
     def __exit__(self, *exc_info) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+        stop_process_group(self.process)
 
 
 class AppServer(Server):

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from serve.common import first_line
 from serve.contract import (
     EXPLAIN_PARAM,
     IMAGE_COLUMN,
@@ -120,11 +121,6 @@ def credentials_from_environment(environment: Mapping[str, str]) -> Credentials:
             f'`eval "$(python -m mlflow_server up --auth)"`) or {PASSWORD_FILE_ENVIRONMENT}'
         )
     return Credentials(username, password)
-
-
-def first_line(text: str, limit: int = 200) -> str:
-    line = (str(text).strip().splitlines() or [""])[0]
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 class ServedModel:
@@ -536,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[PASSWORD_ENVIRONMENT] = credentials.password
         served = load_served_model(arguments.model)
     except (ValueError, OSError) as error:
-        print(f"error: {first_line(str(error))}", file=sys.stderr)
+        print(f"error: {first_line(error, limit=None)}", file=sys.stderr)
         return 2
     import uvicorn
 

@@ -395,7 +395,8 @@ def png_bytes(image: np.ndarray) -> bytes:
 def serving(app) -> Iterator[str]:
     """The app behind uvicorn on a free loopback port, in a thread of this process; yields its URL."""
     import uvicorn
-    from serving_helpers import free_port
+
+    from serve.common import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

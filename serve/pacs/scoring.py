@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
+from serve.common import first_line
 from serve.contract import EXPLAIN_PARAM, IMAGE_COLUMN
 from serve.pacs.dicomweb import InstanceRow
 from serve.pacs.reports import MANUFACTURER, SC_SERIES_DESCRIPTION, SR_SERIES_DESCRIPTION, Algorithm
@@ -113,7 +114,7 @@ class Scorer:
         try:
             return cls(mlflow.pyfunc.load_model(resolved.load_uri), resolved)
         except MlflowException as error:
-            raise ValueError(f"cannot load {uri}: {str(error.message).splitlines()[0][:200]}") from None
+            raise ValueError(f"cannot load {uri}: {first_line(error.message)}") from None
         except AttributeError:
             raise ValueError(f"{uri} is not a medimg image classifier (no classifier configuration)") from None
 

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from serve.common import ConfigError
 from serve.contract import output_columns
 from train.data.spec import LoadedDataset, Split
-from train.settings import ConfigError, MainSettings
+from train.settings import MainSettings
 from train.tracking import names
 from train.tracking.lineage import DataIdentity
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from serve.common import ConfigError, first_line
 from serve.contract import output_columns
 from serve.model_uri import ModelUriError, ResolvedModel, resolve_model_uri
 from train.data import load_dataset
@@ -34,7 +35,7 @@ from train.scoring.figures import (
     samples_figure,
 )
 from train.scoring.metrics import confusion_matrices, label_text
-from train.settings import ConfigError, EvaluateSettings, MainSettings, coerce, first_line, unquote
+from train.settings import EvaluateSettings, MainSettings, coerce, unquote
 from train.tracking import names
 from train.tracking.experiments import medimg_run
 from train.tracking.lineage import DataIdentity, check_same_data
@@ -132,7 +133,7 @@ def load_classifier(model_uri: str):
     try:
         pyfunc_model = mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as error:
-        raise ConfigError(f"model_uri {model_uri!r} cannot be loaded: {first_line(str(error))}") from None
+        raise ConfigError(f"model_uri {model_uri!r} cannot be loaded: {first_line(error)}") from None
     try:
         classifier = pyfunc_model.unwrap_python_model()
     except MlflowException:
@@ -394,6 +395,6 @@ def log_gradcam(keras_model, images, labels, probabilities, task: str, class_nam
             )
     except ValueError as error:
         logger.warning("Grad-CAM skipped: %s", error)
-        mlflow.set_tag(names.GRADCAM_TAG, f"skipped: {first_line(str(error))[:200]}")
+        mlflow.set_tag(names.GRADCAM_TAG, f"skipped: {first_line(error)}")
         return
     mlflow.log_figure(gradcam_figure(np.asarray(images), np.asarray(heatmaps), titles), names.GRADCAM_ARTIFACT)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from train.scoring.operating_point import parse_operating_point
+
 
 def metric_safe(name: str) -> str:
     """Class names become metric key suffixes; MLflow keys allow letters, digits, _ - . / and spaces."""
@@ -295,8 +297,6 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: str) -> float
     is at least x (best sensitivity there); a number: that threshold.
     """
     from sklearn.metrics import roc_curve
-
-    from train.settings import parse_operating_point
 
     kind, value = parse_operating_point(rule)
     if kind == "threshold":

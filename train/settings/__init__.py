@@ -16,14 +16,14 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from models import available_models
+from serve.common import CommandFailed, ConfigError, first_line
 from serve.model_uri import check_model_uri
 from train.data import MINIMUM_IMAGE_SIZE, available_datasets, get_dataset_spec
 from train.data.prepared import DEFAULT_ENCODING, ENCODINGS
+from train.scoring.operating_point import parse_operating_point
 from train.settings.fields import (
     FALSE_WORDS,
     TRUE_WORDS,
-    CommandFailed,
-    ConfigError,
     Flag,
     Number,
     Settings,
@@ -34,7 +34,6 @@ from train.settings.fields import (
     describe_error,
     field_choices,
     field_kind,
-    first_line,
     parse_bool,
     unquote,
 )
@@ -58,7 +57,6 @@ __all__ = [
     "field_kind",
     "first_line",
     "parse_bool",
-    "parse_operating_point",
     "unquote",
 ]
 
@@ -105,24 +103,6 @@ def _augment_word(value: Any) -> Any:
 
 
 Augment = Annotated[Literal["auto", "cells", "radiograph", "none"], BeforeValidator(_augment_word)]
-
-
-def parse_operating_point(rule: str) -> tuple[str, float]:
-    """('youden', 0) | ('sensitivity', x) | ('specificity', x) | ('threshold', x); ValueError naming the valid forms."""
-    text = str(rule).strip().lower()
-    valid = "use youden, sensitivity:0.95, specificity:0.90 or a threshold between 0 and 1"
-    if text == "youden":
-        return "youden", 0.0
-    kind, _, value = text.partition(":")
-    try:
-        number = float(value if value else kind)
-    except ValueError:
-        raise ValueError(f"{rule!r} is not understood; {valid}") from None
-    if value and kind not in ("sensitivity", "specificity"):
-        raise ValueError(f"{rule!r} is not understood; {valid}")
-    if not 0.0 < number < 1.0 and not (not value and 0.0 <= number <= 1.0):
-        raise ValueError(f"{rule!r} needs a value between 0 and 1; {valid}")
-    return (kind, number) if value else ("threshold", number)
 
 
 def _operating_point(value: Any) -> Any:
@@ -491,7 +471,7 @@ def check_batch_input(input_path: str, output: str, engine: str) -> None:
     """ValueError unless `input` lists images the engine can read and `output` can be a folder outside it."""
     from pathlib import Path
 
-    from train.batch.sources import open_source
+    from train.data.archive import open_source
 
     if not input_path:
         raise ValueError(

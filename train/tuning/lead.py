@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-from train.settings import ConfigError, TuneSettings
+from serve.common import ConfigError
+from train.settings import TuneSettings
 from train.tracking import names
 from train.tracking.experiments import medimg_run
 from train.tuning.processes import interrupt_on_sigterm, run_workers, worker_settings
