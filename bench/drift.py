@@ -27,6 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from serve.monitoring import PSI_FLOOR  # noqa: E402
+
 POSITIVE = "parasitized"
 # Shifts of the test images (float arrays in 0-255) and of the class mix.
 SHIFTS = {
@@ -127,9 +129,9 @@ def table(results: dict[str, dict[str, float]]) -> str:
     )
     lines = [header, "|" + "---|" * 7]
     for name, f in results.items():
-        threshold = max(0.25, f[f"score_psi_critical.{POSITIVE}"])
+        threshold = max(PSI_FLOOR, f[f"score_psi_critical.{POSITIVE}"])
         score = f"{number(f, f'score_psi.{POSITIVE}')} ({threshold:.2f})"
-        threshold = max(0.25, f["input_psi_critical.intensity"])
+        threshold = max(PSI_FLOOR, f["input_psi_critical.intensity"])
         intensity = f"{number(f, 'input_psi.intensity')} ({threshold:.2f})"
         share = f"{number(f, f'positive_rate.{POSITIVE}')} ({number(f, f'reference_positive_rate.{POSITIVE}')})"
         auroc = f"{number(f, f'estimated_auroc.{POSITIVE}', 3)} / {number(f, 'true_auroc', 3)}"

@@ -34,12 +34,11 @@ from serve.contract import (
     split_labels,
     threshold_column,
 )
+from serve.monitoring import DEFAULT_WINDOW
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_UPLOAD_MB = 50
-# Answers the drift figures of /metrics are computed over (serve.monitoring.DEFAULT_WINDOW).
-DEFAULT_MONITORING_WINDOW = 500
 STATIC_DIR = Path(__file__).resolve().with_name("static")
 MODEL_ENVIRONMENT = "MEDIMG_MODEL_URI"
 PORT_ENVIRONMENT = "MEDIMG_PORT"
@@ -359,7 +358,7 @@ def create_app(
     *,
     max_upload_bytes: int,
     credentials: Credentials | None = None,
-    monitoring_window: int = DEFAULT_MONITORING_WINDOW,
+    monitoring_window: int = DEFAULT_WINDOW,
 ):
     """The FastAPI application around one loaded model; app.state holds its metrics and its drift monitor."""
     from fastapi import FastAPI, Request
@@ -509,8 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--monitoring-window",
         type=int,
-        default=DEFAULT_MONITORING_WINDOW,
-        help=f"recent answers the drift figures of /metrics cover (default: {DEFAULT_MONITORING_WINDOW})",
+        default=DEFAULT_WINDOW,
+        help=f"recent answers the drift figures of /metrics cover (default: {DEFAULT_WINDOW})",
     )
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser

@@ -31,6 +31,8 @@ THRESHOLD_PARAM = "threshold"
 FRAME_PARAM = "frame"
 EXPLAIN_PARAM = "explain"
 EXPLAIN_CLASS_PARAM = "explain_class"
+# The decision threshold of an output that has no operating point of its own (a probability at or above it decides).
+DEFAULT_THRESHOLD = 0.5
 # frame=-1 asks for the middle frame of a multi-frame image (frames // 2, 0-based).
 MIDDLE_FRAME = -1
 

@@ -34,6 +34,7 @@ from mlflow.pyfunc import PythonModel
 from serve.contract import (
     ACCEPTED_FORMATS_TEXT,
     DECODABLE_FORMATS,
+    DEFAULT_THRESHOLD,
     EXPLAIN_CLASS_PARAM,
     EXPLAIN_PARAM,
     FRAME_COLUMN,
@@ -96,7 +97,7 @@ class ClassifierConfig:
     class_names: list[str]
     task: str
     image_size: int
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
     max_pixels: int = DEFAULT_MAX_PIXELS
     thresholds: list[float] | None = None
     operating_point: str = ""

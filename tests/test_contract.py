@@ -338,3 +338,17 @@ def test_deprecations_reached_from_our_modules_fail_and_those_inside_libraries_d
         with pytest.raises(Warning, match="old API"):
             exec(code.format(category=category), {"__name__": "train.release.example"})
         exec(code.format(category=category), {"__name__": "somelibrary.internals"})
+
+
+def test_a_soft_label_of_exactly_one_half_is_positive_by_the_one_label_rule():
+    """Scoring, calibration, figures, prepare and the ChestX-ray14 loader all ask train.data.labels.is_positive."""
+    import numpy as np
+
+    from train.data.labels import POSITIVE_LABEL_AT, is_positive
+    from train.scoring.metrics import label_text
+
+    assert POSITIVE_LABEL_AT == 0.5
+    assert is_positive(0.5) and not is_positive(np.nextafter(0.5, 0.0))
+    assert is_positive([0.0, 0.5, 1.0]).tolist() == [False, True, True]
+    assert label_text(np.array([0.5]), "binary", ["normal", "finding"]) == "finding"
+    assert label_text(np.array([0.5, 0.49]), "multilabel", ["effusion", "mass"]) == "effusion"

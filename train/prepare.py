@@ -25,7 +25,13 @@ def log_to_active_run(result: PrepareResult) -> None:
     manifest = result.manifest
     with medimg_run(f"prepare {manifest['dataset']}", run_id=os.environ["MLFLOW_RUN_ID"]):
         mlflow.log_dict(manifest, "prepare/manifest.json")
-        mlflow.set_tags({names.DATASET_TAG: manifest["dataset"], names.PREPARED_DIR_TAG: str(result.output_dir)})
+        mlflow.set_tags(
+            {
+                names.KIND_TAG: names.KIND_PREPARATION,
+                names.DATASET_TAG: manifest["dataset"],
+                names.PREPARED_DIR_TAG: str(result.output_dir),
+            }
+        )
         metrics = {f"prepared_{split}_examples": count for split, count in manifest["counts"].items()}
         metrics.update(
             {

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from train.data.files import has_image_extension, scan_images
+from train.data.labels import is_positive
 from train.data.splits import TEST, TRAIN, VAL
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ class ChestXray14Index:
             hasher.update(path.name.encode())
             hasher.update(hashlib.sha256(path.read_bytes()).digest())
         for name, path, label, split_id in zip(self.names, self.paths, self.labels, self.split_ids, strict=True):
-            label_text = "".join("1" if value > 0.5 else "0" for value in label)
+            label_text = "".join("1" if is_positive(value) else "0" for value in label)
             hasher.update(f"{name}\t{path.stat().st_size}\t{label_text}\t{int(split_id)}\n".encode())
         return hasher.hexdigest()
 
@@ -271,7 +272,7 @@ def patient_order(patient_ids: np.ndarray, labels: np.ndarray, seed: int) -> lis
     inverse = inverse.reshape(-1)
     shuffled = generator.permutation(len(unique))
     presence = np.zeros((len(unique), labels.shape[1]), dtype=bool)
-    np.logical_or.at(presence, inverse, np.asarray(labels) > 0.5)
+    np.logical_or.at(presence, inverse, is_positive(labels))
     patients_per_label = presence.sum(axis=0)
     chosen: list[int] = []
     taken = np.zeros(len(unique), dtype=bool)

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from train.data.labels import is_positive
 from train.data.prepared import (
     DEFAULT_ENCODING,
     ENCODINGS,
@@ -313,7 +314,7 @@ def write_file_shard(task: dict[str, Any]) -> dict[str, Any]:
                 skipped.append(f"{path}: not a decodable image ({first_line(error)})")
                 continue
             writer.write(serialize_example(record_bytes(stored.numpy()), np.asarray(label), example_id))
-            positives += np.asarray(label) > 0.5
+            positives += is_positive(label)
             channels = max(channels, int(image_channels))
             count += 1
     os.replace(temporary, final)
@@ -360,7 +361,7 @@ def _write_loaded_split(
                     break
                 stored, image_channels, label = element
                 writer.write(serialize_example(record_bytes(stored), label, f"{split}-{position:07d}"))
-                positives += np.asarray(label) > 0.5
+                positives += is_positive(label)
                 channels = max(channels, int(image_channels))
                 count += 1
         os.replace(temporary, final)

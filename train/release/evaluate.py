@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from serve.common import ConfigError, first_line
-from serve.contract import output_columns
+from serve.contract import DEFAULT_THRESHOLD, output_columns
 from serve.model_uri import ModelUriError, ResolvedModel, resolve_model_uri
 from train.data import load_dataset
 from train.data.spec import LoadedDataset
@@ -237,7 +237,7 @@ def score_split(settings: EvaluateSettings, loaded: EvaluationData, classifier) 
     probabilities = classifier.calibrated(predictions.probabilities)
     thresholds = classifier_config.output_thresholds() if settings.threshold < 0 else settings.threshold
     if data.task == "multiclass":
-        thresholds = 0.5
+        thresholds = DEFAULT_THRESHOLD
     scores = score_predictions(
         predictions.labels,
         predictions.probabilities,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# The fixed specificity at which evaluate and training report sensitivity (evaluate's `specificity` default).
+REPORTED_SPECIFICITY = 0.9
+
 
 def parse_operating_point(rule: str) -> tuple[str, float]:
     """('youden', 0) | ('sensitivity', x) | ('specificity', x) | ('threshold', x); ValueError naming the valid forms."""

@@ -20,7 +20,7 @@ from serve.common import CommandFailed, ConfigError, first_line
 from serve.model_uri import check_model_uri
 from train.data import MINIMUM_IMAGE_SIZE, available_datasets, get_dataset_spec
 from train.data.prepared import DEFAULT_ENCODING, ENCODINGS
-from train.scoring.operating_point import parse_operating_point
+from train.scoring.operating_point import REPORTED_SPECIFICITY, parse_operating_point
 from train.settings.fields import (
     FALSE_WORDS,
     TRUE_WORDS,
@@ -300,7 +300,7 @@ class EvaluateSettings(Settings):
         description="decision threshold of every class; -1 = each class's operating point stored with the model",
     )
     specificity: Number = Field(
-        0.9, gt=0.0, lt=1.0, description="the fixed specificity at which sensitivity is reported"
+        REPORTED_SPECIFICITY, gt=0.0, lt=1.0, description="the fixed specificity at which sensitivity is reported"
     )
     max_examples: Whole = Field(
         -1, ge=-1, description="cap on the dataset size as in training; -1 = the training run's, 0 = all"

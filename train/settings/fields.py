@@ -18,9 +18,6 @@ from serve.common import ConfigError
 
 TRUE_WORDS = ("true", "1", "yes", "y", "on")
 FALSE_WORDS = ("false", "0", "no", "n", "off")
-MINIMUM_IMAGE_SIZE = 32
-# Non-chestxray14 datasets carve a test split of this share besides validation.
-TEST_FRACTION = 0.15
 
 
 def unquote(value: Any) -> Any:
