@@ -71,12 +71,13 @@ def load_text() -> str:
 
 def prepared_folder(raw: Path, output: Path, arguments: argparse.Namespace, encoding: str) -> Path:
     """Prepare the generated NIH folder with `encoding` (a no-op when `output` already holds it)."""
+    from train.data.chestxray14 import NAME as CHESTXRAY14
     from train.data.prepare import prepare
     from train.settings import PrepareSettings
 
     config = PrepareSettings.from_dict(
         {
-            "dataset": "chestxray14",
+            "dataset": CHESTXRAY14,
             "data_dir": str(raw),
             "output_dir": str(output),
             "image_size": arguments.prepared_size,
@@ -93,12 +94,13 @@ def prepared_folder(raw: Path, output: Path, arguments: argparse.Namespace, enco
 def epoch_rate(folder: Path, arguments: argparse.Namespace, augment: str) -> tuple[float, float, int]:
     """Images/s over the timed epochs of the training split's pipeline as `main` builds it, images per CPU second
     of this process over the same epochs (less sensitive to other work on the machine), and the split's count."""
+    from train.data.chestxray14 import NAME as CHESTXRAY14
     from train.job.stages import batches, load_data
     from train.settings import MainSettings
 
     settings = MainSettings.from_dict(
         {
-            "dataset": "chestxray14",
+            "dataset": CHESTXRAY14,
             "data_dir": str(folder),
             "image_size": arguments.image_size,
             "batch_size": arguments.batch_size,

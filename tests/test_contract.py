@@ -200,6 +200,21 @@ def test_train_has_at_most_six_modules_at_its_top_level():
     assert len(top) <= 6, top
 
 
+def test_no_dataset_name_is_spelled_outside_train_data():
+    """Per-dataset facts live on the DatasetSpec; code elsewhere asks the spec, never the name (literals included)."""
+    from train.data import available_datasets
+
+    datasets = set(available_datasets())
+    found = [
+        f"{path}:{line} {value!r}"
+        for path, tree in tracked_sources().items()
+        if not path.startswith("train/data/")
+        for line, value in string_literals(tree)
+        if value in datasets
+    ]
+    assert found == [], "ask the dataset spec (train/data/) instead: " + ", ".join(found)
+
+
 def test_no_dataset_name_is_compared_outside_train_data():
     """Per-dataset facts live on the DatasetSpec; code elsewhere asks the spec, never the name."""
     from train.data import available_datasets

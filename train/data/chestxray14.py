@@ -57,6 +57,7 @@ CLASS_NAMES = (
 CLASS_INDEX = {name: index for index, name in enumerate(CLASS_NAMES)}
 NO_FINDING = "No Finding"
 # The 2020 re-release first, then the original 2017 file name; both have the same columns.
+NAME = "chestxray14"
 METADATA_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
@@ -507,3 +508,8 @@ def load_chestxray14(
         settings={key: value for key, value in index.settings.items() if key != "name"},
     )
     return loaded
+
+
+def finds_labels(folder: Path, class_names: list[str]) -> bool:
+    """Whether the folder is an NIH ChestX-ray14 folder (its Data_Entry CSV at the top)."""
+    return any((folder / name).is_file() for name in METADATA_FILES)

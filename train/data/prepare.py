@@ -530,8 +530,12 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    # chestxray14 is indexed without reading pixels and written by worker processes; the rest go through loaders.
-    source = chestxray14_source(config) if config.dataset == "chestxray14" else loader_source(config)
+    # A dataset prepared from its index (its metadata lists the files) is written by worker processes without going
+    # through its loader; the rest go through their loaders.
+    from train.data import get_dataset_spec
+
+    indexed = get_dataset_spec(config.dataset).prepared_from_index
+    source = chestxray14_source(config) if indexed else loader_source(config)
     key = fingerprint(config, source)
     finished = _finished_shards(output_dir, key)
     reused = {

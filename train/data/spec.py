@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -105,7 +106,10 @@ class DatasetSpec:
     synthetic variants): `evaluate` sets it from the model's task. `reads_listed_files`: the loader reads only
     files its metadata lists, so a folder written inside data_dir is never read as data. `modalities`: the DICOM
     Modality values of the images the dataset holds (e.g. CR, DX for chest radiographs); the served model keeps
-    them and the PACS worker scores only those by default; empty means any image modality.
+    them and the PACS worker scores only those by default; empty means any image modality. `finds_labels(folder,
+    class_names)`: whether a folder holds this dataset's labels for a model with these classes (batch back-tests
+    find their labels with it; datasets are asked in registration order). `prepared_from_index`: `prepare` indexes
+    the files the metadata lists and writes them with worker processes instead of going through the loader.
     """
 
     name: str
@@ -120,6 +124,13 @@ class DatasetSpec:
     task_option: str = ""
     reads_listed_files: bool = False
     modalities: tuple[str, ...] = ()
+    finds_labels: Callable[[Path, list[str]], bool] | None = None
+    prepared_from_index: bool = False
+
+    @property
+    def reads_labelled_folders(self) -> bool:
+        """Whether the dataset can be read from a folder with its labels (a batch input can be back-tested on it)."""
+        return self.requires_data_dir or "data_dir" in self.options
 
     def load(self, options: LoadOptions) -> LoadedDataset:
         """Call the loader with the options it takes (train.data.check_options checks the others first)."""
