@@ -14,7 +14,6 @@ sensitivity (from calibrated probabilities, no labels) beside the true ones (fro
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import os
 import sys
@@ -92,17 +91,14 @@ def test_sets(arguments: argparse.Namespace) -> dict[str, tuple[np.ndarray, np.n
 
 def watch(model, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Score one test set through the pyfunc, observe it as the app does, and add the true figures."""
-    import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    from serve.contract import IMAGE_COLUMN
     from serve.monitoring import DriftMonitor
 
-    config = model.unwrap_python_model().config
+    config = model.config
     monitor = DriftMonitor.for_config(config, window=len(images))
     encoded = [png(image) for image in images]
-    frame = pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(data).decode("ascii") for data in encoded]})
-    rows = model.predict(frame).to_dict("records")
+    rows = model.predict(encoded).to_dict("records")
     for data, row in zip(encoded, rows, strict=True):
         monitor.observe(row, monitor.image_statistics(data, answer_row=row))
     figures = monitor.figures()
@@ -148,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(workdir) / 'mlflow.db'}"
         import mlflow
 
+        from serve.loaded import LoadedModel
+
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        model = mlflow.pyfunc.load_model(trained_model(arguments))
-        reference = model.unwrap_python_model().config.reference
+        model = LoadedModel.load(trained_model(arguments))
+        reference = model.config.reference
         results = {name: watch(model, images, labels) for name, (images, labels) in test_sets(arguments).items()}
     print(
         f"\nsmall_cnn at {arguments.image_size} px, {arguments.examples} synthetic cells, {arguments.epochs} epochs; "

@@ -297,11 +297,9 @@ def measure_server(url: str, body: bytes, requests_count: int, warmup: int, conc
 
 
 def measure_in_process(classifier, encoded: str, requests_count: int, warmup: int) -> dict[str, float]:
-    import pandas as pd
+    from serve.contract import request_frame
 
-    from serve.contract import IMAGE_COLUMN
-
-    frame = pd.DataFrame({IMAGE_COLUMN: [encoded]})
+    frame = request_frame(encoded)
     for _ in range(warmup):
         classifier.predict(None, frame)
     latencies = []
@@ -357,12 +355,13 @@ def main(argv: list[str] | None = None) -> int:
         from PIL import Image
 
         from serve.contract import EXPLAIN_PARAM
+        from serve.loaded import LoadedModel
         from serve.preprocess import load_image_tensor
         from train.data.synthetic import render_cell
 
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         model_uri = arguments.model_uri or train_model(workdir, arguments.image_size)
-        classifier = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+        classifier = LoadedModel.load(model_uri).image_classifier()
         size = classifier.config.image_size
         if arguments.radiograph_requests:
             measure_sixteen_bit(classifier, workdir, arguments.radiograph_requests, min(arguments.warmup, 3))

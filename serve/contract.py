@@ -110,6 +110,21 @@ def split_labels(predicted: str | None) -> list[str]:
     return [label for label in str(predicted or "").split(LABEL_SEPARATOR) if label]
 
 
+def request_frame(images):
+    """The request a medimg pyfunc reads: one row per image in IMAGE_COLUMN, bytes base64-encoded, text taken as base64.
+
+    `images`: one image (bytes or base64 text) or a sequence of them. The only place a request frame is built.
+    """
+    import base64
+
+    import pandas as pd
+
+    if isinstance(images, bytes | bytearray | str):
+        images = [images]
+    encoded = [image if isinstance(image, str) else base64.b64encode(image).decode("ascii") for image in images]
+    return pd.DataFrame({IMAGE_COLUMN: encoded})
+
+
 @dataclass(frozen=True)
 class Answer:
     """One answer row read back: probabilities and thresholds by output, the predicted labels and the frame."""

@@ -46,6 +46,7 @@ from serve.contract import (
     has_thresholds,
     join_labels,
     output_columns,
+    request_frame,
     threshold_column,
 )
 
@@ -159,7 +160,7 @@ def log_classifier(keras_model, config: ClassifierConfig, example_image: np.ndar
             artifacts={MODEL_ARTIFACT: str(keras_path), CONFIG_ARTIFACT: str(config_path)},
             code_paths=[str(Path(__file__).resolve().parent), str(Path(models.gradcam.__file__).resolve().parent)],
             signature=classifier_signature(config),
-            input_example=pd.DataFrame({IMAGE_COLUMN: [png_base64(pixels)]}),
+            input_example=request_frame(png_base64(pixels)),
             pip_requirements=serving_requirements(),
             **log_arguments,
         )

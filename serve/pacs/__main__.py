@@ -135,7 +135,7 @@ def run(settings, session, ledger) -> int:
     try:
         return worker.run(once=settings.once)
     except Exception as error:
-        from serve.app import fault_origin
+        from serve.loaded import fault_origin
 
         # A fault of the worker itself: its type and place, never its message (it could quote an attribute value).
         log.critical(

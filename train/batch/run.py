@@ -112,12 +112,12 @@ def _score_in_run(settings: BatchSettings, model: ResolvedModel, folder: Path, l
     from mlflow.tracking import MlflowClient
 
     from train.batch.backtest import plan_back_test
-    from train.release.evaluate import load_classifier
+    from train.release.evaluate import load_model
     from train.tracking.experiments import medimg_run
 
     with medimg_run(f"batch {model.label}", name=settings.run_name) as run:
         record_run(run.info.run_id, settings, model)
-        classifier = load_classifier(model.load_uri)
+        classifier = load_model(model).classifier
         config = classifier.config
         columns = batch_columns(config.task, config.class_names, explain=settings.explain)
         if ledger.columns and ledger.columns != columns:

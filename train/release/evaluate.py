@@ -22,6 +22,7 @@ import numpy as np
 
 from serve.common import ConfigError, first_line
 from serve.contract import DEFAULT_THRESHOLD, output_columns
+from serve.loaded import LoadedModel
 from serve.model_uri import ModelUriError, ResolvedModel, resolve_model_uri
 from train.data import load_dataset
 from train.data.spec import LoadedDataset
@@ -125,22 +126,14 @@ def predictions_csv(labels: np.ndarray, probabilities: np.ndarray, task: str, cl
 # The evaluation run.
 
 
-def load_classifier(model_uri: str):
-    """The medimg ImageClassifier behind a model URI (its Keras model and ClassifierConfig)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
+def load_model(source: ResolvedModel) -> LoadedModel:
+    """The loaded model behind a resolved URI (serve.loaded.LoadedModel), checked to be a medimg image classifier."""
     try:
-        pyfunc_model = mlflow.pyfunc.load_model(model_uri)
-    except (MlflowException, OSError) as error:
-        raise ConfigError(f"model_uri {model_uri!r} cannot be loaded: {first_line(error)}") from None
-    try:
-        classifier = pyfunc_model.unwrap_python_model()
-    except MlflowException:
-        classifier = None
-    if not hasattr(classifier, "model") or not hasattr(classifier, "config"):
-        raise ConfigError(f"model_uri {model_uri!r} is not a medimg image classifier (serve.pyfunc.ImageClassifier)")
-    return classifier
+        loaded = LoadedModel.load(source.uri, source)
+        loaded.image_classifier()
+    except ModelUriError as error:
+        raise ConfigError(str(error)) from None
+    return loaded
 
 
 @dataclass
@@ -190,7 +183,7 @@ def score_model(settings: EvaluateSettings) -> Evaluation:
     client = MlflowClient()
     source = resolve_model(settings.model_uri, client)
     enable_memory_growth()
-    classifier = load_classifier(source.load_uri)
+    classifier = load_model(source).classifier
     data = load_evaluation_data(settings, source, classifier, client)
     return score_split(settings, data, classifier)
 
