@@ -192,11 +192,9 @@ def engine_cpu_per_image(store: str) -> float:
 
 def pyfunc_loop(model, paths: list[Path]) -> float:
     """images/s of one pyfunc predict per file."""
-    import pandas as pd
+    from serve.contract import request_frame
 
-    from serve.contract import IMAGE_COLUMN
-
-    frames = [pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(path.read_bytes()).decode("ascii")]}) for path in paths]
+    frames = [request_frame(path.read_bytes()) for path in paths]
     model.predict(frames[0])
     started = time.perf_counter()
     for frame in frames:
@@ -222,13 +220,11 @@ def rest_loop(model_uri: str, paths: list[Path], workdir: Path) -> float:
 
 def batched_against_single(model, paths: list[Path], rounds: int = 5) -> tuple[float, float]:
     """ms per image of one 32-image predict and of 32 single-image predicts (best of `rounds`)."""
-    import pandas as pd
-
-    from serve.contract import IMAGE_COLUMN
+    from serve.contract import request_frame
 
     images = [base64.b64encode(path.read_bytes()).decode("ascii") for path in paths[:32]]
-    together = pd.DataFrame({IMAGE_COLUMN: images})
-    alone = [pd.DataFrame({IMAGE_COLUMN: [image]}) for image in images]
+    together = request_frame(images)
+    alone = [request_frame(image) for image in images]
     model.predict(together)
     batched, single = [], []
     for _ in range(rounds):
@@ -243,7 +239,7 @@ def batched_against_single(model, paths: list[Path], rounds: int = 5) -> tuple[f
 
 
 def measure(arguments: argparse.Namespace, workdir: Path) -> dict:
-    import mlflow
+    from serve.loaded import LoadedModel
 
     store = os.environ["MLFLOW_TRACKING_URI"]
     model_uri = register_model(arguments.image_size)
@@ -252,7 +248,7 @@ def measure(arguments: argparse.Namespace, workdir: Path) -> dict:
     results: dict = {}
     seconds, results["memory_small_mb"] = run_batch(batch_command(model_uri, files, workdir / "local.parquet"), workdir)
     results["local"], results["local_wall"] = engine_rate(store), seconds
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = LoadedModel.load(model_uri).pyfunc
     results["batched_ms"], results["single_ms"] = batched_against_single(model, paths)
     results["pyfunc_loop"] = pyfunc_loop(model, paths)
     if not arguments.skip_rest:

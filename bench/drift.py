@@ -14,7 +14,6 @@ sensitivity (from calibrated probabilities, no labels) beside the true ones (fro
 from __future__ import annotations
 
 import argparse
-import base64
 import io
 import os
 import sys
@@ -26,6 +25,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from serve.monitoring import PSI_FLOOR  # noqa: E402
 
 POSITIVE = "parasitized"
 # Shifts of the test images (float arrays in 0-255) and of the class mix.
@@ -90,17 +91,14 @@ def test_sets(arguments: argparse.Namespace) -> dict[str, tuple[np.ndarray, np.n
 
 def watch(model, images: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Score one test set through the pyfunc, observe it as the app does, and add the true figures."""
-    import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    from serve.contract import IMAGE_COLUMN
     from serve.monitoring import DriftMonitor
 
-    config = model.unwrap_python_model().config
+    config = model.config
     monitor = DriftMonitor.for_config(config, window=len(images))
     encoded = [png(image) for image in images]
-    frame = pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(data).decode("ascii") for data in encoded]})
-    rows = model.predict(frame).to_dict("records")
+    rows = model.predict(encoded).to_dict("records")
     for data, row in zip(encoded, rows, strict=True):
         monitor.observe(row, monitor.image_statistics(data, answer_row=row))
     figures = monitor.figures()
@@ -127,9 +125,9 @@ def table(results: dict[str, dict[str, float]]) -> str:
     )
     lines = [header, "|" + "---|" * 7]
     for name, f in results.items():
-        threshold = max(0.25, f[f"score_psi_critical.{POSITIVE}"])
+        threshold = max(PSI_FLOOR, f[f"score_psi_critical.{POSITIVE}"])
         score = f"{number(f, f'score_psi.{POSITIVE}')} ({threshold:.2f})"
-        threshold = max(0.25, f["input_psi_critical.intensity"])
+        threshold = max(PSI_FLOOR, f["input_psi_critical.intensity"])
         intensity = f"{number(f, 'input_psi.intensity')} ({threshold:.2f})"
         share = f"{number(f, f'positive_rate.{POSITIVE}')} ({number(f, f'reference_positive_rate.{POSITIVE}')})"
         auroc = f"{number(f, f'estimated_auroc.{POSITIVE}', 3)} / {number(f, 'true_auroc', 3)}"
@@ -146,9 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(workdir) / 'mlflow.db'}"
         import mlflow
 
+        from serve.loaded import LoadedModel
+
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        model = mlflow.pyfunc.load_model(trained_model(arguments))
-        reference = model.unwrap_python_model().config.reference
+        model = LoadedModel.load(trained_model(arguments))
+        reference = model.config.reference
         results = {name: watch(model, images, labels) for name, (images, labels) in test_sets(arguments).items()}
     print(
         f"\nsmall_cnn at {arguments.image_size} px, {arguments.examples} synthetic cells, {arguments.epochs} epochs; "

@@ -71,12 +71,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepared_folder(raw: Path, output: Path, arguments: argparse.Namespace, encoding: str) -> Path:
     """Prepare the generated NIH folder with `encoding` (a no-op when `output` already holds it)."""
+    from train.data.chestxray14 import NAME as CHESTXRAY14
     from train.data.prepare import prepare
     from train.settings import PrepareSettings
 
     config = PrepareSettings.from_dict(
         {
-            "dataset": "chestxray14",
+            "dataset": CHESTXRAY14,
             "data_dir": str(raw),
             "output_dir": str(output),
             "image_size": arguments.prepared_size,

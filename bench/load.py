@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.url:
         return 0 if measure(arguments.url.rstrip("/"), arguments) else 1
     from serve.client import running_process
+    from serve.common import free_port
     from serve.model_uri import check_model_uri
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -195,14 +196,6 @@ def main(argv: list[str] | None = None) -> int:
             command, ready_url=f"{url}/health", log_path=workdir / "app.log", env=dict(os.environ), cwd=REPO_ROOT
         ):
             return 0 if measure(url, arguments) else 1
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 if __name__ == "__main__":

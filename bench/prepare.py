@@ -129,16 +129,17 @@ def main(argv: list[str] | None = None) -> None:
         import tensorflow as tf
 
         from train.data import load_dataset
+        from train.data.chestxray14 import NAME as CHESTXRAY14
         from train.data.prepare import prepare
         from train.settings import PrepareSettings
 
         common = {"seed": arguments.seed, "validation_fraction": 0.1}
-        direct = load_dataset("chestxray14", data_dir=str(raw), image_size=arguments.image_size, **common)
+        direct = load_dataset(CHESTXRAY14, data_dir=str(raw), image_size=arguments.image_size, **common)
         direct_rate, direct_count = read_rate(direct.splits, arguments.batch_size)
 
         config = PrepareSettings.from_dict(
             {
-                "dataset": "chestxray14",
+                "dataset": CHESTXRAY14,
                 "data_dir": str(raw),
                 "output_dir": str(prepared),
                 "image_size": arguments.prepared_size,
@@ -151,9 +152,9 @@ def main(argv: list[str] | None = None) -> None:
         if not result.written_shards:
             print("note: the prepared folder already existed; prepare timings below are of a no-op run")
         workers = min(config.worker_count, len(result.written_shards) or 1)
-        from_records = load_dataset("chestxray14", data_dir=str(prepared), image_size=arguments.image_size, **common)
+        from_records = load_dataset(CHESTXRAY14, data_dir=str(prepared), image_size=arguments.image_size, **common)
         prepared_rate, prepared_count = read_rate(from_records.splits, arguments.batch_size)
-        same_size = load_dataset("chestxray14", data_dir=str(prepared), image_size=arguments.prepared_size, **common)
+        same_size = load_dataset(CHESTXRAY14, data_dir=str(prepared), image_size=arguments.prepared_size, **common)
         same_size_rate, _ = read_rate(same_size.splits, arguments.batch_size)
         if direct_count != prepared_count:
             raise ValueError(f"the readers saw {direct_count} and {prepared_count} images; expected the same number")

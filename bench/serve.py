@@ -28,8 +28,6 @@ import io
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +41,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from serve.common import free_port, stop_process_group  # noqa: E402
 
 TENSOR_MODEL_CODE = '''"""Tensor-input twin of the medimg classifier for bench/serve.py: float32 [N, S, S, 3] in 0-255 -> probabilities."""
 
@@ -125,12 +125,6 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--sixteen-bit-only", action="store_true", help="measure only the 2,000 px radiograph rows")
     return parser.parse_args(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -225,12 +219,7 @@ class Server:
         raise RuntimeError(f"server did not start: {self.log_path.read_text()[-2000:]}")
 
     def __exit__(self, *exc_info) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+        stop_process_group(self.process)
 
 
 class AppServer(Server):
@@ -308,11 +297,9 @@ def measure_server(url: str, body: bytes, requests_count: int, warmup: int, conc
 
 
 def measure_in_process(classifier, encoded: str, requests_count: int, warmup: int) -> dict[str, float]:
-    import pandas as pd
+    from serve.contract import request_frame
 
-    from serve.contract import IMAGE_COLUMN
-
-    frame = pd.DataFrame({IMAGE_COLUMN: [encoded]})
+    frame = request_frame(encoded)
     for _ in range(warmup):
         classifier.predict(None, frame)
     latencies = []
@@ -368,12 +355,13 @@ def main(argv: list[str] | None = None) -> int:
         from PIL import Image
 
         from serve.contract import EXPLAIN_PARAM
+        from serve.loaded import LoadedModel
         from serve.preprocess import load_image_tensor
         from train.data.synthetic import render_cell
 
         mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
         model_uri = arguments.model_uri or train_model(workdir, arguments.image_size)
-        classifier = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+        classifier = LoadedModel.load(model_uri).image_classifier()
         size = classifier.config.image_size
         if arguments.radiograph_requests:
             measure_sixteen_bit(classifier, workdir, arguments.radiograph_requests, min(arguments.warmup, 3))

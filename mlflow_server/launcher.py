@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow_server.postgres import PostgresCluster, process_is_running
+from serve.common import free_port
 
 DEFAULT_DATA_DIR = ".mlflow_server"
 DEFAULT_HOST = "127.0.0.1"
@@ -167,12 +168,6 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _free_port(host: str = DEFAULT_HOST) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
 def _process_group_members(group_id: int) -> list[int]:
     """Pids of live processes in a process group, found through /proc."""
     members = []
@@ -295,7 +290,7 @@ def _start_postgres(layout: _Layout, cluster: PostgresCluster, state: dict) -> i
         cluster.initialize()
     port = state.get("postgres_port")
     if not port or not _port_is_free(DEFAULT_HOST, port):
-        port = _free_port()
+        port = free_port(DEFAULT_HOST)
     _say(f"Starting PostgreSQL on 127.0.0.1:{port}")
     cluster.start(port)
     return port
@@ -485,7 +480,7 @@ def _choose_port(host: str, port: int | None, remembered_port: int | None) -> in
         return int(port)
     if remembered_port and _port_is_free(host, remembered_port):
         return remembered_port
-    chosen_port = _free_port(DEFAULT_HOST if host in ("0.0.0.0", "") else host)
+    chosen_port = free_port(DEFAULT_HOST if host in ("0.0.0.0", "") else host)
     if remembered_port:
         _say(f"Port {remembered_port} is taken now; using {chosen_port}")
     return chosen_port

@@ -16,7 +16,6 @@ Uploaded images are never written to disk or logs.
 import argparse
 import base64
 import os
-import re
 import secrets
 import sys
 import time
@@ -24,23 +23,23 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from serve.common import first_line
 from serve.concepts import concepts_of
 from serve.contract import (
     CONCEPT_FIELD,
     EXPLAIN_PARAM,
-    IMAGE_COLUMN,
     PREDICTED_COLUMN,
     THRESHOLD_PARAM,
-    THRESHOLD_PREFIX,
     split_labels,
     threshold_column,
 )
+from serve.loaded import LoadedModel, Rejected
+from serve.model_uri import ResolvedModel
+from serve.monitoring import DEFAULT_WINDOW
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_UPLOAD_MB = 50
-# Answers the drift figures of /metrics are computed over (serve.monitoring.DEFAULT_WINDOW).
-DEFAULT_MONITORING_WINDOW = 500
 STATIC_DIR = Path(__file__).resolve().with_name("static")
 MODEL_ENVIRONMENT = "MEDIMG_MODEL_URI"
 PORT_ENVIRONMENT = "MEDIMG_PORT"
@@ -89,6 +88,18 @@ class ModelInfo:
             model_id=resolved.model_id,
         )
 
+    def resolved(self) -> ResolvedModel:
+        """As a serve.model_uri.ResolvedModel (for a model loaded by hand, its URI is also the one it was loaded from)."""
+        return ResolvedModel(
+            uri=self.uri,
+            load_uri=self.uri,
+            name=self.name,
+            version=self.version,
+            model_id=self.model_id,
+            run_id=self.run_id,
+            aliases=tuple(self.aliases),
+        )
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -124,31 +135,21 @@ def credentials_from_environment(environment: Mapping[str, str]) -> Credentials:
     return Credentials(username, password)
 
 
-def first_line(text: str, limit: int = 200) -> str:
-    line = (str(text).strip().splitlines() or [""])[0]
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 class ServedModel:
-    """The MLflow pyfunc behind the app: turns upload bytes and query parameters into the model's answer."""
+    """The app's view of one loaded model (serve.loaded.LoadedModel): typed query params, the page's answer, /info."""
 
-    def __init__(self, pyfunc_model, info: ModelInfo):
-        self.pyfunc = pyfunc_model
-        self.info = info
-        self.param_specs = {spec.name: spec for spec in (pyfunc_model.metadata.get_params_schema() or [])}
-        outputs = pyfunc_model.metadata.get_output_schema()
-        # Probability columns are the doubles of the output schema; threshold_<column> columns are operating points.
-        self.classes = [
-            spec.name
-            for spec in (outputs.inputs if outputs is not None else [])
-            if spec.type.name == "double" and not spec.name.startswith(THRESHOLD_PREFIX)
-        ]
-        # None when the model has no single default: its stored per-class operating points decide.
-        threshold = self.param_specs.get(THRESHOLD_PARAM)
-        self.default_threshold = None if threshold is None or threshold.default is None else float(threshold.default)
+    def __init__(self, model, info: ModelInfo | None = None):
+        """model: a serve.loaded.LoadedModel, or a loaded pyfunc with its ModelInfo (a model made by hand)."""
+        if not isinstance(model, LoadedModel):
+            model = LoadedModel(model, info.resolved())
+        self.model = model
+        self.info = info if info is not None else ModelInfo.of(model.resolved)
+        self.pyfunc = model.pyfunc
+        self.param_specs = model.param_specs
+        self.classes = model.classes
+        self.default_threshold = model.default_threshold
         # The medimg pyfunc's ClassifierConfig (its monitoring reference); None for other pyfuncs.
-        unwrap = getattr(pyfunc_model, "unwrap_python_model", None)
-        self.config = getattr(unwrap(), "config", None) if unwrap is not None else None
+        self.config = model.config
         # Each output's coded concept, as the PACS worker's SR and the model card name it (none for other pyfuncs).
         self.concepts = (
             dict(zip(self.config.output_columns, concepts_of(self.config), strict=True)) if self.config else {}
@@ -163,7 +164,7 @@ class ServedModel:
     @property
     def explains(self) -> bool:
         """Whether the model takes the `explain` param (models logged before it existed do not)."""
-        return EXPLAIN_PARAM in self.param_specs
+        return self.model.explains
 
     def request_params(self, query: dict[str, str]) -> dict:
         """Query parameters typed by the model's param schema; an unknown name or a bad value is a 400."""
@@ -178,13 +179,10 @@ class ServedModel:
 
     def answer(self, data: bytes, params: dict) -> dict:
         """The model's answer for one image: its row, each finding against its operating point, the predicted labels."""
-        import pandas as pd
-
-        frame = pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(data).decode("ascii")]})
         try:
-            row = self.pyfunc.predict(frame, params=params or None).iloc[0].to_dict()
-        except Exception as error:
-            raise rejection_from(error) from None
+            row = self.model.score(data, params)
+        except Rejected as rejected:
+            raise rejection_of(rejected) from None
         row = {key: json_value(value) for key, value in row.items()}
         threshold = params.get(THRESHOLD_PARAM, self.default_threshold)
         findings = []
@@ -240,30 +238,13 @@ def typed_param(name: str, text: str, type_name: str):
     return text
 
 
-def rejection_from(error: Exception) -> Rejection:
-    """The HTTP answer for an exception of the model's predict; never carries image data."""
-    from mlflow.exceptions import MlflowException
-
-    reason = getattr(error, "reason", None)
-    if reason is not None:
-        # One image per request: the row number of the model's message says nothing to a page user.
-        return Rejection(400, str(reason), re.sub(r"^row 0: ", "", first_line(error.message)))
-    if isinstance(error, MlflowException) and error.error_code == "INVALID_PARAMETER_VALUE":
-        return Rejection(400, "bad_param", first_line(error.message))
+def rejection_of(rejected: Rejected) -> Rejection:
+    """The HTTP answer for a model that did not answer (serve.loaded.Rejected); never carries image data."""
+    if not rejected.fault:
+        return Rejection(400, rejected.reason, rejected.message)
     # The log names the failure and where it happened, never its message (it could quote request content).
-    print(f"prediction failed: {type(error).__name__} at {fault_origin(error)}", file=sys.stderr, flush=True)
+    print(f"prediction failed: {rejected.message} at {rejected.origin}", file=sys.stderr, flush=True)
     return Rejection(500, "internal_error", "the model failed on this image; the server log names the error type")
-
-
-def fault_origin(error: BaseException) -> str:
-    """`file:line in function` of the innermost frame of the error's traceback (the place the fault happened)."""
-    import traceback
-
-    frames = traceback.extract_tb(error.__traceback__)
-    if not frames:
-        return "an unknown place"
-    innermost = frames[-1]
-    return f"{Path(innermost.filename).name}:{innermost.lineno} in {innermost.name}"
 
 
 def json_value(value):
@@ -376,7 +357,7 @@ def create_app(
     *,
     max_upload_bytes: int,
     credentials: Credentials | None = None,
-    monitoring_window: int = DEFAULT_MONITORING_WINDOW,
+    monitoring_window: int = DEFAULT_WINDOW,
 ):
     """The FastAPI application around one loaded model; app.state holds its metrics and its drift monitor."""
     from fastapi import FastAPI, Request
@@ -526,8 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--monitoring-window",
         type=int,
-        default=DEFAULT_MONITORING_WINDOW,
-        help=f"recent answers the drift figures of /metrics cover (default: {DEFAULT_MONITORING_WINDOW})",
+        default=DEFAULT_WINDOW,
+        help=f"recent answers the drift figures of /metrics cover (default: {DEFAULT_WINDOW})",
     )
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser
@@ -549,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
             os.environ[PASSWORD_ENVIRONMENT] = credentials.password
         served = load_served_model(arguments.model)
     except (ValueError, OSError) as error:
-        print(f"error: {first_line(str(error))}", file=sys.stderr)
+        print(f"error: {first_line(error, limit=None)}", file=sys.stderr)
         return 2
     import uvicorn
 
@@ -567,16 +548,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def load_served_model(uri: str) -> ServedModel:
     """Resolve, load and warm up the model; ValueError with one line when it cannot be found or loaded."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from serve.model_uri import resolve_model_uri
-
-    resolved = resolve_model_uri(uri)
-    try:
-        served = ServedModel(mlflow.pyfunc.load_model(resolved.load_uri), ModelInfo.of(resolved))
-    except MlflowException as error:
-        raise ValueError(f"cannot load {uri}: {first_line(error.message)}") from None
+    served = ServedModel(LoadedModel.load(uri))
     try:
         warm_up(served)
     except Rejection as rejection:

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serve.common import free_port, stop_process_group
 from serve.contract import FRAME_PARAM, IMAGE_COLUMN, THRESHOLD_PARAM, join_labels, read_answer
 
 MESSAGE_LIMIT = 300
@@ -207,22 +208,6 @@ def running_process(command: list[str], *, ready_url: str, log_path, env: dict, 
         stop_process_group(process)
 
 
-def stop_process_group(process, grace: float = 20) -> int:
-    """SIGTERM a process started in its own session and everything it started; SIGKILL after `grace` seconds."""
-    import os
-    import signal
-    import subprocess
-
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-    return process.returncode
-
-
 @contextlib.contextmanager
 def temporary_server(model_uri: str, timeout: float = SERVER_START_TIMEOUT_S):
     """`mlflow models serve` of the version `model_uri` resolves to (serve.model_uri), on a free local port; yields its URL.
@@ -231,12 +216,9 @@ def temporary_server(model_uri: str, timeout: float = SERVER_START_TIMEOUT_S):
     from a shell where the virtual environment is not activated. Stopped, with its workers, on exit.
     """
     import os
-    import socket
     import tempfile
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     from serve.model_uri import ModelUriError, resolve_model_uri
 
     try:

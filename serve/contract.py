@@ -35,6 +35,8 @@ THRESHOLD_PARAM = "threshold"
 FRAME_PARAM = "frame"
 EXPLAIN_PARAM = "explain"
 EXPLAIN_CLASS_PARAM = "explain_class"
+# The decision threshold of an output that has no operating point of its own (a probability at or above it decides).
+DEFAULT_THRESHOLD = 0.5
 # frame=-1 asks for the middle frame of a multi-frame image (frames // 2, 0-based).
 MIDDLE_FRAME = -1
 
@@ -114,6 +116,21 @@ def join_labels(labels: Sequence[str]) -> str:
 def split_labels(predicted: str | None) -> list[str]:
     """The labels of a `predicted` cell (an empty cell: none)."""
     return [label for label in str(predicted or "").split(LABEL_SEPARATOR) if label]
+
+
+def request_frame(images):
+    """The request a medimg pyfunc reads: one row per image in IMAGE_COLUMN, bytes base64-encoded, text taken as base64.
+
+    `images`: one image (bytes or base64 text) or a sequence of them. The only place a request frame is built.
+    """
+    import base64
+
+    import pandas as pd
+
+    if isinstance(images, bytes | bytearray | str):
+        images = [images]
+    encoded = [image if isinstance(image, str) else base64.b64encode(image).decode("ascii") for image in images]
+    return pd.DataFrame({IMAGE_COLUMN: encoded})
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from serve.common import first_line
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPOSITORY / "docker" / "serving" / "Dockerfile"
 # Written from requirements.txt by `python -m serve.image --requirements` and committed, so that a reviewer reads
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         built = build_image(arguments.model, arguments.tag, options)
     except ValueError as error:
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {first_line(error, limit=None)}", file=sys.stderr)
         return 2
     except ImageBuildError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -25,6 +25,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from serve.common import first_line
+
 CHAMPION_ALIAS = "champion"
 LATEST = "latest"
 MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
@@ -62,11 +64,6 @@ class ResolvedModel:
     def label(self) -> str:
         """How logs and run names call it: `NAME version N`, else the URI."""
         return f"{self.name} version {self.version}" if self.name else self.uri
-
-
-def _first_line(text: object, limit: int = 200) -> str:
-    line = (str(text).strip().splitlines() or [""])[0]
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def check_model_uri(uri: str) -> None:
@@ -117,7 +114,7 @@ def resolve_model_uri(uri: str, client=None) -> ResolvedModel:
             client.get_run(run["run_id"])
             return ResolvedModel(text, text, run_id=run["run_id"])
     except MlflowException as error:
-        raise ModelUriError(f"model URI {uri!r} does not resolve: {_first_line(error.message)}") from None
+        raise ModelUriError(f"model URI {uri!r} does not resolve: {first_line(error.message)}") from None
     return ResolvedModel(text, text)
 
 

@@ -59,6 +59,7 @@ from statistics import NormalDist
 import numpy as np
 
 from serve.contract import (
+    DEFAULT_THRESHOLD,
     EXPLAINED_INPUT_COLUMN,
     FRAME_COLUMN,
     MIDDLE_FRAME,
@@ -69,6 +70,9 @@ from serve.contract import (
 
 REFERENCE_FORMAT = 1
 DEFAULT_WINDOW = 500
+# A PSI counts as drift above the larger of this (the usual "significant shift") and psi_critical; the alert rules
+# (monitoring/rules/medimg.rules.yml, clamp_min) use the same floor, and tests/test_monitoring.py holds them equal.
+PSI_FLOOR = 0.25
 SCORE_BINS = 10
 INTENSITY_BIN_WIDTH = 16
 # Added to every bin count of both distributions, so an empty bin gives a finite PSI.
@@ -358,7 +362,7 @@ class ModelReference:
     def thresholds(self) -> list[float] | None:
         if self.task == "multiclass":
             return None
-        return [item.threshold if item.threshold is not None else 0.5 for item in self.classes.values()]
+        return [item.threshold if item.threshold is not None else DEFAULT_THRESHOLD for item in self.classes.values()]
 
 
 class DriftMonitor:

@@ -17,6 +17,7 @@ import io
 
 import numpy as np
 
+from serve.common import first_line
 from serve.contract import ACCEPTED_FORMATS_TEXT, MIDDLE_FRAME
 
 DICOM_MAGIC_OFFSET = 128
@@ -137,12 +138,6 @@ def decode_and_resize(image_bytes, image_size: int, *, graph_only: bool = False)
     return resize(decode_in_graph(image_bytes) if graph_only else decode_image(image_bytes), image_size)
 
 
-def one_line(error: BaseException, limit: int = 200) -> str:
-    """The first line of an exception message, shortened, for error messages that must stay on one line."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def png_significant_bits(data: bytes) -> int | None:
     """Significant bits of a PNG's color samples from its sBIT chunk, or None when the file has none."""
     position = len(PNG_SIGNATURE)
@@ -182,7 +177,7 @@ def sixteen_bit_png_to_array(data: bytes) -> np.ndarray:
     try:
         pixels = tf.io.decode_png(data, channels=3, dtype=tf.uint16).numpy()
     except tf.errors.OpError as error:
-        raise ValueError(f"PNG cannot be decoded: {one_line(error)}") from None
+        raise ValueError(f"PNG cannot be decoded: {first_line(error)}") from None
     return (sixteen_bit_to_unit(pixels, png_significant_bits(data)) * 255.0).astype(np.float32)
 
 
@@ -194,7 +189,7 @@ def read_dicom(data: bytes, *, pixels: bool = True):
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=not pixels)
     except Exception as error:  # pydicom raises many exception types for broken files.
-        raise ValueError(f"not a readable DICOM file: {one_line(error)}") from error
+        raise ValueError(f"not a readable DICOM file: {first_line(error)}") from error
     if "TransferSyntaxUID" not in dataset.file_meta:
         # A data set without file meta (no preamble) is uncompressed; its syntax is the encoding pydicom read it in.
         implicit, little = dataset.original_encoding

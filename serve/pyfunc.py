@@ -34,6 +34,7 @@ from mlflow.pyfunc import PythonModel
 from serve.contract import (
     ACCEPTED_FORMATS_TEXT,
     DECODABLE_FORMATS,
+    DEFAULT_THRESHOLD,
     EXPLAIN_CLASS_PARAM,
     EXPLAIN_PARAM,
     FRAME_COLUMN,
@@ -45,6 +46,7 @@ from serve.contract import (
     has_thresholds,
     join_labels,
     output_columns,
+    request_frame,
     threshold_column,
 )
 
@@ -99,7 +101,7 @@ class ClassifierConfig:
     class_names: list[str]
     task: str
     image_size: int
-    threshold: float = 0.5
+    threshold: float = DEFAULT_THRESHOLD
     max_pixels: int = DEFAULT_MAX_PIXELS
     thresholds: list[float] | None = None
     operating_point: str = ""
@@ -162,7 +164,7 @@ def log_classifier(keras_model, config: ClassifierConfig, example_image: np.ndar
             artifacts={MODEL_ARTIFACT: str(keras_path), CONFIG_ARTIFACT: str(config_path)},
             code_paths=[str(Path(__file__).resolve().parent), str(Path(models.gradcam.__file__).resolve().parent)],
             signature=classifier_signature(config),
-            input_example=pd.DataFrame({IMAGE_COLUMN: [png_base64(pixels)]}),
+            input_example=request_frame(png_base64(pixels)),
             pip_requirements=serving_requirements(),
             **log_arguments,
         )

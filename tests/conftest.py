@@ -11,13 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_helpers import MODEL_NAME, audited_runner, free_port, load_pyfunc, running_server, tracking_at
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# Tests run from the repository root so `models`, `serve`, `train`, ... import.
+# Tests run from the repository root so `models`, `serve`, `train`, ... import (the helpers below import them too).
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
+
+from serving_helpers import MODEL_NAME, audited_runner, load_pyfunc, running_server, tracking_at  # noqa: E402
+
+from serve.common import free_port  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

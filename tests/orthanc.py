@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from serve.common import free_port, stop_process_group
 
 ORTHANC_BINARIES = ("/usr/sbin/Orthanc", "Orthanc")
 DICOMWEB_PLUGINS = (
@@ -44,12 +43,6 @@ def missing_tools() -> list[str]:
         if not shutil.which(program):
             missing.append(DEBIAN_PACKAGES[program])
     return missing
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class OrthancServer:
@@ -115,13 +108,7 @@ class OrthancServer:
         """Stop Orthanc and wait until it exited (it holds its database until then)."""
         if self.process is None:
             return
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
+        stop_process_group(self.process, grace=30)
         self.process = None
 
     def send(self, paths: list[Path]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -60,13 +59,6 @@ def cell_image(size: int, seed: int) -> np.ndarray:
 
 def encode(path: Path) -> str:
     return base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def invoke(url: str, body, *, timeout: float = 120) -> requests.Response:

@@ -339,7 +339,7 @@ def test_parallel_decoding_reports_the_first_bad_row_as_one_by_one_decoding_woul
 
 
 def test_labels_are_found_in_layouts_that_match_the_model(tmp_path):
-    from train.batch.backtest import labels_in
+    from train.data import labels_in
 
     classes = ["uninfected", "parasitized"]
     for name in ("b_normal", "a_sick"):

@@ -20,7 +20,8 @@ from train.scoring.metrics import (
     uncertainty,
     weighted_auroc,
 )
-from train.settings import ConfigError, MainSettings, parse_operating_point
+from train.scoring.operating_point import parse_operating_point
+from train.settings import ConfigError, MainSettings
 
 TINY = {"image_size": "32", "batch_size": "16", "convolutions": "1", "augment": "false"}
 

@@ -153,14 +153,24 @@ def test_every_tag_name_is_defined_once_in_train_tracking_names():
     assert len(tags) == len(set(tags)), "two constants name the same tag"
 
 
-# Import direction (DESIGN.md): models imports nothing of ours; serve imports models only; inside train,
-# scoring and data never import release or job, and nothing imports release but the command line.
+# Import direction (DESIGN.md): the bottom module (serve.common) imports nothing of ours; models imports nothing
+# of ours; serve imports models only; inside train, settings is the top of what it reads (data, scoring,
+# tracking never import it), scoring and data never import release or job, and nothing imports release but the
+# command line.
 FORBIDDEN = {
+    "serve.common": ("train", "serve.", "models", "aws", "mlflow_server"),
     "models": ("train", "serve", "aws", "mlflow_server"),
     "serve": ("train", "aws", "mlflow_server"),
-    "train.data": ("train.job", "train.release", "train.scoring", "train.tuning", "train.batch"),
-    "train.scoring": ("train.job", "train.release", "train.tuning", "train.batch"),
-    "train.tracking": ("train.job", "train.release", "train.scoring", "train.data", "train.tuning"),
+    "train.data": ("train.job", "train.release", "train.scoring", "train.tuning", "train.batch", "train.settings"),
+    "train.scoring": ("train.job", "train.release", "train.tuning", "train.batch", "train.settings"),
+    "train.tracking": (
+        "train.job",
+        "train.release",
+        "train.scoring",
+        "train.data",
+        "train.tuning",
+        "train.settings",
+    ),
     "train.job": ("train.release", "train.tuning", "train.batch"),
 }
 
@@ -188,6 +198,21 @@ def test_imports_go_one_way():
 def test_train_has_at_most_six_modules_at_its_top_level():
     top = sorted(path.name for path in (REPO_ROOT / "train").glob("*.py"))
     assert len(top) <= 6, top
+
+
+def test_no_dataset_name_is_spelled_outside_train_data():
+    """Per-dataset facts live on the DatasetSpec; code elsewhere asks the spec, never the name (literals included)."""
+    from train.data import available_datasets
+
+    datasets = set(available_datasets())
+    found = [
+        f"{path}:{line} {value!r}"
+        for path, tree in tracked_sources().items()
+        if not path.startswith("train/data/")
+        for line, value in string_literals(tree)
+        if value in datasets
+    ]
+    assert found == [], "ask the dataset spec (train/data/) instead: " + ", ".join(found)
 
 
 def test_no_dataset_name_is_compared_outside_train_data():
@@ -328,3 +353,17 @@ def test_deprecations_reached_from_our_modules_fail_and_those_inside_libraries_d
         with pytest.raises(Warning, match="old API"):
             exec(code.format(category=category), {"__name__": "train.release.example"})
         exec(code.format(category=category), {"__name__": "somelibrary.internals"})
+
+
+def test_a_soft_label_of_exactly_one_half_is_positive_by_the_one_label_rule():
+    """Scoring, calibration, figures, prepare and the ChestX-ray14 loader all ask train.data.labels.is_positive."""
+    import numpy as np
+
+    from train.data.labels import POSITIVE_LABEL_AT, is_positive
+    from train.scoring.metrics import label_text
+
+    assert POSITIVE_LABEL_AT == 0.5
+    assert is_positive(0.5) and not is_positive(np.nextafter(0.5, 0.0))
+    assert is_positive([0.0, 0.5, 1.0]).tolist() == [False, True, True]
+    assert label_text(np.array([0.5]), "binary", ["normal", "finding"]) == "finding"
+    assert label_text(np.array([0.5, 0.49]), "multilabel", ["effusion", "mass"]) == "effusion"

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from serving_helpers import free_port, running_server
+from serving_helpers import running_server
+
+from serve.common import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ("samples/cell.png", "samples/cell.jpg", "samples/cell.dcm")

@@ -395,7 +395,8 @@ def png_bytes(image: np.ndarray) -> bytes:
 def serving(app) -> Iterator[str]:
     """The app behind uvicorn on a free loopback port, in a thread of this process; yields its URL."""
     import uvicorn
-    from serving_helpers import free_port
+
+    from serve.common import free_port
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -668,3 +669,13 @@ def test_predict_feeds_the_monitor_and_its_image_statistics_follow(served_classi
     assert info["reference"] == "available" and info["window"] == 500 and info["figures"]["window_answers"] == 3
     model = {"name": "served-classifier", "version": "1", "aliases": "champion", "reference": "available"}
     assert value_of(samples, "medimg_model_info", **model, uri="models:/served-classifier@champion") == 1
+
+
+def test_the_alert_rules_count_drift_above_the_psi_floor_of_the_code(repo_root):
+    """monitoring/rules/ and serve.monitoring (bench/drift.py reads it) hold one PSI floor."""
+    from serve.monitoring import PSI_FLOOR
+
+    rules = (repo_root / "monitoring" / "rules" / "medimg.rules.yml").read_text()
+    floors = re.findall(r"clamp_min\(medimg_drift_\w+_psi_critical, ([0-9.]+)\)", rules)
+    assert len(floors) == 2
+    assert {float(floor) for floor in floors} == {PSI_FLOOR}

@@ -28,7 +28,9 @@ import pytest
 import requests
 from dicom_files import write_study
 from orthanc import OrthancServer
-from serving_helpers import MODEL_NAME, audited_runner, free_port, tracking_at
+from serving_helpers import MODEL_NAME, audited_runner, tracking_at
+
+from serve.common import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TODAY = datetime.date.today().strftime("%Y%m%d")
@@ -408,7 +410,7 @@ def tail(path: Path | None) -> str:
 
 
 def stop(process: subprocess.Popen) -> int:
-    from serve.client import stop_process_group
+    from serve.common import stop_process_group
 
     return stop_process_group(process, grace=30)
 

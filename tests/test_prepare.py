@@ -276,3 +276,21 @@ def test_a_prepared_folder_keeps_patients_and_subgroups_of_its_test_split(nih_ra
     for first in range(len(ids)):
         for second in range(len(ids)):
             assert (test.groups[first] == test.groups[second]) == (patients[first] == patients[second])
+
+
+def test_a_prepare_run_carries_the_preparation_kind_tag(tracking_uri, tmp_path, monkeypatch):
+    """Under `mlflow run -e prepare` the run MLflow started is tagged as a preparation, like every other kind."""
+    from mlflow.tracking import MlflowClient
+
+    from train.data.prepare import PrepareResult
+    from train.prepare import log_to_active_run
+    from train.tracking import names
+
+    client = MlflowClient(tracking_uri)
+    run_id = client.create_run(client.create_experiment("prepare-kind")).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    manifest = {"dataset": "synthetic", "counts": {"train": 2}, "skipped": {"count": 0}, "splits": {}}
+    log_to_active_run(PrepareResult(tmp_path, manifest, [], [], 1.0))
+    tags = client.get_run(run_id).data.tags
+    assert tags[names.KIND_TAG] == names.KIND_PREPARATION
+    assert tags[names.DATASET_TAG] == "synthetic"

@@ -6,7 +6,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import uuid
@@ -19,6 +18,7 @@ from moto import server as moto_server
 from mlflow_server import launcher
 from mlflow_server.__main__ import main as mlflow_server_main
 from mlflow_server.postgres import PostgresCluster
+from serve.common import free_port
 
 BUCKET = "medimg-test-artifacts"
 PREFIX = "mlflow"
@@ -27,12 +27,6 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.usefixtures("postgres_bin"),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _stop_launcher(data_dir: Path) -> None:
@@ -56,7 +50,7 @@ def _stop_launcher(data_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def s3_server():
     """moto's S3 in server mode on a free loopback port, with one empty bucket; yields the endpoint URL."""
-    port = _free_port()
+    port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 import requests
 from PIL import Image
-from serving_helpers import MAX_PIXELS, cell_image, encode, free_port, invoke, split_body, write_dicom
+from serving_helpers import MAX_PIXELS, cell_image, encode, invoke, split_body, write_dicom
 
+from serve.common import free_port
 from serve.preprocess import dicom_to_array, load_image_tensor
 
 TOLERANCE = 1e-5

@@ -1,4 +1,4 @@
-"""Shape of the product code: no function over 80 lines and no import cycle between our modules (reads the sources)."""
+"""Shape of the product code: no function over 80 lines, no import cycle between our modules or our packages (reads the sources)."""
 
 from __future__ import annotations
 
@@ -61,12 +61,8 @@ def test_no_function_is_longer_than_80_lines():
     assert long_ones == [], "split these into named steps: " + ", ".join(long_ones)
 
 
-def test_no_import_cycles_between_our_modules():
-    sources = product_sources()
-    graph = {module: imported_modules(module, tree, set(sources)) for module, tree in sources.items()}
-    # A package imports its own submodules when it is imported; that edge is not a cycle.
-    for module in graph:
-        graph[module] = {target for target in graph[module] if not target.startswith(module + ".")}
+def cycles_in(graph: dict[str, set[str]]) -> list[str]:
+    """Each import cycle of a graph, as `a -> b -> a`, found by a depth-first search."""
     cycles = []
     state: dict[str, int] = {}
 
@@ -82,4 +78,38 @@ def test_no_import_cycles_between_our_modules():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+    return cycles
+
+
+def test_no_import_cycles_between_our_modules():
+    sources = product_sources()
+    graph = {module: imported_modules(module, tree, set(sources)) for module, tree in sources.items()}
+    # A package imports its own submodules when it is imported; that edge is not a cycle.
+    for module in graph:
+        graph[module] = {target for target in graph[module] if not target.startswith(module + ".")}
+    cycles = cycles_in(graph)
     assert cycles == [], "import cycles: " + "; ".join(cycles)
+
+
+def package_of(module: str) -> str:
+    """The package a module counts for: its second-level package (train.data, serve.pacs), else the module itself."""
+    parts = module.split(".")
+    if len(parts) >= 2 and (REPO_ROOT / parts[0] / parts[1]).is_dir():
+        return ".".join(parts[:2])
+    return module
+
+
+def test_no_import_cycles_between_our_packages():
+    """train.data -> train.settings -> train.data is a cycle even when no two files import each other."""
+    sources = product_sources()
+    graph: dict[str, set[str]] = {}
+    for module, tree in sources.items():
+        source = package_of(module)
+        graph.setdefault(source, set())
+        for target in imported_modules(module, tree, set(sources)):
+            package = package_of(target)
+            if package != source and not package.startswith(source + ".") and not source.startswith(package + "."):
+                graph[source].add(package)
+                graph.setdefault(package, set())
+    cycles = cycles_in(graph)
+    assert cycles == [], "import cycles between packages: " + "; ".join(cycles)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from serve.common import free_port
 from train.settings import ConfigError, MainSettings, TuneSettings, TuneWorkerSettings
 from train.tuning.processes import visible_gpus, worker_environment
 from train.tuning.space import SearchSpace
@@ -410,12 +410,6 @@ def test_pruning_callback_lets_a_good_trial_finish_and_names_a_missing_metric():
 
 
 # Real searches.
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,9 @@ import importlib
 import os
 import sys
 
+from serve.common import CommandFailed, ConfigError
 from train.settings import (
     BatchSettings,
-    CommandFailed,
-    ConfigError,
     EvaluateSettings,
     MainSettings,
     PipelineSettings,
@@ -34,7 +33,7 @@ COMMANDS: dict[str, tuple[str, type[Settings], str]] = {
     "prepare": (
         "turn a raw dataset into resized, sharded TFRecords once, with a progress bar",
         PrepareSettings,
-        "train.data.prepare:main",
+        "train.prepare:main",
     ),
     "evaluate": (
         "score a model URI on a dataset split; log metrics, curves and pictures",

@@ -14,6 +14,8 @@ import signal
 import sqlite3
 import sys
 
+from serve.common import first_line
+
 WORKER_LOGGER = "serve.pacs"
 
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         session = session_from_environment(os.environ)
         ledger = Ledger(settings.state_dir)
     except (ValueError, LedgerBusy, OSError, sqlite3.Error) as error:
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {first_line(error, limit=None)}", file=sys.stderr)
         return 2
     with ledger:
         return run(settings, session, ledger)
@@ -81,7 +83,7 @@ def run(settings, session, ledger) -> int:
     try:
         scorer = Scorer.load(settings.model)
     except ValueError as error:
-        print(f"error: {str(error).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {first_line(error, limit=None)}", file=sys.stderr)
         return 2
     eligibility = Eligibility(settings.modalities or tuple(scorer.config.modalities))
     if not eligibility.modalities:
@@ -134,7 +136,7 @@ def run(settings, session, ledger) -> int:
     try:
         return worker.run(once=settings.once)
     except Exception as error:
-        from serve.app import fault_origin
+        from serve.loaded import fault_origin
 
         # A fault of the worker itself: its type and place, never its message (it could quote an attribute value).
         log.critical(

@@ -1,18 +1,18 @@
 """The worker's model and its eligibility rules: reads a registered model (MLflow) and instance attributes, writes answer rows in memory.
 
-`Scorer` resolves the model URI once (`serve.model_uri`), loads that version with `mlflow.pyfunc.load_model`
-and scores image bytes through the model's own pyfunc (decoder, calibration, operating points, Grad-CAM),
-exactly as `mlflow models serve` and the clinician app do. `Eligibility` decides from the attributes QIDO-RS
+`Scorer` holds the worker's `serve.loaded.LoadedModel` (resolved once, loaded once) and scores image bytes
+through the model's own pyfunc (decoder, calibration, operating points, Grad-CAM), exactly as
+`mlflow models serve` and the clinician app do. `Eligibility` decides from the attributes QIDO-RS
 lists (and again from the retrieved header) whether an instance is an image the model should score.
 """
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass
 
 from serve.concepts import concepts_of
-from serve.contract import EXPLAIN_PARAM, IMAGE_COLUMN
+from serve.contract import EXPLAIN_PARAM
+from serve.loaded import LoadedModel, Rejected
 from serve.pacs.dicomweb import InstanceRow
 from serve.pacs.reports import (
     MANUFACTURER,
@@ -91,40 +91,27 @@ class Eligibility:
 
 
 class Scorer:
-    """One registered model version, loaded once, scoring image bytes through its pyfunc with Grad-CAM."""
+    """The worker's view of one loaded model (serve.loaded.LoadedModel): scores image bytes with Grad-CAM."""
 
-    def __init__(self, pyfunc_model, resolved):
-        """pyfunc_model: mlflow.pyfunc.load_model(resolved.load_uri); resolved: serve.model_uri.ResolvedModel."""
-        self.pyfunc = pyfunc_model
-        self.resolved = resolved
+    def __init__(self, model: LoadedModel):
+        self.model = model
+        self.resolved = model.resolved
         # The served model's own configuration: outputs, task and the modalities it was trained on.
-        self.config = pyfunc_model.unwrap_python_model().config
+        self.config = model.image_classifier().config
         # The coded concept of each output (SNOMED CT where the model carries one, else medimg's private code).
         self.concepts = concepts_of(self.config)
-        params = pyfunc_model.metadata.get_params_schema()
-        self.explains = params is not None and EXPLAIN_PARAM in {spec.name for spec in params}
+        self.explains = model.explains
         self.algorithm = Algorithm(
-            name=resolved.name or "medimg-model",
-            version=resolved.version or "unregistered",
-            model_id=resolved.model_id,
-            uri=resolved.uri,
+            name=model.resolved.name or "medimg-model",
+            version=model.resolved.version or "unregistered",
+            model_id=model.resolved.model_id,
+            uri=model.resolved.uri,
         )
 
     @classmethod
     def load(cls, uri: str) -> Scorer:
         """Resolve and load the model; ValueError with one line when it cannot be found or loaded."""
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
-        from serve.model_uri import resolve_model_uri
-
-        resolved = resolve_model_uri(uri)
-        try:
-            return cls(mlflow.pyfunc.load_model(resolved.load_uri), resolved)
-        except MlflowException as error:
-            raise ValueError(f"cannot load {uri}: {str(error.message).splitlines()[0][:200]}") from None
-        except AttributeError:
-            raise ValueError(f"{uri} is not a medimg image classifier (no classifier configuration)") from None
+        return cls(LoadedModel.load(uri))
 
     @property
     def outputs(self) -> list[str]:
@@ -136,15 +123,10 @@ class Scorer:
 
     def score(self, data: bytes) -> dict:
         """The model's answer row for one image (with the Grad-CAM columns when the model explains)."""
-        import pandas as pd
-
-        frame = pd.DataFrame({IMAGE_COLUMN: [base64.b64encode(data).decode("ascii")]})
         try:
-            answer = self.pyfunc.predict(frame, params={EXPLAIN_PARAM: True} if self.explains else None)
-        except Exception as error:
-            # The pyfunc's rejections name their reason (serve.pyfunc.InvalidImageInput); anything else is the model's.
-            reason = getattr(error, "reason", None)
-            if reason:
-                raise BadInstance(str(reason)) from None
-            raise BadInstance("model_error", type(error).__name__) from None
-        return answer.iloc[0].to_dict()
+            return self.model.score(data, {EXPLAIN_PARAM: True} if self.explains else None)
+        except Rejected as rejected:
+            # The pyfunc's rejections name their reason (serve.pyfunc.InvalidImageInput); a fault is the model's.
+            if rejected.fault:
+                raise BadInstance("model_error", rejected.message) from None
+            raise BadInstance(rejected.reason) from None

@@ -1,1 +1,1 @@
-"""Batch scoring of archives (`python -m train batch`): sources, the local and Spark engines, part-file output, back-testing; imports serve, train.data, train.release, train.tracking and train.settings."""
+"""Batch scoring of archives (`python -m train batch`): the local and Spark engines (inputs are listed by train.data.archive), part-file output, back-testing; imports serve, train.data, train.release, train.tracking and train.settings."""

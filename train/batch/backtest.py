@@ -1,8 +1,7 @@
 """Back-tests a batch job on labelled input with evaluate's own code: finds the labels in the input, loads and checks the split, then logs evaluate's metrics, intervals, tables and plots on the batch run.
 
-Labels are found (dataset empty) in a folder written by `prepare` (its dataset), a ChestX-ray14
-folder (its Data_Entry CSV; the official test split), the malaria cell_images/ layout, or class folders
-whose sorted names are the model's classes (`imagefolder`, with or without train/ val/ test/). The split is chosen, loaded, predicted and scored
+Labels are found (dataset empty) by `train.data.labels_in`: a folder written by `prepare` names its dataset,
+otherwise each dataset's spec says whether the folder holds its labels for the model's classes. The split is chosen, loaded, predicted and scored
 exactly as `python -m train evaluate --dataset <found> --data-dir <input> --split <split>` would
 (train.release.evaluate: load_evaluation_data, score_split, log_evaluation_scores,
 log_evaluation_pictures), so the batch run's `<split>_*` metrics equal that evaluation's.
@@ -11,35 +10,10 @@ log_evaluation_pictures), so the batch run's `<split>_*` metrics equal that eval
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from serve.model_uri import ResolvedModel
 from train.settings import BatchSettings, EvaluateSettings
 from train.tracking import names
-
-
-def labels_in(input_path: str, class_names: list[str]) -> str:
-    """The dataset whose labels the input carries, or '' when it carries none that fit the model."""
-    from train.data.chestxray14 import METADATA_FILES
-    from train.data.imagefolder import class_folder_names
-    from train.data.malaria import CLASS_NAMES as MALARIA_CLASSES
-    from train.data.malaria import cell_images_folder
-    from train.data.prepared import is_prepared, read_manifest
-
-    folder = Path(input_path)
-    if not folder.is_dir():
-        return ""
-    if is_prepared(folder):
-        return str(read_manifest(folder).get("dataset", ""))
-    if any((folder / name).is_file() for name in METADATA_FILES):
-        return "chestxray14"
-    if cell_images_folder(folder) is not None and class_names == MALARIA_CLASSES:
-        return "malaria"
-    try:
-        # imagefolder's classes are its folder names in sorted order; the model's must be the same list.
-        return "imagefolder" if class_folder_names(folder) == class_names else ""
-    except ValueError:
-        return ""
 
 
 @dataclass
@@ -78,6 +52,8 @@ def plan_back_test(settings: BatchSettings, source: ResolvedModel, classifier, c
 
     if not settings.back_test_requested:
         return None
+    from train.data import labels_in
+
     dataset = settings.dataset or labels_in(settings.input, list(classifier.config.class_names))
     if not dataset:
         return None

@@ -37,7 +37,7 @@ from serve.contract import (
     SHA256_COLUMN,
     UNREADABLE_FILE_REASON,
 )
-from train.batch.sources import Item
+from train.data.archive import Item
 
 # mallopt's parameter number for the most heap arenas (glibc's malloc.h) and the count batch jobs keep.
 M_ARENA_MAX = -8
@@ -123,7 +123,7 @@ class LocalEngine:
 
     def prepare(self, item: Item) -> Prepared:
         """Read, hash, check and decode one image exactly as the pyfunc does for one request row."""
-        from serve.preprocess import one_line
+        from serve.common import first_line
         from serve.pyfunc import InvalidImageInput, check_bytes
 
         prepared = Prepared(item.path)
@@ -143,7 +143,7 @@ class LocalEngine:
         except (ValueError, ArithmeticError, LookupError, AttributeError, TypeError, RuntimeError, OSError) as error:
             # A decoder bug on one odd file is that file's row, not the end of a job over a whole archive.
             prepared.frame = None
-            prepared.reason, prepared.message = DECODER_FAILURE_REASON, f"{type(error).__name__}: {one_line(error)}"
+            prepared.reason, prepared.message = DECODER_FAILURE_REASON, f"{type(error).__name__}: {first_line(error)}"
             return prepared
         prepared.data = data
         return prepared

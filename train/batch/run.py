@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serve.common import ConfigError
 from serve.contract import batch_columns
 from serve.model_uri import ResolvedModel
 from train.batch.output import (
@@ -30,7 +31,7 @@ from train.batch.output import (
     remove_parts,
     remove_temporary_files,
 )
-from train.settings import BatchSettings, ConfigError
+from train.settings import BatchSettings
 from train.tracking import names
 
 logger = logging.getLogger("medimg.batch")
@@ -111,12 +112,12 @@ def _score_in_run(settings: BatchSettings, model: ResolvedModel, folder: Path, l
     from mlflow.tracking import MlflowClient
 
     from train.batch.backtest import plan_back_test
-    from train.release.evaluate import load_classifier
+    from train.release.evaluate import load_model
     from train.tracking.experiments import medimg_run
 
     with medimg_run(f"batch {model.label}", name=settings.run_name) as run:
         record_run(run.info.run_id, settings, model)
-        classifier = load_classifier(model.load_uri)
+        classifier = load_model(model).classifier
         config = classifier.config
         columns = batch_columns(config.task, config.class_names, explain=settings.explain)
         if ledger.columns and ledger.columns != columns:
@@ -170,7 +171,7 @@ def score_locally(settings: BatchSettings, model: ResolvedModel, classifier, col
     from tqdm.auto import tqdm
 
     from train.batch.local import LocalEngine, limit_heap_arenas, model_identity
-    from train.batch.sources import open_source, pending_count
+    from train.data.archive import open_source, pending_count
     from train.job.hardware import enable_memory_growth
 
     enable_memory_growth()

@@ -3,7 +3,7 @@
 The route MLflow itself documents for scoring at scale: the registered model becomes a pandas UDF
 (`env_manager="local"`: workers use their installed packages) that runs the model's own pyfunc on Arrow
 batches, so a file gets the numbers `mlflow models serve` and the local engine give it. Around it:
-- listing: on the driver, with the local engine's own listing (train.batch.sources.FolderSource: training's
+- listing: on the driver, with the local engine's own listing (train.data.archive.FolderSource: training's
   file filter, extension-less DICOM included); the files the output holds already are left out before
   any content is read (resume), and empty files, which Spark's file scans skip, get their rows here;
 - checking: a pandas UDF runs the local engine's own `prepare` (read, SHA-256, header checks, decode)
@@ -132,7 +132,7 @@ def list_input(input_path: str, done: set[str]) -> Listing:
     Spark's file scans skip files of length 0, so those are set aside for the local engine's prepare(); files
     the output holds already are left out before Spark reads any content.
     """
-    from train.batch.sources import FolderSource
+    from train.data.archive import FolderSource
 
     listing = Listing()
     for relative, file in FolderSource(input_path).files():
@@ -149,7 +149,7 @@ def empty_file_rows(paths: list[str], identity: dict[str, str], config: dict, fr
     """The rows of empty files, with the error the local engine gives them."""
     from serve.pyfunc import ClassifierConfig, ImageClassifier
     from train.batch.local import LocalEngine
-    from train.batch.sources import Item
+    from train.data.archive import Item
 
     classifier = ImageClassifier()
     classifier.config = ClassifierConfig(**config)
@@ -174,7 +174,7 @@ def checked(files, root_uri: str, config: dict, frame: int, workers: int):
 
         from serve.pyfunc import ClassifierConfig, ImageClassifier
         from train.batch.local import LocalEngine
-        from train.batch.sources import Item
+        from train.data.archive import Item
 
         classifier = ImageClassifier()
         classifier.config = ClassifierConfig(**config)

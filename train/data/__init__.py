@@ -9,9 +9,11 @@ A new dataset module adds itself with `register_dataset(DatasetSpec(...))` and r
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING
 
+from train.data import chestxray14, imagefolder, malaria, synthetic
 from train.data.chestxray14 import CONCEPTS as CHESTXRAY14_CONCEPTS
 from train.data.chestxray14 import load_chestxray14
 from train.data.imagefolder import load_imagefolder
@@ -54,6 +56,10 @@ __all__ = [
 
 # Options every loader takes.
 COMMON_OPTIONS = ("image_size", "seed", "max_examples", "validation_fraction")
+# The demo and test dataset: the default of `main` and of a search space without fixed.dataset.
+DEFAULT_DATASET = synthetic.NAME
+# The dataset `prepare` was made for (a 45 GB folder of 1024 px PNGs): its default.
+DEFAULT_PREPARED_DATASET = chestxray14.NAME
 
 _REGISTRY: dict[str, DatasetSpec] = {}
 
@@ -69,6 +75,37 @@ def register_dataset(spec: DatasetSpec) -> None:
 def available_datasets() -> list[str]:
     """Registered dataset names, sorted."""
     return sorted(_REGISTRY)
+
+
+def labelled_datasets() -> list[str]:
+    """Datasets that can be read with their labels from a folder (a batch input can be back-tested on them)."""
+    return [name for name in available_datasets() if _REGISTRY[name].reads_labelled_folders]
+
+
+def datasets_where(fact: Callable[[DatasetSpec], bool]) -> list[str]:
+    """Registered dataset names whose spec has a fact, sorted (help texts name them instead of spelling them)."""
+    return [name for name in available_datasets() if fact(_REGISTRY[name])]
+
+
+def labels_in(input_path: str | os.PathLike, class_names: list[str]) -> str:
+    """The dataset whose labels a folder carries for a model with these classes, or '' when it carries none that fit.
+
+    A folder written by `prepare` names its dataset; otherwise each spec's `finds_labels` is asked, in
+    registration order (so class folders, the catch-all, come last).
+    """
+    from pathlib import Path
+
+    from train.data.prepared import read_manifest
+
+    folder = Path(input_path)
+    if not folder.is_dir():
+        return ""
+    if is_prepared(folder):
+        return str(read_manifest(folder).get("dataset", ""))
+    for name, spec in _REGISTRY.items():
+        if spec.finds_labels is not None and spec.finds_labels(folder, class_names):
+            return name
+    return ""
 
 
 def get_dataset_spec(name: str) -> DatasetSpec:
@@ -166,7 +203,7 @@ def make_batches(
 
 register_dataset(
     DatasetSpec(
-        name="synthetic",
+        name=synthetic.NAME,
         description="generated round cells, parasitized ones with dark dots (binary) or dots/ring/stripes (multilabel)",
         loader=load_synthetic,
         options=(*COMMON_OPTIONS, "test_fraction", "synthetic_task", "synthetic_examples"),
@@ -178,7 +215,7 @@ register_dataset(
 )
 register_dataset(
     DatasetSpec(
-        name="malaria",
+        name=malaria.NAME,
         description="NIH malaria cell images from TFDS (data_dir: optional TFDS data dir) or an extracted cell_images/ folder",
         loader=load_malaria,
         options=(*COMMON_OPTIONS, "data_dir", "test_fraction", "group_pattern"),
@@ -187,11 +224,12 @@ register_dataset(
         grouping="by smear in the cell_images/ folder (group_pattern), per cell from TFDS",
         # Microscope pictures of blood smears: general and slide microscopy.
         modalities=("GM", "SM"),
+        finds_labels=malaria.finds_labels,
     )
 )
 register_dataset(
     DatasetSpec(
-        name="chestxray14",
+        name=chestxray14.NAME,
         description=(
             "NIH ChestX-ray14 folder (Data_Entry_2017_v2020.csv, train_val_list.txt, test_list.txt, "
             "images_*/images/) or a folder written by `python -m train prepare`"
@@ -211,11 +249,13 @@ register_dataset(
         # Frontal chest radiographs: computed and digital radiography.
         modalities=("CR", "DX"),
         concepts=CHESTXRAY14_CONCEPTS,
+        finds_labels=chestxray14.finds_labels,
+        prepared_from_index=True,
     )
 )
 register_dataset(
     DatasetSpec(
-        name="imagefolder",
+        name=imagefolder.NAME,
         description="a folder with one subfolder per class, optionally under train/ val/ test/",
         loader=load_imagefolder,
         options=(*COMMON_OPTIONS, "data_dir", "test_fraction", "group_pattern"),
@@ -223,5 +263,6 @@ register_dataset(
         limitations="Tested on one split of one folder of images; performance on other sites and scanners is unknown.",
         requires_data_dir=True,
         grouping="per image unless group_pattern names the patient in the file name",
+        finds_labels=imagefolder.finds_labels,
     )
 )

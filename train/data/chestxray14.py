@@ -33,6 +33,7 @@ import numpy as np
 
 from serve.concepts import Concept
 from train.data.files import has_image_extension, scan_images
+from train.data.labels import is_positive
 from train.data.splits import TEST, TRAIN, VAL
 
 if TYPE_CHECKING:
@@ -141,6 +142,7 @@ CONCEPTS = tuple((name, concept) for name, concept in FINDINGS if concept is not
 CLASS_INDEX = {name: index for index, name in enumerate(CLASS_NAMES)}
 NO_FINDING = "No Finding"
 # The 2020 re-release first, then the original 2017 file name; both have the same columns.
+NAME = "chestxray14"
 METADATA_FILES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 TRAIN_VAL_LIST = "train_val_list.txt"
 TEST_LIST = "test_list.txt"
@@ -193,7 +195,7 @@ class ChestXray14Index:
             hasher.update(path.name.encode())
             hasher.update(hashlib.sha256(path.read_bytes()).digest())
         for name, path, label, split_id in zip(self.names, self.paths, self.labels, self.split_ids, strict=True):
-            label_text = "".join("1" if value > 0.5 else "0" for value in label)
+            label_text = "".join("1" if is_positive(value) else "0" for value in label)
             hasher.update(f"{name}\t{path.stat().st_size}\t{label_text}\t{int(split_id)}\n".encode())
         return hasher.hexdigest()
 
@@ -356,7 +358,7 @@ def patient_order(patient_ids: np.ndarray, labels: np.ndarray, seed: int) -> lis
     inverse = inverse.reshape(-1)
     shuffled = generator.permutation(len(unique))
     presence = np.zeros((len(unique), labels.shape[1]), dtype=bool)
-    np.logical_or.at(presence, inverse, np.asarray(labels) > 0.5)
+    np.logical_or.at(presence, inverse, is_positive(labels))
     patients_per_label = presence.sum(axis=0)
     chosen: list[int] = []
     taken = np.zeros(len(unique), dtype=bool)
@@ -591,3 +593,8 @@ def load_chestxray14(
         settings={key: value for key, value in index.settings.items() if key != "name"},
     )
     return loaded
+
+
+def finds_labels(folder: Path, class_names: list[str]) -> bool:
+    """Whether the folder is an NIH ChestX-ray14 folder (its Data_Entry CSV at the top)."""
+    return any((folder / name).is_file() for name in METADATA_FILES)

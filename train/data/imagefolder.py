@@ -31,6 +31,7 @@ from train.data.splits import (
     stratified_split,
 )
 
+NAME = "imagefolder"
 SPLIT_FOLDER_IDS = {"train": TRAIN, "val": VAL, "validation": VAL, "test": TEST}
 
 
@@ -274,3 +275,11 @@ def load_imagefolder(
         test_fraction=test_fraction,
         group_pattern=resolve_group_pattern(group_pattern),
     )
+
+
+def finds_labels(folder: Path, class_names: list[str]) -> bool:
+    """Whether the folder's class folders, in sorted order, are the model's classes (with or without train/ val/ test/)."""
+    try:
+        return class_folder_names(folder) == class_names
+    except ValueError:
+        return False

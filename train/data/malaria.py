@@ -25,7 +25,8 @@ from train.data.spec import SPLIT_NAMES, LoadedDataset
 CLASS_NAMES = ["uninfected", "parasitized"]
 # (class name, folder name) in label order, for the extracted cell_images/ layout.
 CELL_IMAGE_CLASSES = [("uninfected", "Uninfected"), ("parasitized", "Parasitized")]
-TFDS_NAME = "malaria"
+NAME = "malaria"
+TFDS_NAME = NAME
 TFDS_PARASITIZED = 0
 
 
@@ -164,3 +165,8 @@ def load_malaria_tfds(
         digest=array_digest(settings, tfds_labels, split_ids),
         source=f"tfds:{TFDS_NAME}",
     )
+
+
+def finds_labels(folder: Path, class_names: list[str]) -> bool:
+    """Whether the folder is the extracted cell_images/ layout and the model's classes are malaria's."""
+    return cell_images_folder(folder) is not None and class_names == CLASS_NAMES

@@ -1,4 +1,4 @@
-"""Turns a raw dataset into resized, sharded TFRecords plus manifest.json (`python -m train prepare`); reads the raw dataset.
+"""Turns a raw dataset into resized, sharded TFRecords plus manifest.json; reads the raw dataset (the command is train/prepare.py).
 
 Usage:
 
@@ -22,15 +22,15 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from train.data.labels import is_positive
 from train.data.prepared import (
     DEFAULT_ENCODING,
     ENCODINGS,
@@ -41,8 +41,6 @@ from train.data.prepared import (
     count_records,
 )
 from train.data.spec import SPLIT_NAMES
-from train.settings import ConfigError, PrepareSettings
-from train.tracking import names
 
 # Lines of skipped images kept in the manifest; the count covers all of them.
 MAX_SKIPPED_IN_MANIFEST = 100
@@ -52,6 +50,27 @@ TEMPORARY_SUFFIX = ".partial"
 # The version of the records' contents in the fingerprint: PNG shards are written as in format version 1, so
 # a version 1 folder prepared again with the same settings is recognised, not redone.
 RECORDS_VERSION = 1
+
+
+class PrepareConfig(Protocol):
+    """What the writer reads of its settings (train.settings.PrepareSettings has these fields)."""
+
+    dataset: str
+    data_dir: str
+    output_dir: str
+    image_size: int
+    shard_size: int
+    image_encoding: str
+    seed: int
+    validation_fraction: float
+    view: str
+    group_pattern: str
+    max_missing_fraction: float
+
+    @property
+    def worker_count(self) -> int: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -127,7 +146,7 @@ def _plan_split(split: str, count: int, shard_size: int) -> list[ShardPlan]:
     ]
 
 
-def chestxray14_source(config: PrepareSettings) -> PreparedSource:
+def chestxray14_source(config: PrepareConfig) -> PreparedSource:
     """Index the NIH folder (no pixels read) and plan shards of file paths, each split in a seeded random order."""
     from train.data.chestxray14 import CLASS_NAMES, build_index
 
@@ -168,7 +187,7 @@ def chestxray14_source(config: PrepareSettings) -> PreparedSource:
     )
 
 
-def loader_source(config: PrepareSettings) -> PreparedSource:
+def loader_source(config: PrepareConfig) -> PreparedSource:
     """Load the dataset with its registered loader at the prepared size and plan shards over its splits."""
     from train.data import load_dataset
 
@@ -215,7 +234,7 @@ def loaded_examples(loaded) -> tuple[list[str], dict[str, list]]:
     return ["group", *attributes], examples
 
 
-def fingerprint(config: PrepareSettings, source: PreparedSource) -> str:
+def fingerprint(config: PrepareConfig, source: PreparedSource) -> str:
     """Digest of everything that decides the shards' contents; a manifest with the same one needs no work."""
     settings = {
         "format_version": RECORDS_VERSION,
@@ -271,7 +290,7 @@ def write_file_shard(task: dict[str, Any]) -> dict[str, Any]:
     """Read, decode, resize and encode the files of one shard; write it under a temporary name, then rename it."""
     import tensorflow as tf
 
-    from serve.preprocess import one_line
+    from serve.common import first_line
     from train.data.prepared import record_bytes, serialize_example
 
     encoding = task["image_encoding"]
@@ -292,10 +311,10 @@ def write_file_shard(task: dict[str, Any]) -> dict[str, Any]:
                 skipped.append(f"{path}: cannot be read ({error.strerror or error})")
                 continue
             except tf.errors.OpError as error:
-                skipped.append(f"{path}: not a decodable image ({one_line(error)})")
+                skipped.append(f"{path}: not a decodable image ({first_line(error)})")
                 continue
             writer.write(serialize_example(record_bytes(stored.numpy()), np.asarray(label), example_id))
-            positives += np.asarray(label) > 0.5
+            positives += is_positive(label)
             channels = max(channels, int(image_channels))
             count += 1
     os.replace(temporary, final)
@@ -342,7 +361,7 @@ def _write_loaded_split(
                     break
                 stored, image_channels, label = element
                 writer.write(serialize_example(record_bytes(stored), label, f"{split}-{position:07d}"))
-                positives += np.asarray(label) > 0.5
+                positives += is_positive(label)
                 channels = max(channels, int(image_channels))
                 count += 1
         os.replace(temporary, final)
@@ -425,7 +444,7 @@ class Progress:
 
 
 def build_manifest(
-    config: PrepareSettings, source: PreparedSource, key: str, shards: dict[str, dict[str, Any]], seconds: float
+    config: PrepareConfig, source: PreparedSource, key: str, shards: dict[str, dict[str, Any]], seconds: float
 ) -> dict[str, Any]:
     """The manifest: settings, source digest, class names, task, and per split counts, prevalence and shards."""
     from importlib.metadata import PackageNotFoundError, version
@@ -506,13 +525,17 @@ def build_manifest(
 # --- the command ------------------------------------------------------------------------------------
 
 
-def prepare(config: PrepareSettings) -> PrepareResult:
+def prepare(config: PrepareConfig) -> PrepareResult:
     """Write (or finish, or confirm) the prepared folder for `config`; return what was done."""
     started = time.perf_counter()
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    # chestxray14 is indexed without reading pixels and written by worker processes; the rest go through loaders.
-    source = chestxray14_source(config) if config.dataset == "chestxray14" else loader_source(config)
+    # A dataset prepared from its index (its metadata lists the files) is written by worker processes without going
+    # through its loader; the rest go through their loaders.
+    from train.data import get_dataset_spec
+
+    indexed = get_dataset_spec(config.dataset).prepared_from_index
+    source = chestxray14_source(config) if indexed else loader_source(config)
     key = fingerprint(config, source)
     finished = _finished_shards(output_dir, key)
     reused = {
@@ -557,7 +580,7 @@ def prepare(config: PrepareSettings) -> PrepareResult:
 
 
 def _write_pending(
-    config: PrepareSettings, source: PreparedSource, pending: list[ShardPlan], output_dir: Path
+    config: PrepareConfig, source: PreparedSource, pending: list[ShardPlan], output_dir: Path
 ) -> Iterator[dict[str, Any]]:
     """Write the pending shards, yielding each shard's summary as it completes."""
     if source.loaded is not None:
@@ -589,37 +612,3 @@ def _write_pending(
     context = multiprocessing.get_context("spawn")
     with context.Pool(processes=processes, initializer=initialize_worker) as pool:
         yield from pool.imap_unordered(write_file_shard, tasks)
-
-
-def log_to_active_run(result: PrepareResult) -> None:
-    """Under `mlflow run -e prepare`, log the manifest and throughput to the run MLflow started."""
-    import mlflow
-
-    manifest = result.manifest
-    from train.tracking.experiments import medimg_run
-
-    with medimg_run(f"prepare {manifest['dataset']}", run_id=os.environ["MLFLOW_RUN_ID"]):
-        mlflow.log_dict(manifest, "prepare/manifest.json")
-        mlflow.set_tags({names.DATASET_TAG: manifest["dataset"], names.PREPARED_DIR_TAG: str(result.output_dir)})
-        metrics = {f"prepared_{split}_examples": count for split, count in manifest["counts"].items()}
-        metrics.update(
-            {
-                "prepared_skipped_images": manifest["skipped"]["count"],
-                "prepare_seconds": result.seconds,
-                "prepare_images_written": result.images_written,
-                "prepare_images_per_s": result.images_written / max(result.seconds, 1e-9),
-            }
-        )
-        mlflow.log_metrics(metrics)
-
-
-def main(config: PrepareSettings) -> int:
-    """Entry of `python -m train prepare`: prepare, log to the MLflow run when there is one."""
-    try:
-        result = prepare(config)
-    except (ValueError, FileNotFoundError) as error:
-        raise ConfigError(str(error)) from None
-    if os.environ.get("MLFLOW_RUN_ID"):
-        log_to_active_run(result)
-    sys.stdout.flush()
-    return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -111,6 +112,10 @@ class DatasetSpec:
     coded concept) pairs for the classes that have a standard code, each with the source it was looked up in; the
     served model keeps them, and the PACS worker's SR, the app's answer and the model card name them. Classes
     without one are coded in medimg's private scheme.
+    `finds_labels(folder, class_names)`: whether a folder holds this dataset's labels for a model with these classes
+    (batch back-tests find their labels with it; datasets are asked in registration order). `prepared_from_index`:
+    `prepare` indexes the files the metadata lists and writes them with worker processes instead of going through the
+    loader.
     """
 
     name: str
@@ -126,11 +131,18 @@ class DatasetSpec:
     reads_listed_files: bool = False
     modalities: tuple[str, ...] = ()
     concepts: tuple[tuple[str, Concept], ...] = ()
+    finds_labels: Callable[[Path, list[str]], bool] | None = None
+    prepared_from_index: bool = False
 
     def stored_concepts(self, class_names: list[str]) -> dict[str, dict[str, str]]:
         """The concepts of `class_names` that this dataset knows, as the served model's classifier.json keeps them."""
         known = dict(self.concepts)
         return {name: known[name].stored() for name in class_names if name in known}
+
+    @property
+    def reads_labelled_folders(self) -> bool:
+        """Whether the dataset can be read from a folder with its labels (a batch input can be back-tested on it)."""
+        return self.requires_data_dir or "data_dir" in self.options
 
     def load(self, options: LoadOptions) -> LoadedDataset:
         """Call the loader with the options it takes (train.data.check_options checks the others first)."""

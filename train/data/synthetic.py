@@ -15,6 +15,8 @@ import numpy as np
 from train.data.digest import array_digest
 from train.data.spec import LoadedDataset
 
+NAME = "synthetic"
+
 BINARY_CLASS_NAMES = ["uninfected", "parasitized"]
 MULTILABEL_CLASS_NAMES = ["dots", "ring", "stripes"]
 SYNTHETIC_TASKS = ("binary", "multilabel")

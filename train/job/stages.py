@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from serve.contract import output_columns
+from serve.common import ConfigError
+from serve.contract import DEFAULT_THRESHOLD, output_columns
 from train.data.spec import LoadedDataset, Split
-from train.settings import ConfigError, MainSettings
+from train.scoring.operating_point import REPORTED_SPECIFICITY
+from train.settings import MainSettings
 from train.tracking import names
 from train.tracking.lineage import DataIdentity
 
@@ -423,7 +425,9 @@ def calibrate(model, data: LoadedDataset, settings: MainSettings) -> Calibration
         return Calibration(parameters, None, "most probable class", reference)
     scored = scored_classes(val.labels)
     thresholds = [
-        choose_threshold(val.labels[:, index], calibrated[:, index], settings.operating_point) if scored[index] else 0.5
+        choose_threshold(val.labels[:, index], calibrated[:, index], settings.operating_point)
+        if scored[index]
+        else DEFAULT_THRESHOLD
         for index in range(calibrated.shape[1])
     ]
     mlflow.log_table(
@@ -431,7 +435,7 @@ def calibrate(model, data: LoadedDataset, settings: MainSettings) -> Calibration
             "class": output_names(data),
             "threshold": thresholds,
             "operating_point": [
-                settings.operating_point if flag else "0.5 (class one-sided in val)" for flag in scored
+                settings.operating_point if flag else f"{DEFAULT_THRESHOLD} (class one-sided in val)" for flag in scored
             ],
         },
         artifact_file=names.OPERATING_POINTS_ARTIFACT,
@@ -510,7 +514,7 @@ def score_predictions(
     split_name: str,
     *,
     seed: int,
-    specificity: float = 0.9,
+    specificity: float = REPORTED_SPECIFICITY,
 ) -> SplitScores:
     """Score calibrated probabilities of one split at the decision thresholds; computes, logs nothing.
 
@@ -571,7 +575,7 @@ def score_splits(model, data: LoadedDataset, settings: MainSettings, calibration
     mlflow.log_metric("test_loss", float(loss))
     raw = predict_split(model, split, batch_size=settings.batch_size, seed=settings.seed)
     probabilities = apply_calibration(raw.probabilities, calibration.parameters)
-    thresholds = calibration.thresholds if calibration.thresholds is not None else 0.5
+    thresholds = calibration.thresholds if calibration.thresholds is not None else DEFAULT_THRESHOLD
     scores = score_predictions(
         raw.labels, raw.probabilities, probabilities, thresholds, data, "test", seed=settings.seed
     )

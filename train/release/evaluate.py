@@ -20,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from serve.contract import output_columns
+from serve.common import ConfigError, first_line
+from serve.contract import DEFAULT_THRESHOLD, output_columns
+from serve.loaded import LoadedModel
 from serve.model_uri import ModelUriError, ResolvedModel, resolve_model_uri
 from train.data import load_dataset
 from train.data.spec import LoadedDataset
@@ -34,7 +36,7 @@ from train.scoring.figures import (
     samples_figure,
 )
 from train.scoring.metrics import confusion_matrices, label_text
-from train.settings import ConfigError, EvaluateSettings, MainSettings, coerce, first_line, unquote
+from train.settings import EvaluateSettings, MainSettings, coerce, unquote
 from train.tracking import names
 from train.tracking.experiments import medimg_run
 from train.tracking.lineage import DataIdentity, check_same_data
@@ -124,22 +126,14 @@ def predictions_csv(labels: np.ndarray, probabilities: np.ndarray, task: str, cl
 # The evaluation run.
 
 
-def load_classifier(model_uri: str):
-    """The medimg ImageClassifier behind a model URI (its Keras model and ClassifierConfig)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
+def load_model(source: ResolvedModel) -> LoadedModel:
+    """The loaded model behind a resolved URI (serve.loaded.LoadedModel), checked to be a medimg image classifier."""
     try:
-        pyfunc_model = mlflow.pyfunc.load_model(model_uri)
-    except (MlflowException, OSError) as error:
-        raise ConfigError(f"model_uri {model_uri!r} cannot be loaded: {first_line(str(error))}") from None
-    try:
-        classifier = pyfunc_model.unwrap_python_model()
-    except MlflowException:
-        classifier = None
-    if not hasattr(classifier, "model") or not hasattr(classifier, "config"):
-        raise ConfigError(f"model_uri {model_uri!r} is not a medimg image classifier (serve.pyfunc.ImageClassifier)")
-    return classifier
+        loaded = LoadedModel.load(source.uri, source)
+        loaded.image_classifier()
+    except ModelUriError as error:
+        raise ConfigError(str(error)) from None
+    return loaded
 
 
 @dataclass
@@ -189,7 +183,7 @@ def score_model(settings: EvaluateSettings) -> Evaluation:
     client = MlflowClient()
     source = resolve_model(settings.model_uri, client)
     enable_memory_growth()
-    classifier = load_classifier(source.load_uri)
+    classifier = load_model(source).classifier
     data = load_evaluation_data(settings, source, classifier, client)
     return score_split(settings, data, classifier)
 
@@ -236,7 +230,7 @@ def score_split(settings: EvaluateSettings, loaded: EvaluationData, classifier) 
     probabilities = classifier.calibrated(predictions.probabilities)
     thresholds = classifier_config.output_thresholds() if settings.threshold < 0 else settings.threshold
     if data.task == "multiclass":
-        thresholds = 0.5
+        thresholds = DEFAULT_THRESHOLD
     scores = score_predictions(
         predictions.labels,
         predictions.probabilities,
@@ -394,6 +388,6 @@ def log_gradcam(keras_model, images, labels, probabilities, task: str, class_nam
             )
     except ValueError as error:
         logger.warning("Grad-CAM skipped: %s", error)
-        mlflow.set_tag(names.GRADCAM_TAG, f"skipped: {first_line(str(error))[:200]}")
+        mlflow.set_tag(names.GRADCAM_TAG, f"skipped: {first_line(error)}")
         return
     mlflow.log_figure(gradcam_figure(np.asarray(images), np.asarray(heatmaps), titles), names.GRADCAM_ARTIFACT)

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from train.settings import CommandFailed, ConfigError, EvaluateSettings, PipelineSettings, first_line
+from serve.common import CommandFailed, ConfigError, first_line
+from train.settings import EvaluateSettings, PipelineSettings
 from train.tracking import names
 from train.tracking.experiments import medimg_run
 from train.tracking.lineage import DataIdentity, check_same_data

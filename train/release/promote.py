@@ -21,7 +21,8 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from train.settings import CommandFailed, ConfigError, PromoteSettings, first_line
+from serve.common import CommandFailed, ConfigError, first_line
+from train.settings import PromoteSettings
 from train.tracking import names
 from train.tracking.experiments import medimg_run
 from train.tracking.lineage import DataIdentity

@@ -1,1 +1,1 @@
-"""Numbers from predictions (NumPy only): metrics with intervals, calibration fitting, paired comparison, figures; imports serve.contract, never train.job or train.release."""
+"""Numbers from predictions (NumPy only): metrics with intervals, calibration fitting, paired comparison, figures; imports serve.contract and train.data.labels (the positive-label rule), never train.job or train.release."""

@@ -11,13 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 from serve.calibration import EPSILON, apply_calibration, logits_of, softmax
+from train.data.labels import is_positive
 
 
 def fit_platt(labels: np.ndarray, probabilities: np.ndarray) -> tuple[float, float]:
     """Slope and intercept of sigmoid(slope * logit(p) + intercept) that minimise the log loss (identity if one-sided)."""
     from sklearn.linear_model import LogisticRegression
 
-    truth = np.asarray(labels).reshape(-1) >= 0.5
+    truth = is_positive(np.asarray(labels).reshape(-1))
     if truth.all() or not truth.any():
         return 1.0, 0.0
     # A very weak penalty: the two parameters are fitted by maximum likelihood, not shrunk.

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import norm, rankdata
 
+from train.data.labels import is_positive
 from train.scoring.metrics import BOOTSTRAP_SAMPLES, CONFIDENCE, bootstrap, class_mean, interval, weighted_auroc
 
 
@@ -36,7 +37,7 @@ class Comparison:
 
 def delong_components(labels: np.ndarray, scores: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
     """AUROC and DeLong's structural components: V10 per positive, V01 per negative (ties count one half)."""
-    truth = np.asarray(labels).reshape(-1) >= 0.5
+    truth = is_positive(np.asarray(labels).reshape(-1))
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     positives, negatives = scores[truth], scores[~truth]
     m, n = len(positives), len(negatives)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from train.data.labels import is_positive
 from train.scoring.metrics import decisions, label_text, threshold_metrics
 
 # The sample grid of evaluation runs is SAMPLE_GRID x SAMPLE_GRID images.
@@ -64,7 +65,7 @@ def roc_figure(labels, probabilities, task: str, class_names: list[str], thresho
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=0.8)
     axis.axvline(1.0 - specificity, color="grey", linestyle="--", linewidth=0.6)
     for index, name in enumerate(names):
-        truth = labels[:, index] >= 0.5
+        truth = is_positive(labels[:, index])
         if len(np.unique(truth)) < 2:
             continue
         false_positive_rate, true_positive_rate, _ = roc_curve(truth, probabilities[:, index])

@@ -9,6 +9,10 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from serve.contract import DEFAULT_THRESHOLD
+from train.data.labels import is_positive
+from train.scoring.operating_point import REPORTED_SPECIFICITY, parse_operating_point
+
 
 def metric_safe(name: str) -> str:
     """Class names become metric key suffixes; MLflow keys allow letters, digits, _ - . / and spaces."""
@@ -93,8 +97,8 @@ def classification_metrics(
     task: str,
     class_names: list[str],
     *,
-    threshold=0.5,
-    specificity: float = 0.9,
+    threshold=DEFAULT_THRESHOLD,
+    specificity: float = REPORTED_SPECIFICITY,
 ) -> dict[str, float]:
     """Every evaluation metric, unprefixed; `threshold` is one number or one per output.
 
@@ -109,7 +113,7 @@ def classification_metrics(
         raise ValueError(f"labels {labels.shape} and probabilities {probabilities.shape} must have the same shape")
     metrics = dict(auroc_scores(labels, probabilities, task, class_names))
     predicted = decisions(probabilities, task, threshold)
-    truth = labels >= 0.5
+    truth = is_positive(labels)
     if task == "binary":
         metrics.update(threshold_metrics(truth[:, 0], predicted[:, 0]))
         if len(np.unique(truth[:, 0])) == 2:
@@ -147,7 +151,7 @@ def confusion_matrices(labels: np.ndarray, probabilities: np.ndarray, task: str,
     if task == "multiclass":
         classes = list(range(labels.shape[1]))
         return [confusion_matrix(labels.argmax(axis=1), predicted.argmax(axis=1), labels=classes)]
-    truth = (labels >= 0.5).astype(int)
+    truth = is_positive(labels).astype(int)
     return [confusion_matrix(truth[:, index], predicted[:, index], labels=[0, 1]) for index in range(labels.shape[1])]
 
 
@@ -155,10 +159,10 @@ def label_text(row: np.ndarray, task: str, class_names: list[str]) -> str:
     """Human-readable label(s) of one 0/1 (or probability, thresholded at 0.5) row."""
     row = np.asarray(row).reshape(-1)
     if task == "binary":
-        return class_names[int(row[0] >= 0.5)]
+        return class_names[int(is_positive(row[0]))]
     if task == "multiclass":
         return class_names[int(row.argmax())]
-    present = [name for name, value in zip(class_names, row, strict=True) if value >= 0.5]
+    present = [name for name, value in zip(class_names, row, strict=True) if is_positive(value)]
     return "+".join(present) if present else "none"
 
 
@@ -192,7 +196,7 @@ def weighted_auroc(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) 
     """
     order = np.argsort(scores, kind="stable")
     sorted_scores = np.asarray(scores)[order]
-    positive = (np.asarray(labels)[order] >= 0.5).astype(np.float64)
+    positive = is_positive(np.asarray(labels)[order]).astype(np.float64)
     weights = np.atleast_2d(weights)[:, order]
     starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
     positives = np.add.reduceat(weights * positive, starts, axis=1)
@@ -216,7 +220,7 @@ def interval(values: np.ndarray) -> tuple[float, float]:
 
 def rates_at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float, weights: np.ndarray) -> dict:
     """Sensitivity, specificity, PPV and NPV at `threshold` for each row of `weights` [B, N]."""
-    truth = np.asarray(labels) >= 0.5
+    truth = is_positive(labels)
     called = np.asarray(scores) >= threshold
     weights = np.atleast_2d(weights)
     counts = {
@@ -236,7 +240,7 @@ def rates_at_threshold(labels: np.ndarray, scores: np.ndarray, threshold: float,
 
 def scored_classes(labels: np.ndarray) -> np.ndarray:
     """Boolean per output: the split has both label values, so the class's AUROC is defined."""
-    labels = np.asarray(labels).reshape(len(labels), -1) >= 0.5
+    labels = is_positive(np.asarray(labels).reshape(len(labels), -1))
     return labels.any(axis=0) & (~labels).any(axis=0)
 
 
@@ -296,12 +300,10 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: str) -> float
     """
     from sklearn.metrics import roc_curve
 
-    from train.settings import parse_operating_point
-
     kind, value = parse_operating_point(rule)
     if kind == "threshold":
         return value
-    truth = np.asarray(labels).reshape(-1) >= 0.5
+    truth = is_positive(np.asarray(labels).reshape(-1))
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if truth.all() or not truth.any():
         raise ValueError("the operating point needs positive and negative examples in the validation split")
@@ -383,8 +385,8 @@ def uncertainty(
     metrics: dict[str, float] = {"n_classes": float(len(names)), "n_classes_scored": float(scored.sum())}
     table: dict[str, list] = {
         "class": names,
-        "positives": [int(value) for value in (labels >= 0.5).sum(axis=0)],
-        "negatives": [int(value) for value in (labels < 0.5).sum(axis=0)],
+        "positives": [int(value) for value in is_positive(labels).sum(axis=0)],
+        "negatives": [int(value) for value in (~is_positive(labels)).sum(axis=0)],
         "scored": [bool(value) for value in scored],
     }
     statistic_names = ["auroc"] + (["sensitivity", "specificity", "ppv", "npv"] if thresholds is not None else [])

@@ -16,14 +16,23 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, Field, model_validator
 
 from models import available_models
+from serve.common import CommandFailed, ConfigError, first_line
 from serve.model_uri import check_model_uri
-from train.data import MINIMUM_IMAGE_SIZE, available_datasets, get_dataset_spec
+from train.data import (
+    DEFAULT_DATASET,
+    DEFAULT_PREPARED_DATASET,
+    MINIMUM_IMAGE_SIZE,
+    available_datasets,
+    datasets_where,
+    get_dataset_spec,
+    labelled_datasets,
+)
+from train.data.groups import GROUP_PRESETS
 from train.data.prepared import DEFAULT_ENCODING, ENCODINGS
+from train.scoring.operating_point import REPORTED_SPECIFICITY, parse_operating_point
 from train.settings.fields import (
     FALSE_WORDS,
     TRUE_WORDS,
-    CommandFailed,
-    ConfigError,
     Flag,
     Number,
     Settings,
@@ -34,7 +43,6 @@ from train.settings.fields import (
     describe_error,
     field_choices,
     field_kind,
-    first_line,
     parse_bool,
     unquote,
 )
@@ -58,11 +66,29 @@ __all__ = [
     "field_kind",
     "first_line",
     "parse_bool",
-    "parse_operating_point",
     "unquote",
 ]
 
+# batch dataset=none: no back-test.
+NO_LABELS = "none"
 ModelName = choice_of(*available_models(), case_sensitive=True)
+
+
+def named(names: list[str]) -> str:
+    """`a`, `a and b`, `a, b and c`: dataset names for a help text."""
+    return " and ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+# Help texts name the datasets a spec fact holds for, so they never restate a spec.
+REQUIRE_DATA_DIR = named(datasets_where(lambda spec: spec.requires_data_dir))
+OPTIONAL_DATA_DIR = named(datasets_where(lambda spec: "data_dir" in spec.options and not spec.requires_data_dir))
+OFFICIAL_TEST_SPLIT = named(datasets_where(lambda spec: spec.official_test_split))
+VIEW_FILTER = named(datasets_where(lambda spec: "view" in spec.options))
+MISSING_CHECK = named(datasets_where(lambda spec: "max_missing_fraction" in spec.options))
+AUGMENTATION_DEFAULTS = "; ".join(
+    f"{named(datasets_where(lambda spec, policy=policy: spec.augmentation == policy))}: {policy}"
+    for policy in ("radiograph", "cells")
+)
 DatasetName = choice_of(*available_datasets(), case_sensitive=True)
 
 
@@ -107,24 +133,6 @@ def _augment_word(value: Any) -> Any:
 Augment = Annotated[Literal["auto", "cells", "radiograph", "none"], BeforeValidator(_augment_word)]
 
 
-def parse_operating_point(rule: str) -> tuple[str, float]:
-    """('youden', 0) | ('sensitivity', x) | ('specificity', x) | ('threshold', x); ValueError naming the valid forms."""
-    text = str(rule).strip().lower()
-    valid = "use youden, sensitivity:0.95, specificity:0.90 or a threshold between 0 and 1"
-    if text == "youden":
-        return "youden", 0.0
-    kind, _, value = text.partition(":")
-    try:
-        number = float(value if value else kind)
-    except ValueError:
-        raise ValueError(f"{rule!r} is not understood; {valid}") from None
-    if value and kind not in ("sensitivity", "specificity"):
-        raise ValueError(f"{rule!r} is not understood; {valid}")
-    if not 0.0 < number < 1.0 and not (not value and 0.0 <= number <= 1.0):
-        raise ValueError(f"{rule!r} needs a value between 0 and 1; {valid}")
-    return (kind, number) if value else ("threshold", number)
-
-
 def _operating_point(value: Any) -> Any:
     parse_operating_point(str(value))
     return str(value).strip().lower()
@@ -149,8 +157,12 @@ def _group_pattern(value: Any) -> Any:
 GroupPattern = Annotated[str, BeforeValidator(_group_pattern)]
 GROUP_PATTERN_HELP = (
     "keep each patient's or slide's images in one split: a regex whose first group (...) is the key in the file "
-    "name, or a preset (pneumonia, malaria); none = per image; empty = the dataset's default (malaria "
-    "cell_images/: by smear; imagefolder: per image)"
+    f"name, or a preset ({', '.join(GROUP_PRESETS)}); none = per image; empty = the dataset's default ("
+    + "; ".join(
+        f"{name}: {get_dataset_spec(name).grouping}"
+        for name in datasets_where(lambda spec: "group_pattern" in spec.options)
+    )
+    + ")"
 )
 
 
@@ -160,8 +172,8 @@ class MainSettings(Settings):
     command: ClassVar[str] = "main"
 
     model: ModelName = Field("small_cnn", description="model family")
-    dataset: DatasetName = Field("synthetic", description="dataset to train on")
-    data_dir: Text = Field("", description="dataset folder (required for chestxray14 and imagefolder)")
+    dataset: DatasetName = Field(DEFAULT_DATASET, description="dataset to train on")
+    data_dir: Text = Field("", description=f"dataset folder (required for {REQUIRE_DATA_DIR})")
     image_size: Whole = Field(128, ge=MINIMUM_IMAGE_SIZE, description="square input size in pixels")
     epochs: Whole = Field(10, ge=1, description="maximum epochs; early stopping on validation AUROC ends sooner")
     batch_size: Whole = Field(32, ge=1, description="global batch size (split across GPUs under MirroredStrategy)")
@@ -177,14 +189,14 @@ class MainSettings(Settings):
     augment: Augment = Field(
         "auto",
         description="training-time augmentation: cells (flips both ways, quarter turns, jitter), radiograph "
-        "(left-right flips and jitter only), none, or auto = the dataset's (chestxray14 and imagefolder: "
-        "radiograph; synthetic and malaria: cells)",
+        f"(left-right flips and jitter only), none, or auto = the dataset's ({AUGMENTATION_DEFAULTS})",
     )
     max_examples: Whole = Field(0, ge=0, description="seeded, stratified cap on the number of examples, 0 = all")
     validation_fraction: Number = Field(
-        0.1, description="share held out for validation (chestxray14: carved out of train_val by patient)"
+        0.1,
+        description=f"share held out for validation ({OFFICIAL_TEST_SPLIT}: carved out of the non-test images by patient)",
     )
-    view: View = Field("all", description="chestxray14 view filter")
+    view: View = Field("all", description=f"{VIEW_FILTER} view filter")
     group_pattern: GroupPattern = Field("", description=GROUP_PATTERN_HELP)
     seed: Whole = Field(42, ge=0, description="seeds splits, shuffling, augmentation and weight initialisation")
     precision: choice_of("auto", "float32", "mixed_float16") = Field(
@@ -233,9 +245,11 @@ class PrepareSettings(Settings):
 
     command: ClassVar[str] = "prepare"
 
-    dataset: DatasetName = Field("chestxray14", description="dataset to prepare")
+    dataset: DatasetName = Field(DEFAULT_PREPARED_DATASET, description="dataset to prepare")
     data_dir: Text = Field(
-        "", description="raw dataset folder (malaria: TFDS data dir or cell_images/ folder; empty = TFDS default)"
+        "",
+        description=f"raw dataset folder (required for {REQUIRE_DATA_DIR}; optional for {OPTIONAL_DATA_DIR}: empty = "
+        "its loader's default source)",
     )
     output_dir: Text = Field("", description="folder that receives the TFRecord shards and manifest.json (required)")
     image_size: Whole = Field(
@@ -252,15 +266,17 @@ class PrepareSettings(Settings):
     workers: Whole = Field(0, ge=0, description="worker processes, 0 = all cores")
     seed: Whole = Field(42, ge=0, description="seed of the split assignment and shard order")
     validation_fraction: Number = Field(
-        0.1, description="share of train_val (chestxray14, by patient) or of all images held out for validation"
+        0.1,
+        description=f"share of all images held out for validation ({OFFICIAL_TEST_SPLIT}: of the non-test images, "
+        "by patient)",
     )
-    view: View = Field("all", description="chestxray14 view filter")
+    view: View = Field("all", description=f"{VIEW_FILTER} view filter")
     group_pattern: GroupPattern = Field("", description=GROUP_PATTERN_HELP)
     max_missing_fraction: Number = Field(
         0.01,
         ge=0.0,
         le=1.0,
-        description="chestxray14: stop when more than this share of listed images is missing (and > 5)",
+        description=f"{MISSING_CHECK}: stop when more than this share of listed images is missing (and > 5)",
     )
 
     @property
@@ -320,7 +336,7 @@ class EvaluateSettings(Settings):
         description="decision threshold of every class; -1 = each class's operating point stored with the model",
     )
     specificity: Number = Field(
-        0.9, gt=0.0, lt=1.0, description="the fixed specificity at which sensitivity is reported"
+        REPORTED_SPECIFICITY, gt=0.0, lt=1.0, description="the fixed specificity at which sensitivity is reported"
     )
     max_examples: Whole = Field(
         -1, ge=-1, description="cap on the dataset size as in training; -1 = the training run's, 0 = all"
@@ -338,9 +354,7 @@ class EvaluateSettings(Settings):
     def _check_together(self) -> EvaluateSettings:
         check_model_uri(self.model_uri)
         if self.dataset:
-            datasets = available_datasets()
-            if self.dataset not in datasets:
-                raise ValueError(f"unknown dataset {self.dataset!r}; valid datasets: {', '.join(datasets)}")
+            get_dataset_spec(self.dataset)
             check_data(self.dataset, self.data_dir)
         return self
 
@@ -484,14 +498,11 @@ class TuneWorkerSettings(Settings):
         return arguments
 
 
-NO_LABELS = "none"
-
-
 def check_batch_input(input_path: str, output: str, engine: str) -> None:
     """ValueError unless `input` lists images the engine can read and `output` can be a folder outside it."""
     from pathlib import Path
 
-    from train.batch.sources import open_source
+    from train.data.archive import open_source
 
     if not input_path:
         raise ValueError(
@@ -557,8 +568,8 @@ class BatchSettings(Settings):
     frame: Whole = Field(-1, ge=-1, description="frame of multi-frame DICOM to score, 0-based; -1 = the middle one")
     dataset: Text = Field(
         "",
-        description="labels for back-testing: empty = found in the input (a prepared folder, a ChestX-ray14 folder, "
-        "class folders named as the model's classes), none = no back-test, or imagefolder, chestxray14, malaria",
+        description="labels for back-testing: empty = found in the input (a prepared folder, or a folder whose "
+        f"layout a dataset recognises), {NO_LABELS} = no back-test, or one of {', '.join(labelled_datasets())}",
     )
     split: choice_of("train", "val", "test") = Field("test", description="the split that is back-tested")
     allow_different_data: Flag = Field(
@@ -581,11 +592,7 @@ class BatchSettings(Settings):
         if self.engine == "spark" and not self.spark_master:
             raise ValueError("spark_master is required with engine=spark, e.g. local[*] or spark://host:7077")
         if self.dataset and self.back_test_requested:
-            labelled = [
-                name
-                for name in available_datasets()
-                if get_dataset_spec(name).requires_data_dir or "data_dir" in get_dataset_spec(name).options
-            ]
+            labelled = labelled_datasets()
             if self.dataset not in labelled:
                 raise ValueError(
                     f"unknown dataset {self.dataset!r} for back-testing; use empty (found in the input), "

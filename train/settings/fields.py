@@ -14,25 +14,10 @@ from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError, model_validator
 
+from serve.common import ConfigError
+
 TRUE_WORDS = ("true", "1", "yes", "y", "on")
 FALSE_WORDS = ("false", "0", "no", "n", "off")
-MINIMUM_IMAGE_SIZE = 32
-# Non-chestxray14 datasets carve a test split of this share besides validation.
-TEST_FRACTION = 0.15
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration mistake; the message says how to fix it, in one line (exit code 2)."""
-
-
-class CommandFailed(RuntimeError):
-    """A step that failed while the command ran, not a settings mistake; one line that says what failed (exit code 1)."""
-
-
-def first_line(text: Any) -> str:
-    """The first line of a message, for errors that must stay on one line."""
-    stripped = str(text).strip()
-    return stripped.splitlines()[0] if stripped else ""
 
 
 def unquote(value: Any) -> Any:

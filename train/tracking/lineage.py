@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from train.settings import ConfigError
+from serve.common import ConfigError
 from train.tracking.names import DATASET_DIGEST_TAG, DATASET_TAG, TASK_TAG
 
 

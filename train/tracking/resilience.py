@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator, Mapping
 from itertools import islice
 from typing import TYPE_CHECKING, TypeVar
 
+from serve.common import first_line
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
@@ -257,7 +259,7 @@ class ResilientLogger:
             self._outage_started_at = now
             _logger.warning(
                 "Tracking server unavailable (%s); keeping %d metric point(s) of run %s and retrying.",
-                str(error).splitlines()[0][:200],
+                first_line(error),
                 len(self._pending),
                 self.run_id,
             )

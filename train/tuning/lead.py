@@ -23,7 +23,9 @@ from typing import Any
 
 import yaml
 
-from train.settings import ConfigError, TuneSettings
+from serve.common import ConfigError
+from train.data import DEFAULT_DATASET
+from train.settings import TuneSettings
 from train.tracking import names
 from train.tracking.experiments import medimg_run
 from train.tuning.processes import interrupt_on_sigterm, run_workers, worker_settings
@@ -80,7 +82,7 @@ def record_parent(run_id: str, options: TuneSettings, space: SearchSpace, study,
             names.TUNE_ROLE_TAG: "parent",
             names.TUNE_STUDY_NAME_TAG: study.study_name,
             names.TUNE_STORAGE_TAG: redact_url(storage_url),
-            names.DATASET_TAG: str(space.fixed.get("dataset", "synthetic")),
+            names.DATASET_TAG: str(space.fixed.get("dataset", DEFAULT_DATASET)),
         }
     )
     log_new_params(

@@ -6,6 +6,7 @@ import warnings
 from collections import Counter
 from typing import Any
 
+from serve.common import first_line
 from train.tracking import names
 from train.tuning.space import SearchSpace
 from train.tuning.study import TRIAL_RUN_ATTR
@@ -49,7 +50,7 @@ def log_plots(study, metric: str) -> None:
                 axes = optuna_plots.plot_param_importances(study, target_name=metric)
             except (ValueError, RuntimeError, ZeroDivisionError) as error:
                 # Too little variation (one distinct value per parameter, equal objective values) has no importances.
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                reason = first_line(error, limit=None)
             else:
                 mlflow.log_figure(axes.figure, "plots/param_importances.png")
                 plt.close(axes.figure)

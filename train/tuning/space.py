@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from train.settings import ConfigError, MainSettings, field_kind
+from serve.common import ConfigError, first_line
+from train.settings import MainSettings, field_kind
 
 TOP_LEVEL_KEYS = ("metric", "direction", "fixed", "space", "first_trials", "pruner_settings")
 DISTRIBUTION_TYPES = ("categorical", "float", "int")
@@ -142,7 +143,7 @@ class SearchSpace:
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            problem = getattr(error, "problem", None) or first_line(error, limit=None)
             raise ConfigError(f"search space {path}: not valid YAML{where}: {problem}") from None
         return cls.from_dict(raw, name=path.stem, source=str(path), data_dir=data_dir)
 

@@ -14,7 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from train.settings import DEFAULT_TUNE_STORAGE_FILE, ConfigError
+from serve.common import ConfigError, first_line
+from train.settings import DEFAULT_TUNE_STORAGE_FILE
 from train.tuning.space import SearchSpace
 
 # SQLite serialises writers; several workers wait this long for the lock instead of failing at once.
@@ -76,7 +77,7 @@ def open_storage(url: str, *, storage_class=None, **storage_arguments):
                 **storage_arguments,
             )
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            detail = first_line(error, limit=None)
             raise ConfigError(
                 f"cannot open the tuning storage {redact_url(url)}: {detail}; "
                 "use sqlite:///path/tune.db or postgresql+psycopg2://user:password@host:port/database"
