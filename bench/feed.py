@@ -134,14 +134,16 @@ def main(argv: list[str] | None = None) -> None:
         write_nih_layout(raw, arguments.images, arguments.source_size, arguments.seed)
         import tensorflow as tf
 
-        sources = [] if arguments.skip_files else [(IMAGE_FILES, "chestxray14", raw)]
+        from train.data.chestxray14 import NAME as CHESTXRAY14
+
+        sources = [] if arguments.skip_files else [(IMAGE_FILES, CHESTXRAY14, raw)]
         for encoding in [name.strip() for name in arguments.encodings.split(",") if name.strip()]:
             folder = prepared_folder(
                 raw, workdir / f"prepared-{arguments.prepared_size}-{encoding}", arguments, encoding
             )
             megabytes = folder_megabytes(folder, "*.tfrecord")
             print(f"image_encoding={encoding}: {megabytes:.1f} MB of records")
-            sources.append((f"{PREPARED} ({encoding})", "chestxray14", folder))
+            sources.append((f"{PREPARED} ({encoding})", CHESTXRAY14, folder))
         rows = measure_table(sources, "radiograph", arguments)
         source = "the in-memory cache" if arguments.cached else "disk, decoded every epoch"
         print()

@@ -20,7 +20,6 @@ import base64
 import os
 import re
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,15 +32,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from serve.common import free_port  # noqa: E402
 from serve.contract import IMAGE_COLUMN  # noqa: E402
 
 MLFLOW_IMAGE_PORT = 8080
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def docker(client: str, *arguments: str, timeout: float = 3600) -> str:

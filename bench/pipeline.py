@@ -256,10 +256,11 @@ def naive_against_ours(arguments: argparse.Namespace, paths: list[Path], labels:
 
 def prepared_copy(folder: Path, output: Path, arguments: argparse.Namespace) -> Path:
     """`python -m train prepare` of the image files at their own size (a no-op when `output` holds it already)."""
+    from train.data.imagefolder import NAME as IMAGEFOLDER
     from train.data.prepare import prepare
     from train.settings import PrepareSettings
 
-    settings = {"dataset": "imagefolder", "data_dir": str(folder), "output_dir": str(output)}
+    settings = {"dataset": IMAGEFOLDER, "data_dir": str(folder), "output_dir": str(output)}
     prepare(PrepareSettings.from_dict({**settings, "image_size": arguments.source_size, "seed": arguments.seed}))
     return output
 
@@ -267,9 +268,10 @@ def prepared_copy(folder: Path, output: Path, arguments: argparse.Namespace) -> 
 def both_paths_table(arguments: argparse.Namespace, workdir: Path, folder: Path) -> None:
     """bench/epochs.py's table for the image files and a prepared folder of them, cells augmentation and none."""
     from bench.epochs import IMAGE_FILES, PREPARED, measure_table, print_table
+    from train.data.imagefolder import NAME as IMAGEFOLDER
 
     prepared = prepared_copy(folder, workdir / f"prepared-{arguments.source_size}", arguments)
-    sources = [(IMAGE_FILES, "imagefolder", folder), (PREPARED, "imagefolder", prepared)]
+    sources = [(IMAGE_FILES, IMAGEFOLDER, folder), (PREPARED, IMAGEFOLDER, prepared)]
     table = argparse.Namespace(**{**vars(arguments), "epochs": arguments.table_epochs})
     rows = measure_table(sources, "cells", table)
     print_table(

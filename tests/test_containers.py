@@ -21,7 +21,9 @@ import pandas as pd
 import pytest
 import requests
 from dicom_files import image_dataset, radiograph, write_variant
-from serving_helpers import free_port, invoke, split_body
+from serving_helpers import invoke, split_body
+
+from serve.common import free_port
 
 # Image builds on an empty engine take minutes each, within the setup of the first test that needs them.
 pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(3600)]
