@@ -276,7 +276,7 @@ def cpu_seconds() -> float:
 def decode_cpu_per_image(classifier, paths: list[Path]) -> float:
     """CPU seconds per image of what the local engine does for one file before the model: read, hash, check, decode."""
     from train.batch.local import LocalEngine
-    from train.batch.sources import Item
+    from train.data.archive import Item
 
     engine = LocalEngine(classifier, {}, batch_size=1, workers=1, frame=-1)
     engine.prepare(Item(str(paths[0]), paths[0].read_bytes))
@@ -311,14 +311,14 @@ def bound_files(workdir: Path, count: int, size: int) -> Path:
 
 def bound_row(arguments: argparse.Namespace, workdir: Path, spec: str) -> dict:
     """One model's CPU bound and each engine's images/s against it (the module docstring, item 7)."""
-    from train.release.evaluate import load_classifier
+    from serve.loaded import LoadedModel
 
     store = os.environ["MLFLOW_TRACKING_URI"]
     name, size, count = spec.split(":")
     model_uri = register_model(int(size), name, f"bench-{name}-{size}")
     folder = bound_files(workdir, int(count), arguments.file_size)
     paths = sorted(folder.rglob("*.png"))
-    classifier = load_classifier(model_uri)
+    classifier = LoadedModel.load(model_uri).image_classifier()
     row = {"model": name, "size": int(size), "files": len(paths), "load_before": os.getloadavg()[0]}
     row["decode"] = decode_cpu_per_image(classifier, paths[:300])
     row["forward"] = forward_cpu_per_image(classifier, arguments.batch_size)
