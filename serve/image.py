@@ -34,7 +34,6 @@ DOCKERFILE = REPOSITORY / "docker" / "serving" / "Dockerfile"
 IMAGE_REQUIREMENTS = DOCKERFILE.with_name("requirements.txt")
 LIBJPEG_REQUIREMENTS = DOCKERFILE.with_name("requirements-libjpeg.txt")
 LICENCES_SCRIPT = REPOSITORY / "docker" / "licences.py"
-REQUIREMENTS_FILE = REPOSITORY / "requirements.txt"
 # The repository packages the image runs (`python -m serve.app`); the model carries its own copy for its pyfunc.
 CODE_PACKAGES = ("serve", "models")
 # Packages of the app around the model (serve.app), besides the model's own requirements.
@@ -98,26 +97,12 @@ class BuiltImage:
     model_uri: str
 
 
-def pinned(names) -> dict[str, str]:
-    """`name==version` of each named package, from requirements.txt (the one source of versions)."""
-    wanted = {name.lower() for name in names}
-    pins = {}
-    for line in REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines():
-        name, separator, _ = line.strip().partition("==")
-        if separator and name.lower() in wanted:
-            pins[name.lower()] = line.strip()
-    missing = wanted - set(pins)
-    if missing:
-        raise ValueError(f"requirements.txt pins none of: {', '.join(sorted(missing))}")
-    return pins
-
-
 def image_requirements() -> list[str]:
     """The serving image's pip requirements: the served model's pins (substituted) and the app's."""
-    from serve.pyfunc import SERVING_PACKAGES
+    from serve.pyfunc import SERVING_PACKAGES, pinned_requirements
 
     lines = []
-    for name, line in pinned((*SERVING_PACKAGES, *APP_PACKAGES)).items():
+    for name, line in pinned_requirements((*SERVING_PACKAGES, *APP_PACKAGES)).items():
         substitute = SERVING_SUBSTITUTES.get(name)
         lines.append(line.replace(name, substitute, 1) if substitute else line)
     return sorted(lines, key=str.lower)
@@ -125,10 +110,12 @@ def image_requirements() -> list[str]:
 
 def written_requirements() -> dict[Path, str]:
     """What `--requirements` writes: the image's requirements and the optional GPL decoder's pin."""
+    from serve.pyfunc import pinned_requirements
+
     header = "# Written by `python -m serve.image --requirements` from requirements.txt; do not edit.\n"
     return {
         IMAGE_REQUIREMENTS: header + "\n".join(image_requirements()) + "\n",
-        LIBJPEG_REQUIREMENTS: header + pinned([GPL_DECODER])[GPL_DECODER] + "\n",
+        LIBJPEG_REQUIREMENTS: header + pinned_requirements([GPL_DECODER])[GPL_DECODER] + "\n",
     }
 
 

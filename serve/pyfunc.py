@@ -170,14 +170,23 @@ def log_classifier(keras_model, config: ClassifierConfig, example_image: np.ndar
         )
 
 
+def pinned_requirements(names) -> dict[str, str]:
+    """`name==version` of each named package (lower-case name -> line), from requirements.txt, the one source of
+    versions; ValueError naming the packages it does not pin."""
+    wanted = {name.lower() for name in names}
+    pins = {}
+    for line in REQUIREMENTS_FILE.read_text(encoding="utf-8").splitlines():
+        name, separator, _ = line.strip().partition("==")
+        if separator and name.lower() in wanted:
+            pins[name.lower()] = line.strip()
+    if missing := wanted - set(pins):
+        raise ValueError(f"requirements.txt pins none of: {', '.join(sorted(missing))}")
+    return pins
+
+
 def serving_requirements() -> list[str]:
     """Pinned lines of requirements.txt that the served model needs."""
-    pins = []
-    for line in REQUIREMENTS_FILE.read_text().splitlines():
-        name = line.split("==")[0].strip().lower()
-        if name in SERVING_PACKAGES:
-            pins.append(line.strip())
-    return pins
+    return list(pinned_requirements(SERVING_PACKAGES).values())
 
 
 class InvalidImageInput(MlflowException):

@@ -270,6 +270,7 @@ def test_entrypoint_covers_every_passthrough_variable():
 
 def test_the_serving_images_requirements_are_current_and_a_change_to_requirements_txt_shows(tmp_path, monkeypatch):
     import serve.image
+    import serve.pyfunc
 
     checked = subprocess.run(
         [sys.executable, "-m", "serve.image", "--requirements", "--check"],
@@ -280,7 +281,7 @@ def test_the_serving_images_requirements_are_current_and_a_change_to_requirement
     assert checked.returncode == 0, checked.stdout + checked.stderr
     changed = tmp_path / "requirements.txt"
     changed.write_text((REPO_ROOT / "requirements.txt").read_text().replace("tensorflow==2.21.0", "tensorflow==2.22.0"))
-    monkeypatch.setattr(serve.image, "REQUIREMENTS_FILE", changed)
+    monkeypatch.setattr(serve.pyfunc, "REQUIREMENTS_FILE", changed)
     assert serve.image.write_requirements(check=True) == [serve.image.IMAGE_REQUIREMENTS]
     assert "tensorflow-cpu==2.22.0" in serve.image.written_requirements()[serve.image.IMAGE_REQUIREMENTS]
 
