@@ -339,13 +339,15 @@ def test_the_base_image_script_and_the_ci_entry_point_pass_shellcheck():
 # --- .dockerignore --------------------------------------------------------------------------
 
 
-def docker_context(root: Path) -> set[str]:
-    """The files `docker build` would send from root, by docker-py's implementation of Docker's .dockerignore rules."""
+def docker_context(root: Path, dockerfile: str = "docker/Dockerfile") -> set[str]:
+    """The files `docker build` would send from root, by docker-py's implementation of Docker's .dockerignore rules
+    (BuildKit's `<Dockerfile>.dockerignore` beside the Dockerfile wins over the root's)."""
     from docker.utils.build import exclude_paths
 
-    lines = (root / ".dockerignore").read_text().splitlines()
+    own = root / f"{dockerfile}.dockerignore"
+    lines = (own if own.exists() else root / ".dockerignore").read_text().splitlines()
     patterns = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-    return set(exclude_paths(str(root), patterns, dockerfile="docker/Dockerfile"))
+    return set(exclude_paths(str(root), patterns, dockerfile=dockerfile))
 
 
 def test_dockerignore_keeps_local_state_out_and_code_in(tmp_path):
@@ -378,15 +380,20 @@ def test_dockerignore_keeps_local_state_out_and_code_in(tmp_path):
         assert included in context, f"{included} would be missing from the build context"
 
 
-def test_everything_the_dockerfile_copies_is_in_the_real_build_context():
-    context = docker_context(REPO_ROOT)
-    for keyword, arguments in INSTRUCTIONS:
+# The serving image's context is assembled by serve.image, not the repository root (tests/test_containers.py builds it).
+ROOT_CONTEXT_DOCKERFILES = [path for path in repository_dockerfiles() if path.parent.name != "serving"]
+
+
+@pytest.mark.parametrize("path", ROOT_CONTEXT_DOCKERFILES, ids=lambda path: str(path.relative_to(REPO_ROOT)))
+def test_everything_a_dockerfile_copies_is_in_its_real_build_context(path):
+    context = docker_context(REPO_ROOT, str(path.relative_to(REPO_ROOT)))
+    for keyword, arguments in dockerfile_instructions(path):
         if keyword != "COPY":
             continue
         sources = [token for token in arguments.split()[:-1] if not token.startswith("--")]
         for source in sources:
             source = source.rstrip("/")
-            assert source in context or any(path.startswith(source + "/") for path in context), source
+            assert source in context or any(item.startswith(source + "/") for item in context), source
 
 
 # --- docker/MLproject and the docker run command --------------------------------------------
