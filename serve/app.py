@@ -33,8 +33,19 @@ from serve.contract import (
     split_labels,
     threshold_column,
 )
+from serve.following import (
+    DEFAULT_INTERVAL_SECONDS,
+    INTERVAL_ENVIRONMENT,
+    Follower,
+    FollowMetrics,
+    Refused,
+    followed_alias,
+    interval_of,
+    loading_refusal,
+    same_outputs,
+)
 from serve.loaded import LoadedModel, Rejected
-from serve.model_uri import ResolvedModel
+from serve.model_uri import ModelUriError, ResolvedModel
 from serve.monitoring import DEFAULT_WINDOW
 
 DEFAULT_HOST = "127.0.0.1"
@@ -50,11 +61,15 @@ USERNAME_ENVIRONMENTS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_ADMIN_USERNAME")
 PASSWORD_ENVIRONMENT = "MLFLOW_TRACKING_PASSWORD"
 PASSWORD_FILE_ENVIRONMENT = "MLFLOW_ADMIN_PASSWORD_FILE"
 DEFAULT_USERNAME = "admin"
-# Routes that answer without a password: container health checks cannot log in.
-PUBLIC_ROUTES = ("/health", "/ping")
+# The receiver of MLflow registry webhooks (serve.webhooks): a check of the followed alias at once.
+WEBHOOK_ROUTE = "/webhooks/mlflow"
+# Routes that answer without a password: container health checks cannot log in; webhooks carry their own signature.
+PUBLIC_ROUTES = ("/health", "/ping", WEBHOOK_ROUTE)
 # Bytes read and thrown away after an oversize upload, so the client sees the 413 instead of a reset.
 DRAIN_BYTES = 256 * 1024 * 1024
 UPLOAD_FIELD = "file"
+# The shared secret of the registry webhook (serve.webhooks.SECRET_ENVIRONMENT); set: POST /webhooks/mlflow is open.
+WEBHOOK_SECRET_ENVIRONMENT = "MEDIMG_WEBHOOK_SECRET"
 
 
 class Rejection(Exception):
@@ -160,6 +175,16 @@ class ServedModel:
         from serve.monitoring import DriftMonitor, ModelReference
 
         return DriftMonitor(ModelReference.from_config(self.config), self.classes, window)
+
+    def prepare(self, window: int) -> "ServedModel":
+        """Made ready to answer: its drift monitor over `window` answers and MLflow's scoring app on its pyfunc;
+        warmed up on its own input example (Rejection when it cannot answer it). Returns self."""
+        from mlflow.pyfunc.scoring_server import init as mlflow_scoring_app
+
+        self.drift = self.monitor(window)
+        self.scoring_app = mlflow_scoring_app(self.pyfunc)
+        warm_up(self)
+        return self
 
     @property
     def explains(self) -> bool:
@@ -353,27 +378,73 @@ async def read_upload(request, limit: int) -> bytes:
 
 
 def create_app(
-    served: ServedModel,
+    served: "ServedModel | Follower",
     *,
     max_upload_bytes: int,
     credentials: Credentials | None = None,
     monitoring_window: int = DEFAULT_WINDOW,
+    webhook_secret: str = "",
 ):
-    """The FastAPI application around one loaded model; app.state holds its metrics and its drift monitor."""
-    from fastapi import FastAPI, Request
+    """The FastAPI application around one served model, or the model a serve.following.Follower keeps in step with
+    its alias (started and stopped with the app); app.state holds its metrics and its follower.
+
+    Every request takes the follower's current model once and is answered by that one version to the end.
+    With `webhook_secret`, `POST /webhooks/mlflow` takes signed MLflow registry webhooks and checks the alias at once.
+    """
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+    from fastapi.staticfiles import StaticFiles
+
+    from serve.metrics import AppMetrics
+
+    follower = served if isinstance(served, Follower) else fixed_follower(served.prepare(monitoring_window))
+    first = follower.current
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        follower.start()
+        yield
+        follower.stop()
+
+    app = FastAPI(title="medimg", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    metrics = AppMetrics(model_labels(first), first.classes)
+    metrics.registry.register(CurrentModelMonitor(follower))
+    if follower.follows:
+        follower.metrics = FollowMetrics(metrics.registry, *follower.alias)
+        follower.metrics.serving(first.model.resolved)
+        follower.on_swap = lambda _old, new: metrics.model.info(model_labels(new))
+    app.state.metrics, app.state.follower = metrics, follower
+    add_routes(app, follower, metrics, max_upload_bytes, credentials)
+    if webhook_secret:
+        add_webhook_route(app, follower, metrics, webhook_secret)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # MLflow's own scoring app (/invocations, /ping, /version) on the current model, mounted last so that the
+    # app's routes win (/health answers with the model's name and version, still 200 when ready).
+    app.mount("/", CurrentScoringApp(follower), name="mlflow")
+    return app
+
+
+def model_labels(served: ServedModel) -> dict[str, str]:
+    """The labels of medimg_model_info for a served model."""
+    info = served.info
+    return {
+        "name": info.name,
+        "version": info.version,
+        "aliases": ",".join(info.aliases),
+        "uri": info.uri,
+        "reference": served.drift.reference_state,
+    }
+
+
+def add_routes(app, follower, metrics, max_upload_bytes: int, credentials: Credentials | None) -> None:
+    """The page, /info, /health, /metrics and /predict; each request reads `follower.current` once."""
+    from fastapi import Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import FileResponse, JSONResponse, Response
-    from fastapi.staticfiles import StaticFiles
     from starlette.background import BackgroundTask
 
-    app = FastAPI(title="medimg", docs_url=None, redoc_url=None, openapi_url=None)
-    from serve.metrics import AppMetrics, route_label
-
-    info = served.info
-    monitor = served.monitor(monitoring_window)
-    labels = {"name": info.name, "version": info.version, "aliases": ",".join(info.aliases), "uri": info.uri}
-    metrics = AppMetrics({**labels, "reference": monitor.reference_state}, served.classes, monitor)
-    app.state.metrics, app.state.monitor = metrics, monitor
+    from serve.metrics import route_label
 
     @app.middleware("http")
     async def guard_and_measure(request: Request, call_next):
@@ -399,10 +470,16 @@ def create_app(
 
     @app.get("/info")
     async def info():
-        return {**served.describe(max_upload_bytes), "monitoring": monitor.describe()}
+        served = follower.current
+        return {
+            **served.describe(max_upload_bytes),
+            "monitoring": served.drift.describe(),
+            "following": follower.describe(),
+        }
 
     @app.get("/health")
     async def health():
+        served = follower.current
         return {"status": "ok", "model": {"name": served.info.name, "version": served.info.version}}
 
     @app.get("/metrics")
@@ -412,6 +489,8 @@ def create_app(
 
     @app.post("/predict")
     async def predict(request: Request):
+        # One model for the whole request, however the alias moves meanwhile.
+        served = follower.current
         try:
             params = served.request_params(dict(request.query_params))
             data = await read_upload(request, max_upload_bytes)
@@ -423,22 +502,79 @@ def create_app(
             content = {"error": rejection.message, "reason": rejection.reason}
             return JSONResponse(content, status_code=rejection.status, headers=NO_STORE)
         metrics.observe_answer(answer, bool(params.get(EXPLAIN_PARAM)), time.perf_counter() - started)
+        monitor = served.drift
         monitor.observe(answer["answer"])
         # The monitor reads the image's statistics after the answer has left, so they cost the user no time.
         watch = BackgroundTask(observe_upload, monitor, answer["answer"], data) if monitor.compares_images else None
         return JSONResponse(answer, headers=NO_STORE, background=watch)
 
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    mount_mlflow_protocol(app, served)
-    return app
+
+def add_webhook_route(app, follower, metrics, secret: str) -> None:
+    """`POST /webhooks/mlflow`: a signed MLflow registry webhook about the followed model triggers an alias check
+    (after the reply); a missing header, a wrong signature, a stale or replayed delivery is a 401 and changes nothing."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    from serve.webhooks import WebhookRejected, WebhookVerifier
+
+    verifier = WebhookVerifier(secret)
+    name = follower.alias[0] if follower.follows else ""
+
+    @app.post(WEBHOOK_ROUTE)
+    async def registry_webhook(request: Request):
+        body = await request.body()
+        try:
+            event = verifier.verify(request.headers, body)
+        except WebhookRejected as rejected:
+            metrics.webhooks.labels(rejected.reason).inc()
+            return JSONResponse({"error": str(rejected), "reason": rejected.reason}, status_code=401)
+        if not name or event.name != name or not event.kind.startswith("model_version_alias."):
+            metrics.webhooks.labels("ignored").inc()
+            return JSONResponse({"checked": False, "why": "not an alias event of the followed model"})
+        follower.trigger()
+        metrics.webhooks.labels("accepted").inc()
+        return JSONResponse({"checked": True}, status_code=202)
 
 
-def mount_mlflow_protocol(app, served: ServedModel) -> None:
-    """MLflow's own scoring app (/invocations, /ping, /version) on the same loaded model, mounted last so that the
-    app's routes win (/health answers with the model's name and version, still 200 when ready)."""
-    from mlflow.pyfunc.scoring_server import init as mlflow_scoring_app
+class CurrentModelMonitor:
+    """A Prometheus collector of the current model's drift monitor (serve.monitoring), labelled with its version."""
 
-    app.mount("/", mlflow_scoring_app(served.pyfunc), name="mlflow")
+    def __init__(self, follower):
+        self.follower = follower
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from serve.contract import MODEL_NAME_COLUMN, MODEL_VERSION_COLUMN
+        from serve.monitoring import MonitoringCollector
+
+        served = self.follower.current
+        labels = {MODEL_NAME_COLUMN: served.info.name, MODEL_VERSION_COLUMN: served.info.version}
+        yield from MonitoringCollector(served.drift, labels).collect()
+
+
+class CurrentScoringApp:
+    """MLflow's scoring app (/invocations, /ping, /version) of the model that answers now (ASGI)."""
+
+    def __init__(self, follower):
+        self.follower = follower
+
+    async def __call__(self, scope, receive, send):
+        await self.follower.current.scoring_app(scope, receive, send)
+
+
+def fixed_follower(served: ServedModel) -> "Follower":
+    """A Follower that never moves: the app of a model loaded by hand, or of a URI that names one version."""
+    return Follower("", served, load=refuse_any, resolved_of=resolved_of)
+
+
+def refuse_any(_target, _current):
+    raise Refused("fixed", "this app serves one fixed model")
+
+
+def resolved_of(served: ServedModel) -> ResolvedModel:
+    return served.model.resolved
 
 
 def observe_upload(monitor, row: dict, data: bytes) -> None:
@@ -463,13 +599,12 @@ PAGE_HEADERS = {
 
 
 def warm_up(served: ServedModel) -> None:
-    """One answer before the port opens, so the first user does not wait for TensorFlow to trace the model."""
-    import numpy as np
-
-    from serve.explain import png_base64
-
-    image = base64.b64decode(png_base64(np.full((64, 64, 3), 128, dtype=np.uint8)))
-    served.answer(image, {EXPLAIN_PARAM: True} if served.explains else {})
+    """One answer on the model's own input example before it serves, so the first user does not wait for TensorFlow
+    to trace the model; Rejection when the model cannot answer it."""
+    try:
+        served.model.warm_up()
+    except Rejected as rejected:
+        raise rejection_of(rejected) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -510,6 +645,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_WINDOW,
         help=f"recent answers the drift figures of /metrics cover (default: {DEFAULT_WINDOW})",
     )
+    parser.add_argument(
+        "--follow-seconds",
+        default=os.environ.get(INTERVAL_ENVIRONMENT, ""),
+        help=f"for models:/NAME@ALIAS (or models:/NAME): check the alias every this many seconds and swap in the "
+        f"version it points at without a restart; 0: only when a registry webhook says so (default: "
+        f"${INTERVAL_ENVIRONMENT}, else {DEFAULT_INTERVAL_SECONDS:g}); a URI naming a version is never followed",
+    )
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return parser
 
@@ -528,32 +670,78 @@ def main(argv: list[str] | None = None) -> int:
             # The same admin reads models from a tracking server that has auth on.
             os.environ.setdefault(USERNAME_ENVIRONMENTS[0], credentials.username)
             os.environ[PASSWORD_ENVIRONMENT] = credentials.password
-        served = load_served_model(arguments.model)
+        interval = interval_of(arguments.follow_seconds)
+        webhook_secret = os.environ.get(WEBHOOK_SECRET_ENVIRONMENT, "")
+        if webhook_secret and followed_alias(arguments.model) is None:
+            raise ValueError(
+                f"{WEBHOOK_SECRET_ENVIRONMENT} is set but {arguments.model} names one version: "
+                "webhooks move aliases; serve models:/NAME@ALIAS to follow one"
+            )
+        served = load_served_model(arguments.model, arguments.monitoring_window)
     except (ValueError, OSError) as error:
         print(f"error: {first_line(error, limit=None)}", file=sys.stderr)
         return 2
+    import logging
+
     import uvicorn
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(
-        served,
+        following(served, arguments.model, interval, arguments.monitoring_window),
         max_upload_bytes=int(arguments.max_upload_mb * 1e6),
         credentials=credentials,
         monitoring_window=arguments.monitoring_window,
+        webhook_secret=webhook_secret,
     )
+    follows = app.state.follower.describe()["follows"]
     label = f"{served.info.name} version {served.info.version}" if served.info.name else served.info.uri
+    if follows:
+        label += f", following {follows} every {interval:g} s" if interval else f", following {follows} by webhook"
     print(f"serving {label} on http://{arguments.host}:{arguments.port}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=arguments.host, port=arguments.port, log_level=arguments.log_level)
     return 0
 
 
-def load_served_model(uri: str) -> ServedModel:
+def load_served_model(uri: str, window: int = DEFAULT_WINDOW) -> ServedModel:
     """Resolve, load and warm up the model; ValueError with one line when it cannot be found or loaded."""
     served = ServedModel(LoadedModel.load(uri))
     try:
-        warm_up(served)
+        return served.prepare(window)
     except Rejection as rejection:
         raise ValueError(f"{uri} failed its first prediction: {rejection.message}") from None
-    return served
+
+
+def load_candidate(target: ResolvedModel, current: ServedModel, window: int) -> ServedModel:
+    """The version an alias moved to, loaded, checked against the served one and warmed up; Refused when it cannot
+    take its place (it does not load, answers another task or other classes, or fails its own input example)."""
+    try:
+        candidate = ServedModel(LoadedModel.load(target.uri, target))
+    except ModelUriError as error:
+        raise loading_refusal(error) from None
+    except Exception as error:  # Whatever a broken model's loader raises: the served model must keep answering.
+        raise Refused("unloadable", f"{type(error).__name__}: {first_line(error)}") from None
+    same_outputs(current.classes, task_of(current), candidate.classes, task_of(candidate))
+    try:
+        return candidate.prepare(window)
+    except Rejection as rejection:
+        raise Refused("warm_up_failed", rejection.message) from None
+
+
+def task_of(served: ServedModel) -> str:
+    return served.config.task if served.config is not None else ""
+
+
+def following(served: ServedModel, uri: str, interval: float, window: int):
+    """The app's Follower of `uri` (an alias URI) around the first loaded model, else the model itself."""
+    if followed_alias(uri) is None:
+        return served
+    return Follower(
+        uri,
+        served,
+        load=lambda target, current: load_candidate(target, current, window),
+        resolved_of=resolved_of,
+        interval=interval,
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from serve.common import first_line
-from serve.contract import EXPLAIN_PARAM, THRESHOLD_PARAM, THRESHOLD_PREFIX, request_frame
+from serve.contract import EXPLAIN_PARAM, IMAGE_COLUMN, THRESHOLD_PARAM, THRESHOLD_PREFIX, request_frame
 from serve.model_uri import ModelUriError, ResolvedModel, resolve_model_uri
 
 
@@ -144,3 +144,19 @@ class LoadedModel:
     def score(self, image: bytes, params: dict | None = None) -> dict:
         """The answer row of one image, as a dict of column -> value."""
         return self.predict(image, params).iloc[0].to_dict()
+
+    def example_image(self) -> bytes | str:
+        """The first image of the input example the model was logged with (base64 text), else a grey 64 px PNG."""
+        example = getattr(self.pyfunc, "input_example", None)
+        if example is not None and IMAGE_COLUMN in getattr(example, "columns", ()) and len(example):
+            return str(example[IMAGE_COLUMN].iloc[0])
+        import numpy as np
+
+        from serve.explain import png_base64
+
+        return png_base64(np.full((64, 64, 3), 128, dtype=np.uint8))
+
+    def warm_up(self) -> dict:
+        """Score the model's own input example (with Grad-CAM when it explains), so the first request does not wait
+        for TensorFlow to trace the model; its answer row, or Rejected."""
+        return self.score(self.example_image(), {EXPLAIN_PARAM: True} if self.explains else None)

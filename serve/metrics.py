@@ -3,7 +3,8 @@
 Requests by route and status, latency, rejected uploads by reason, each class's predicted probability,
 the classes each answer predicted, model time with and without Grad-CAM, the served model (with the
 label `reference`: `available`, or `none` for models logged without a monitoring reference) and
-process uptime; with a serve.monitoring.DriftMonitor, its drift and estimated-performance gauges.
+process uptime, registry webhooks by outcome; the app adds its drift monitor's gauges (serve.monitoring) and, when
+it follows an alias, the served and target versions, swaps and refusals (serve.following).
 monitoring/grafana/dashboards/medimg-app.json charts these names and monitoring/rules/ alerts on them.
 """
 
@@ -29,15 +30,16 @@ from serve.contract import EXPLAIN_PARAM, PREDICTED_COLUMN
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SCORE_BUCKETS = tuple(round(0.1 * step, 1) for step in range(1, 11))
-ROUTES = ("/", "/predict", "/info", "/health", "/metrics", "/invocations", "/ping", "/version")
+ROUTES = ("/", "/predict", "/info", "/health", "/metrics", "/invocations", "/ping", "/version", "/webhooks/mlflow")
 
 
 class AppMetrics:
     """The app's Prometheus registry: requests, latency, rejections, scores, the model and uptime."""
 
-    def __init__(self, model: dict[str, str], classes: list[str], monitor=None):
+    def __init__(self, model: dict[str, str], classes: list[str]):
         """model: the labels of medimg_model_info (name, version, aliases, uri, reference); classes: the probability
-        columns; monitor: a serve.monitoring.DriftMonitor whose gauges carry the model's name and version."""
+        columns. The app registers its drift monitor's collector and, when it follows an alias, the follower's series
+        (serve.following.FollowMetrics) on `registry`."""
         # The *_created series only repeat the start time for every label set.
         disable_created_metrics()
         self.registry = registry = CollectorRegistry()
@@ -75,13 +77,19 @@ class AppMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        Info("medimg_model", "The served model", registry=registry).info(model)
+        # The model that answers now: a follower of an alias calls .info() again after each swap.
+        self.model = Info("medimg_model", "The served model", registry=registry)
+        self.model.info(model)
+        self.webhooks = Counter(
+            "medimg_registry_webhooks",
+            "Registry webhook deliveries, by outcome (accepted, ignored, or why one was refused with a 401)",
+            ["outcome"],
+            registry=registry,
+        )
         started = time.monotonic()
         Gauge("medimg_process_uptime_seconds", "Seconds since the app started", registry=registry).set_function(
             lambda: time.monotonic() - started
         )
-        if monitor is not None:
-            monitor.register(registry, model_name=model.get("name", ""), model_version=model.get("version", ""))
         # Series at zero from the start, so dashboards show every class before its first answer.
         for name in classes:
             self.scores.labels(name)

@@ -497,7 +497,7 @@ def live_metrics(served, answers: list, requests_first=()) -> str:
 
     app = create_app(served, max_upload_bytes=10**6)
     for row, stats in answers:
-        app.state.monitor.observe(row, stats)
+        app.state.follower.current.drift.observe(row, stats)
     with serving(app) as url:
         for method, path, files in requests_first:
             requests.request(method, f"{url}{path}", files=files, timeout=60)

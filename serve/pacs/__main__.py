@@ -106,6 +106,7 @@ def run(settings, session, ledger) -> int:
         except OSError as error:
             print(f"error: cannot serve /metrics on port {settings.metrics_port}: {error.strerror}", file=sys.stderr)
             return 2
+    follower = worker_follower(settings, scorer, metrics)
     stop = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())
@@ -120,6 +121,7 @@ def run(settings, session, ledger) -> int:
         max_backoff_seconds=settings.max_backoff_seconds,
         stop=stop,
         parametric_map=settings.parametric_map,
+        follower=follower,
     )
     counts = ledger.counts()
     log.info(
@@ -143,6 +145,33 @@ def run(settings, session, ledger) -> int:
             "worker stopped by %s at %s; a restart resumes from the ledger", type(error).__name__, fault_origin(error)
         )
         return 1
+
+
+def worker_follower(settings, scorer, metrics):
+    """The serve.following.Follower of the worker's alias (started), or None for a URI that names one version or
+    --follow-seconds 0. After a swap, /metrics's medimg_pacs_model names the new version."""
+    from serve.contract import MODEL_ID_COLUMN
+    from serve.following import Follower, FollowMetrics, followed_alias
+    from serve.pacs.scoring import load_candidate
+
+    alias = followed_alias(settings.model)
+    if alias is None or not settings.follow_seconds:
+        return None
+
+    def swapped(_old, new) -> None:
+        resolved = new.resolved
+        labels = {"name": resolved.name, "version": resolved.version, MODEL_ID_COLUMN: resolved.model_id}
+        metrics.model.info({**labels, "uri": resolved.uri})
+
+    return Follower(
+        settings.model,
+        scorer,
+        load=load_candidate,
+        resolved_of=lambda current: current.resolved,
+        interval=settings.follow_seconds,
+        metrics=FollowMetrics(metrics.registry, *alias),
+        on_swap=swapped,
+    ).start()
 
 
 if __name__ == "__main__":

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from serve.common import first_line
 from serve.concepts import concepts_of
 from serve.contract import EXPLAIN_PARAM
+from serve.following import Refused, loading_refusal, same_outputs
 from serve.loaded import LoadedModel, Rejected
+from serve.model_uri import ModelUriError, ResolvedModel
 from serve.pacs.dicomweb import InstanceRow
 from serve.pacs.reports import (
     MANUFACTURER,
@@ -130,3 +133,24 @@ class Scorer:
             if rejected.fault:
                 raise BadInstance("model_error", rejected.message) from None
             raise BadInstance(rejected.reason) from None
+
+
+def load_candidate(target: ResolvedModel, current: Scorer) -> Scorer:
+    """The version an alias moved to, as the worker would score with it; Refused when it cannot take the served
+    one's place: it does not load or is not a medimg classifier, answers another task or other classes, has no
+    coded concept for a class (every finding of the SR needs one), or fails its own input example."""
+    try:
+        candidate = Scorer(LoadedModel.load(target.uri, target))
+    except ModelUriError as error:
+        raise loading_refusal(error) from None
+    except Exception as error:  # Whatever a broken model's loader raises: the worker must keep scoring.
+        raise Refused("unloadable", f"{type(error).__name__}: {first_line(error)}") from None
+    same_outputs(current.outputs, current.config.task, candidate.outputs, candidate.config.task)
+    uncoded = [name for name, concept in zip(candidate.outputs, candidate.concepts, strict=False) if not concept.value]
+    if uncoded or len(candidate.concepts) != len(candidate.outputs):
+        raise Refused("incompatible", f"no coded concept for {', '.join(uncoded) or 'every class'}: the SR needs one")
+    try:
+        candidate.model.warm_up()
+    except Rejected as rejected:
+        raise Refused("warm_up_failed", rejected.message) from None
+    return candidate

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from serve.following import DEFAULT_INTERVAL_SECONDS, INTERVAL_ENVIRONMENT, interval_of
 from serve.pacs.feeds import FEEDS
 
 MODEL_ENVIRONMENT = "MEDIMG_MODEL_URI"
@@ -40,6 +41,8 @@ class WorkerSettings:
     metrics_port: int
     metrics_host: str
     parametric_map: bool = False
+    # For models:/NAME@ALIAS: seconds between checks of the alias (serve.following); 0 or a version URI: never.
+    follow_seconds: float = 0.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="on a first start, leave what the PACS already holds alone and score only what arrives",
     )
     add_timing_options(add)
+    add(
+        "--follow-seconds",
+        default=os.environ.get(INTERVAL_ENVIRONMENT, ""),
+        help="for models:/NAME@ALIAS (or models:/NAME): check the alias every this many seconds and score the next "
+        f"study with the version it points at, without a restart; 0: never (default: ${INTERVAL_ENVIRONMENT}, else "
+        f"{DEFAULT_INTERVAL_SECONDS:g}); a URI naming a version is never followed",
+    )
     add(
         "--parametric-map",
         action="store_true",
@@ -198,4 +208,5 @@ def settings_from(arguments: argparse.Namespace, environment: Mapping[str, str])
         metrics_port=arguments.metrics_port,
         metrics_host=arguments.metrics_host,
         parametric_map=arguments.parametric_map,
+        follow_seconds=interval_of(arguments.follow_seconds),
     )

@@ -61,20 +61,30 @@ class Worker:
         max_backoff_seconds: float,
         stop: threading.Event | None = None,
         parametric_map: bool = False,
+        follower=None,
     ):
-        self.pacs, self.feed, self.ledger, self.scorer = pacs, feed, ledger, scorer
-        # Whether a Parametric Map of the heatmap is stored beside the Secondary Capture (--parametric-map).
-        self.parametric_map = parametric_map and scorer.explains
+        """follower: a serve.following.Follower of the scorer's alias; each study is scored by its current scorer."""
+        self.pacs, self.feed, self.ledger = pacs, feed, ledger
+        self.asked_for_parametric_map, self.follower = parametric_map, follower
         self.eligibility, self.metrics = eligibility, metrics
         self.poll_seconds, self.max_backoff_seconds = poll_seconds, max_backoff_seconds
         self.stop = stop or threading.Event()
         self.down_since: float | None = None
         self.scored, self.studies = 0, 0
         self.skipped: Counter[str] = Counter()
-        # Drift without labels against the model's validation reference, on the worker's /metrics.
+        self.scorer, self._monitor_collector = None, None
+        self.use(scorer)
+
+    def use(self, scorer: Scorer) -> None:
+        """Score with `scorer` from now on: its drift monitor (against its validation reference) on /metrics."""
+        self.scorer = scorer
+        # Whether a Parametric Map of the heatmap is stored beside the Secondary Capture (--parametric-map).
+        self.parametric_map = self.asked_for_parametric_map and scorer.explains
+        if self._monitor_collector is not None:
+            self.metrics.registry.unregister(self._monitor_collector)
         self.monitor = DriftMonitor.for_config(scorer.config)
-        self.monitor.register(
-            metrics.registry,
+        self._monitor_collector = self.monitor.register(
+            self.metrics.registry,
             model_name=scorer.resolved.name or scorer.resolved.uri,
             model_version=scorer.resolved.version,
         )
@@ -131,6 +141,9 @@ class Worker:
         return batch.more
 
     def process_study(self, study_uid: str, arrived: float) -> None:
+        # One version scores the whole study: the follower's swap takes effect between studies.
+        if self.follower is not None and self.follower.current is not self.scorer:
+            self.use(self.follower.current)
         outcomes: Counter[str] = Counter()
         for row in self.pacs.instances(study_uid):
             if self.stop.is_set():
