@@ -40,11 +40,15 @@ if TYPE_CHECKING:
     from train.data.spec import LoadedDataset
 
 # The fourteen findings in the model's output order, each with its SNOMED CT concept where one was found in a source
-# that could be checked (the source is written beside each code; docs/PACS.md lists them). DICOM PS3.16's context
-# groups come first (read from pydicom 3.0.2's code dictionary, generated from PS3.16); where PS3.16 has no concept
-# for the finding, public terminology sources that name the SNOMED CT id with its fully specified name. Pleural
-# thickening has none that could be confirmed, so it stays in medimg's private scheme (serve.concepts) rather than
-# carry a guessed identifier.
+# that could be checked (the source is written beside each code; docs/PACS.md lists them). DICOM PS3.16 comes first: a
+# source that starts with PS3_16 names the context group(s) holding the code, and tests/test_pacs.py checks code,
+# meaning and CIDs offline against pydicom 3.0.2's dictionaries (generated from PS3.16's context groups and its Table
+# O-1, the SNOMED CT concept ids DICOM uses with their fully specified names). The eight other codes are in neither
+# (checked the same way), so their sources are public terminology sources that name the SNOMED CT id with its fully
+# specified name. PS3.16 codes cardiomegaly in CIDs 12248/12249 as 287272002, but its own Table O-1 gives 287272002 as
+# "Enlarged septal foramen of heart (disorder)"; that code is not taken. Pleural thickening has no concept in PS3.16
+# (no CID, no Table O-1 entry) nor in any checkable source (docs/PACS.md lists what was searched), so it stays in
+# medimg's private scheme (serve.concepts) rather than carry a guessed identifier.
 PS3_16 = "DICOM PS3.16"
 FINDINGS: tuple[tuple[str, Concept | None], ...] = (
     (
@@ -63,7 +67,8 @@ FINDINGS: tuple[tuple[str, Concept | None], ...] = (
             "SCT",
             "Cardiomegaly",
             "IHE AI Results FHIR IG draft (github.com/xmiao/AI.interoperability, AIRLesionTypeValueSet: "
-            "'Cardiomegaly (disorder)')",
+            f"'Cardiomegaly (disorder)'); not {PS3_16}'s 287272002, which its CIDs 12248/12249 call 'Cardiomegaly' "
+            "but its Table O-1 calls 'Enlarged septal foramen of heart (disorder)'",
         ),
     ),
     (
