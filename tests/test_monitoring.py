@@ -232,6 +232,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case_and_promtool_passes_them(prom
         "MedimgHighRejectionRate",
         "MedimgSlowAnswers",
         "MedimgNoAnswers",
+        "MedimgServedVersionBehindAlias",
     }
     fires, quiet = set(), set()
     for test in load_yaml(RULE_TESTS)["tests"]:
