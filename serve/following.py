@@ -138,11 +138,13 @@ class Follower(Generic[Model]):
         metrics: FollowMetrics | None = None,
         on_swap: Callable[[Model, Model], None] | None = None,
         resolve: Callable[[str], ResolvedModel] = resolve_model_uri,
+        logger: logging.Logger = log,
     ):
-        """load(target, current) -> the new model, or Refused; resolved_of(model) -> its serve.model_uri.ResolvedModel."""
+        """load(target, current) -> the new model, or Refused; resolved_of(model) -> its serve.model_uri.ResolvedModel;
+        logger: where swaps and refusals are logged (the PACS worker's own logger passes its privacy filter)."""
         self.uri, self._current = uri, current
         self.load, self.resolved_of, self.resolve = load, resolved_of, resolve
-        self.interval, self.metrics, self.on_swap = float(interval), metrics, on_swap
+        self.interval, self.metrics, self.on_swap, self.log = float(interval), metrics, on_swap, logger
         self.alias = followed_alias(uri)
         self.swaps, self.refusals = 0, 0
         self._refused: tuple[str, float] | None = None
@@ -205,7 +207,7 @@ class Follower(Generic[Model]):
             try:
                 self.check(trigger)
             except Exception as error:  # The thread must outlive any surprise; the old model keeps serving.
-                log.error("alias check failed: %s", type(error).__name__)
+                self.log.error("alias check failed: %s", type(error).__name__)
 
     def check(self, trigger: str = "poll") -> str:
         """Resolve the alias and swap when it moved: `unchanged`, `swapped`, `refused`, `skipped` or `error`."""
@@ -221,7 +223,7 @@ class Follower(Generic[Model]):
         except ModelUriError as error:
             if first_line(error) != self._last_error:
                 self._last_error = first_line(error)
-                log.warning("cannot check %s (the served version keeps answering): %s", self.uri, self._last_error)
+                self.log.warning("cannot check %s (the served version keeps answering): %s", self.uri, self._last_error)
             return "error"
         self._last_error = ""
         if self.metrics is not None:
@@ -244,7 +246,7 @@ class Follower(Generic[Model]):
             self.refusals += 1
             if self.metrics is not None:
                 self.metrics.refusals.labels(refused.reason).inc()
-            log.warning(
+            self.log.warning(
                 "refused %s (%s): %s; %s keeps answering",
                 target.label,
                 refused.reason,
@@ -260,7 +262,7 @@ class Follower(Generic[Model]):
             self.metrics.serving(target)
         if self.on_swap is not None:
             self.on_swap(current, candidate)
-        log.info(
+        self.log.info(
             "now serving %s (was %s): loaded, warmed up and checked in %.1f s",
             target.label,
             self.resolved_of(current).label,

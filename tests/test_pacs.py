@@ -398,14 +398,16 @@ class PacsBed:
         self.logs.append(buffer.getvalue())
         return code, buffer.getvalue()
 
-    def start(self, name: str) -> subprocess.Popen:
+    def start(self, name: str, *extra: str) -> subprocess.Popen:
         """The worker as a service: its own process (killable), polling every 0.2 s, /metrics on a free port, under
-        an audit hook that logs every file opened for writing once the model is loaded (/metrics opens then)."""
+        an audit hook that logs every file opened for writing once the model is loaded (/metrics opens then).
+        `extra` options come last, so they win over the common ones (--model, --state-dir)."""
         log_path = self.folder / f"{name}.log"
         self.log_files.append(log_path)
         self.metrics_port = free_port()
         env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri, "PYTHONPATH": str(REPO_ROOT)}
-        command = [sys.executable, "-c", AUDITED_WORKER, *self.arguments("--metrics-port", str(self.metrics_port))]
+        options = self.arguments("--metrics-port", str(self.metrics_port), *extra)
+        command = [sys.executable, "-c", AUDITED_WORKER, *options]
         with open(log_path, "wb") as log:
             return subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.folder, start_new_session=True
@@ -676,6 +678,54 @@ def test_a_worker_killed_mid_study_and_started_again_reports_each_image_once(bed
     assert len(results["SR"]) == len(results["SC"]) == len(results["other"]) == KILLED_STUDY_IMAGES
     reports = [text_items(bed.retrieve(study, row))["IMAGE"][0] for row in results["SR"]]
     assert sorted(reports) == sorted(study.sop_uids)
+
+
+def served_version(bed: PacsBed) -> float | None:
+    """medimg_model_served_version of the running worker's /metrics (None before it answers)."""
+    with contextlib.suppress(requests.RequestException):
+        exposition = requests.get(f"http://127.0.0.1:{bed.metrics_port}/metrics", timeout=2).text
+        found = [value for key, value in metric_values(exposition).items() if key.startswith("medimg_model_served_")]
+        return found[0] if found else None
+    return None
+
+
+def algorithm_versions(bed: PacsBed, study: Study) -> list[str]:
+    return [text_items(bed.retrieve(study, row))["Algorithm Version"][0] for row in bed.results(study)["SR"]]
+
+
+@pytest.mark.slow
+def test_a_worker_following_champion_scores_each_study_with_one_version_and_takes_the_new_one(bed, tmp_path):
+    """`--follow-seconds`: after @champion moves, the next study is scored by the new version, without a restart."""
+    from mlflow.tracking import MlflowClient
+
+    client, name = MlflowClient(bed.tracking_uri), "pacs-followed"
+    source = client.get_model_version_by_alias(MODEL_NAME, "champion")
+    client.create_registered_model(name)
+    # The source models:/m-<id> is resolved through the process's tracking store.
+    with tracking_at(bed.tracking_uri):
+        for _ in range(2):
+            client.create_model_version(name, source.source, source.run_id, model_id=source.model_id)
+    client.set_registered_model_alias(name, "champion", "1")
+    follow = ("--model", f"models:/{name}@champion", "--follow-seconds", "0.5")
+    process = bed.start("following", *follow, "--skip-backlog", "--state-dir", str(tmp_path / "state"))
+    log = bed.log_files[-1]
+    try:
+        wait_for(lambda: served_version(bed) == 1.0, 180, "the worker to serve version 1", process, log)
+        first = bed.send("followed-first", "DX", 2)
+        wait_reported(bed, first, process, log)
+        client.set_registered_model_alias(name, "champion", "2")
+        wait_for(lambda: served_version(bed) == 2.0, 60, "the worker to swap in version 2", process, log)
+        second = bed.send("followed-second", "DX", 2)
+        wait_reported(bed, second, process, log)
+    finally:
+        stop(process)
+    assert algorithm_versions(bed, first) == ["1", "1"] and algorithm_versions(bed, second) == ["2", "2"]
+    text = log.read_text()
+    assert f"now serving {name} version 2 (was {name} version 1)" in text, tail(log)
+    # MLflow writes the version's name and number beside a model it loads straight from a local artifact store
+    # (models_artifact_repo's registered_model_meta): model metadata, no patient data. Nothing else is written.
+    writes = [line for line in text.splitlines() if line.startswith("AUDIT write-open")]
+    assert all(line.endswith("/registered_model_meta'") for line in writes), writes
 
 
 @pytest.mark.slow

@@ -171,6 +171,7 @@ def worker_follower(settings, scorer, metrics):
         interval=settings.follow_seconds,
         metrics=FollowMetrics(metrics.registry, *alias),
         on_swap=swapped,
+        logger=logging.getLogger(WORKER_LOGGER),
     ).start()
 
 
