@@ -35,6 +35,7 @@ LONGEST_FIRST = (
     "test_first_run.py",
     "test_pipeline.py",
     "test_mlflow_server.py",
+    "test_following.py",
     "test_tune.py",
     "test_training.py",
     "test_evaluate.py",

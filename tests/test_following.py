@@ -4,6 +4,7 @@ back and points at versions it must refuse; the PACS worker's scorer likewise; t
 from __future__ import annotations
 
 import base64
+import io
 import re
 import subprocess
 import sys
@@ -309,3 +310,73 @@ def test_the_pacs_scorer_follows_and_refuses_other_classes(followed_registry):
         mlflow.set_tracking_uri(None)
     assert other_classes.value.reason == "incompatible" and "blue_spot" in other_classes.value.message
     assert no_model.value.reason == "unloadable"
+
+
+# --- a promotion by the pipeline, under load -----------------------------------------------------------------------
+
+PIPELINE_MODEL = "chest-followed"
+TINY = {"image_size": "32", "batch_size": "16", "convolutions": "1", "augment": "false", "max_examples": "300"}
+
+
+@pytest.fixture(scope="module")
+def pipeline_store(tmp_path_factory) -> dict:
+    """A sqlite store with a trained champion (version 1 of chest-followed) and the run of a better challenger,
+    trained on the same data settings (the pipeline's paired comparison needs the same test split)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from train.job.trainer import train
+    from train.settings import MainSettings
+
+    directory = tmp_path_factory.mktemp("pipeline_store")
+    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("following", artifact_location=(directory / "artifacts").as_uri())
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.set_experiment(experiment_id=experiment)
+        train(MainSettings.from_dict({**TINY, "epochs": "1", "register_as": PIPELINE_MODEL}))
+        better = {**TINY, "epochs": "3", "learning_rate": "0.003", "convolutions": "2"}
+        challenger = train(MainSettings.from_dict(better)).run_id
+    finally:
+        mlflow.set_tracking_uri(None)
+    client.set_registered_model_alias(PIPELINE_MODEL, "champion", "1")
+    return {"uri": uri, "client": client, "challenger": challenger, "directory": directory, "experiment": experiment}
+
+
+@pytest.mark.slow
+def test_a_pipeline_promotion_reaches_the_app_under_load_without_a_failed_request(pipeline_store, tmp_path):
+    from train.data.synthetic import generate
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "serve.app", "--model", f"models:/{PIPELINE_MODEL}@champion"]
+    command += ["--port", str(port), "--follow-seconds", str(FOLLOW_SECONDS)]
+    env = serving_environment(pipeline_store["uri"], PYTHONPATH=str(REPO_ROOT))
+    cells, _, _ = generate(1, 32, "binary", seed=3)
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(cells[0], 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    pipeline = [sys.executable, "-m", "train", "pipeline", "--registered-model", PIPELINE_MODEL]
+    pipeline += ["--challenger", pipeline_store["challenger"], "--margin", "0.5", "--alpha", "0.000001"]
+    pipeline_env = {**env, "MLFLOW_EXPERIMENT_ID": pipeline_store["experiment"]}
+    log_path = tmp_path / "app.log"
+    with (
+        running_server(command, ready_url=f"{url}/health", log_path=log_path, env=env, cwd=tmp_path),
+        Load(url, buffer.getvalue()) as load,
+    ):
+        load.wait_for("1", time.monotonic(), 60)
+        result = subprocess.run(pipeline, env=pipeline_env, cwd=tmp_path, capture_output=True, text=True)
+        promoted = time.monotonic()
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        switched = load.wait_for("2", promoted - 5, FOLLOW_SECONDS + 60)
+        time.sleep(1)
+    assert '"decision": "promoted"' in result.stdout
+    answers = load.answers
+    assert [status for _, status, _, _ in answers if status != 200] == [], "no request failed during the promotion"
+    by_version: dict[str, set] = {}
+    for _, _, version, probabilities in answers:
+        by_version.setdefault(version, set()).add(probabilities)
+    assert set(by_version) == {"1", "2"} and all(len(found) == 1 for found in by_version.values()), by_version
+    assert switched < FOLLOW_SECONDS + 30
