@@ -1,4 +1,4 @@
-"""bench/pipeline.py, bench/feed.py and bench/batch.py run at tiny sizes and print their tables: smoke tests, no timing is asserted."""
+"""bench/pipeline.py, bench/feed.py, bench/batch.py and bench/swap.py run at tiny sizes and print their tables: smoke tests, no timing is asserted."""
 
 from __future__ import annotations
 
@@ -80,3 +80,13 @@ def test_batch_bench_prints_the_cpu_bound_and_the_local_engine_against_it(tmp_pa
     )
     assert "| model | px | files | decode CPU ms/image | forward CPU ms/image | bound images/s |" in output
     assert "small_cnn at 32 px: local engine at" in output and "of the CPU bound" in output
+
+
+@pytest.mark.slow
+def test_swap_bench_prints_steady_and_swap_latency_and_counts_no_failure(tmp_path):
+    output = run_bench(
+        tmp_path, str(REPO_ROOT / "bench" / "swap.py"), "--image-size", "32", "--clients", "2", "--seconds", "2"
+    )
+    assert "| window | requests | p50 ms | p99 ms | max ms |" in output
+    assert "| steady (before the move) |" in output and "| during the swap |" in output
+    assert "failed requests: 0; version-1 answers after a client saw version 2: 0" in output
