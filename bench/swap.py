@@ -132,6 +132,18 @@ def backwards(answers: list) -> int:
     return count
 
 
+def resident_mib(url: str) -> float:
+    """The app's resident memory (process_resident_memory_bytes of its /metrics) in MiB."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(requests.get(f"{url}/metrics", timeout=30).text):
+        for sample in family.samples:
+            if sample.name == "process_resident_memory_bytes":
+                return sample.value / 2**20
+    return float("nan")
+
+
 def report(clients: Clients, moved: float, first_new: float, end: float, arguments: argparse.Namespace) -> None:
     answers = list(clients.answers)
     steady = [seconds for sent, seconds, status, _, _ in answers if moved - arguments.seconds <= sent < moved]
@@ -178,13 +190,16 @@ def main(argv: list[str] | None = None) -> int:
             clients = Clients(url, buffer.getvalue(), arguments.clients)
             clients.start()
             time.sleep(arguments.seconds + 2)
+            before = resident_mib(url)
             moved = time.monotonic()
             MlflowClient().set_registered_model_alias(NAME, "champion", "2")
             first_new = clients.first_answer_of("2", moved, 300)
             time.sleep(arguments.seconds)
             end = first_new + arguments.seconds
             clients.finish()
+            after = resident_mib(url)
         report(clients, moved, first_new, end, arguments)
+        print(f"resident memory: {before:.0f} MiB before the move, {after:.0f} MiB after the swap (one model again)")
     return 0
 
 

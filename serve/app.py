@@ -413,6 +413,7 @@ def create_app(
     if follower.follows:
         follower.metrics = FollowMetrics(metrics.registry, *follower.alias)
         follower.metrics.serving(first.model.resolved)
+        follower.metrics.targeting(first.model.resolved.version)
         follower.on_swap = lambda _old, new: metrics.model.info(model_labels(new))
     app.state.metrics, app.state.follower = metrics, follower
     add_routes(app, follower, metrics, max_upload_bytes, credentials)
