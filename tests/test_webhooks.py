@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from serve.webhooks import (
+    DEFAULT_EVENTS,
     SECRET_ENVIRONMENT,
     RegistryEvent,
     WebhookRejected,
@@ -182,3 +183,294 @@ def test_an_empty_secret_is_refused_at_construction():
 
 def test_the_real_clock_accepts_a_delivery_signed_now():
     assert WebhookVerifier(SECRET).verify(*delivery(timestamp=time.time())).alias == "champion"
+
+
+# A real Postgres-backed `mlflow server` started by `python -m mlflow_server up --webhooks-to-local`.
+
+WATCHED = "hand-registered"
+FOLLOWED = "followed"
+# Tiny synthetic trainings on the same data (so one frozen test split): a few seconds each on two cores.
+TINY = {"image_size": "32", "batch_size": "16", "convolutions": "1", "augment": "false", "max_examples": "240"}
+CACHE_TTL_S = 5
+
+
+class Receiver:
+    """A local HTTP receiver of MLflow's deliveries that verifies each with WebhookVerifier (401 when rejected)."""
+
+    def __init__(self, secret: str):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from serve.common import free_port
+
+        self.verifier = WebhookVerifier(secret)
+        self.events: list[RegistryEvent] = []
+        self.rejections: list[str] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    owner.events.append(owner.verifier.verify(dict(self.headers.items()), body))
+                    self.send_response(200)
+                except WebhookRejected as rejected:
+                    owner.rejections.append(rejected.reason)
+                    self.send_response(401)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.url = f"http://127.0.0.1:{self.port}/webhooks/mlflow"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, predicate, timeout_s: float = 60.0) -> RegistryEvent:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            found = [event for event in list(self.events) if predicate(event)]
+            if found:
+                return found[-1]
+            time.sleep(0.2)
+        raise AssertionError(
+            f"no such delivery within {timeout_s:.0f} s; got {self.events}, rejected {self.rejections}"
+        )
+
+
+def python_env(tracking_uri: str, secret: str = SECRET) -> dict[str, str]:
+    import os
+    import sys
+
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, SECRET_ENVIRONMENT: secret}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        env.pop(name, None)
+    return env
+
+
+def run_python(repo_root, env, *arguments: str, timeout: float = 300):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, *arguments], cwd=repo_root, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def webhook_server(postgres_bin, repo_root):
+    """`python -m mlflow_server up --webhooks-to-local` on a fresh data folder; stopped and deleted at the end."""
+    from test_mlflow_server import force_down, make_data_dir
+
+    data_dir = make_data_dir("medimg-webhooks-")
+    try:
+        started = run_python(
+            repo_root, python_env(""), "-m", "mlflow_server", "up", "--data-dir", str(data_dir), "--webhooks-to-local"
+        )
+        assert started.returncode == 0, started.stderr[-3000:]
+        (line,) = started.stdout.strip().splitlines()
+        tracking_uri = line.removeprefix("export MLFLOW_TRACKING_URI=")
+        yield {"tracking_uri": tracking_uri, "data_dir": data_dir}
+    finally:
+        force_down(data_dir)
+
+
+@pytest.mark.slow
+def test_the_server_keeps_one_private_webhook_key_and_says_webhooks_reach_local_receivers(webhook_server, repo_root):
+    import stat
+
+    key_file = webhook_server["data_dir"] / "webhook_encryption_key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    key = key_file.read_text()
+    status = run_python(
+        repo_root, python_env(""), "-m", "mlflow_server", "status", "--data-dir", str(webhook_server["data_dir"])
+    )
+    assert status.returncode == 0 and "webhooks to local receivers: on" in status.stdout
+    again = run_python(
+        repo_root, python_env(""), "-m", "mlflow_server", "up", "--data-dir", str(webhook_server["data_dir"])
+    )
+    assert again.returncode == 2 and "webhooks to local receivers on" in again.stderr
+    assert key_file.read_text() == key
+
+
+@pytest.mark.slow
+def test_a_registered_webhook_delivers_a_signed_alias_move_the_verifier_accepts(webhook_server, repo_root):
+    from mlflow import MlflowClient
+
+    receiver = Receiver(SECRET)
+    env = python_env(webhook_server["tracking_uri"])
+    arguments = ("-m", "serve.webhooks", "register", "--url", receiver.url, "--model", FOLLOWED, "--name", "follower")
+    registered = run_python(repo_root, env, *arguments)
+    assert registered.returncode == 0, registered.stderr[-2000:]
+    webhook_id = registered.stdout.strip()
+    # MLflow's test delivery (its example payload) reached the receiver, signed with the stored secret.
+    assert receiver.wait_for(lambda event: event.name == "example_model").kind in DEFAULT_EVENTS
+    # Registering again updates the webhook of that name instead of adding one.
+    again = run_python(repo_root, env, *arguments)
+    assert again.returncode == 0 and again.stdout.strip() == webhook_id
+    listed = run_python(repo_root, env, "-m", "serve.webhooks", "list")
+    assert listed.stdout.count("\tfollower\t") == 1 and receiver.url in listed.stdout
+
+    client = MlflowClient(webhook_server["tracking_uri"])
+    client.create_registered_model(FOLLOWED)
+    run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    client.create_model_version(FOLLOWED, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    client.create_model_version(FOLLOWED, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+    # The server may hold an empty webhook list of this event from before the webhook existed, for CACHE_TTL_S.
+    time.sleep(CACHE_TTL_S + 1)
+    client.set_registered_model_alias(FOLLOWED, "champion", "1")
+    client.set_registered_model_alias(FOLLOWED, "champion", "2")
+    moved = receiver.wait_for(lambda event: event.name == FOLLOWED and event.version == "2")
+    assert (moved.kind, moved.alias) == ("model_version_alias.created", "champion")
+    client.delete_registered_model_alias(FOLLOWED, "champion")
+    deleted = receiver.wait_for(lambda event: event.kind == "model_version_alias.deleted")
+    assert (deleted.name, deleted.alias) == (FOLLOWED, "champion")
+    assert receiver.rejections == []
+
+
+@pytest.mark.slow
+def test_a_receiver_with_another_secret_fails_registration_in_one_line(webhook_server, repo_root):
+    receiver = Receiver("not-the-registered-secret")
+    env = python_env(webhook_server["tracking_uri"])
+    arguments = ("-m", "serve.webhooks", "register", "--url", receiver.url, "--model", FOLLOWED, "--name", "mismatched")
+    result = run_python(repo_root, env, *arguments)
+    assert result.returncode == 1
+    (error,) = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert "did not accept MLflow's test delivery: it answered HTTP 401" in error
+    assert receiver.rejections == ["bad_signature"] and receiver.events == []
+    assert SECRET not in result.stdout + result.stderr
+    assert run_python(repo_root, env, "-m", "serve.webhooks", "delete", "--name", "mismatched").returncode == 0
+
+
+# A version registered by hand is put through the pipeline in place, started by the model_version.created webhook.
+
+
+def train_tiny(tracking_uri: str, **settings: str):
+    """A tiny synthetic training run in-process against the server; its TrainResult."""
+    from serving_helpers import tracking_at
+
+    from train.job.trainer import train
+    from train.settings import MainSettings
+
+    with tracking_at(tracking_uri):
+        return train(MainSettings.from_dict({**TINY, **settings}))
+
+
+def wait_for_pipeline(url: str, timeout_s: float = 600) -> dict:
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        versions = requests.get(f"{url}/health", timeout=10).json()["versions"]
+        if versions and all(version["exit_code"] is not None for version in versions):
+            return {version["version"]: version for version in versions}
+        time.sleep(1)
+    raise AssertionError(f"the watcher's pipeline did not finish within {timeout_s:.0f} s")
+
+
+@pytest.fixture(scope="module")
+def champion(webhook_server) -> str:
+    """Version 1 of WATCHED, registered by training (so tagged medimg.registered_by=train), with alias champion."""
+    from mlflow import MlflowClient
+
+    train_tiny(webhook_server["tracking_uri"], epochs="1", register_as=WATCHED)
+    client = MlflowClient(webhook_server["tracking_uri"])
+    client.set_registered_model_alias(WATCHED, "champion", "1")
+    return "1"
+
+
+@pytest.fixture(scope="module")
+def watch(webhook_server, repo_root, tmp_path_factory, champion):
+    """`python -m train.release.watch` for WATCHED, with its webhook registered by `python -m serve.webhooks`."""
+    import sys
+
+    from serving_helpers import running_server
+
+    from serve.common import free_port
+
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("watch")
+    url = f"http://127.0.0.1:{port}"
+    env = python_env(webhook_server["tracking_uri"])
+    command = [sys.executable, "-m", "train.release.watch", "--registered-model", WATCHED, "--port", str(port)]
+    command += ["--host", "127.0.0.1", "--log-dir", str(workdir / "logs")]
+    env["PYTHONPATH"] = str(repo_root)
+    with running_server(command, ready_url=f"{url}/health", log_path=workdir / "watch.log", env=env, cwd=workdir):
+        registered = run_python(
+            repo_root,
+            env,
+            "-m",
+            "serve.webhooks",
+            "register",
+            "--url",
+            f"{url}/webhooks/mlflow",
+            "--model",
+            WATCHED,
+            "--events",
+            "model_version.created",
+        )
+        assert registered.returncode == 0, registered.stderr[-2000:]
+        time.sleep(CACHE_TTL_S + 1)
+        yield {"url": url, "log": workdir / "watch.log", "logs": workdir / "logs"}
+
+
+@pytest.mark.slow
+def test_a_version_registered_by_hand_is_evaluated_in_place_and_the_decision_tagged_on_it(
+    webhook_server, watch, champion
+):
+    import mlflow
+    import requests
+    from mlflow import MlflowClient
+    from serving_helpers import tracking_at
+
+    client = MlflowClient(webhook_server["tracking_uri"])
+    challenger = train_tiny(webhook_server["tracking_uri"], epochs="2", learning_rate="0.003")
+    with tracking_at(webhook_server["tracking_uri"]):
+        # As a notebook would: mlflow.register_model, no medimg creation tag.
+        hand = mlflow.register_model(challenger.model_uri, WATCHED)
+    assert hand.version == "2"
+    finished = wait_for_pipeline(watch["url"])
+    log = (watch["logs"] / f"{WATCHED}-2.log").read_text()
+    assert list(finished) == ["2"] and finished["2"]["exit_code"] == 0, log[-3000:]
+
+    # Decided in place: no third version, the decision on version 2, the aliases moved as the pipeline moves them.
+    assert sorted(version.version for version in client.search_model_versions(f"name='{WATCHED}'")) == ["1", "2"]
+    tags = client.get_model_version(WATCHED, "2").tags
+    assert tags["medimg.decision"] in ("promoted", "not promoted") and tags["medimg.compared_champion_version"] == "1"
+    assert tags["medimg.source_run_id"] == challenger.run_id and "medimg.registered_by" not in tags
+    aliases = {alias: str(version) for alias, version in client.get_registered_model(WATCHED).aliases.items()}
+    expected = (
+        {"champion": "2", "previous": "1"}
+        if tags["medimg.decision"] == "promoted"
+        else {"champion": "1", "challenger": "2"}
+    )
+    assert aliases == expected
+    assert "model_card.md" in [item.path for item in client.list_artifacts(challenger.run_id)]
+    # Version 1 came from training (its creation tag says so): the watcher ignored it; one line names it.
+    assert client.get_model_version(WATCHED, "1").tags["medimg.registered_by"] == "train"
+    watch_log = watch["log"].read_text()
+    assert "queued for the pipeline" in watch_log and requests.get(f"{watch['url']}/health", timeout=10).ok
+
+
+@pytest.mark.slow
+def test_the_pipeline_refuses_a_version_without_a_medimg_source_run_in_one_line(webhook_server, repo_root):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(webhook_server["tracking_uri"])
+    # Another registered model than the watched one, so that the watcher leaves these versions alone.
+    client.create_registered_model("from-a-notebook")
+    bare = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    untagged = client.create_model_version(
+        "from-a-notebook", f"runs:/{bare.info.run_id}/model", run_id=bare.info.run_id
+    )
+    orphan = client.create_model_version("from-a-notebook", "s3://elsewhere/model")
+    env = python_env(webhook_server["tracking_uri"])
+    for version, why in ((untagged.version, "has no medimg data tags"), (orphan.version, "has no source run")):
+        challenger = f"models:/from-a-notebook/{version}"
+        arguments = ("-m", "train", "pipeline", "--challenger", challenger, "--registered-model", "from-a-notebook")
+        result = run_python(repo_root, env, *arguments)
+        assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+        (line,) = result.stderr.strip().splitlines()
+        assert why in line and f"from-a-notebook version {version}" in line
+        assert client.get_model_version("from-a-notebook", version).tags == {}
