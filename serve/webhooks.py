@@ -200,15 +200,17 @@ def secret_from_environment() -> str:
 
 def _client():
     """An MlflowClient of a tracking server; webhooks are delivered by `mlflow server` only."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
-    if not str(client.tracking_uri).startswith(("http://", "https://")):
+    # Asked before a client exists: a client of a database URI would create its tables.
+    tracking_uri = mlflow.get_tracking_uri()
+    if not str(tracking_uri).startswith(("http://", "https://")):
         raise ConfigError(
-            f"tracking URI {client.tracking_uri} is not a tracking server: only `mlflow server` on a SQL store delivers "
+            f"tracking URI {tracking_uri} is not a tracking server: only `mlflow server` on a SQL store delivers "
             'webhooks; run eval "$(python -m mlflow_server up --webhooks-to-local)" first'
         )
-    return client
+    return MlflowClient(tracking_uri)
 
 
 def find_webhooks(client, name: str) -> list:

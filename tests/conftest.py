@@ -37,6 +37,7 @@ LONGEST_FIRST = (
     "test_mlflow_server.py",
     "test_tune.py",
     "test_training.py",
+    "test_webhooks.py",
     "test_evaluate.py",
     "test_batch.py",
     "test_gpu_bench.py",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -183,6 +184,113 @@ def test_an_empty_secret_is_refused_at_construction():
 
 def test_the_real_clock_accepts_a_delivery_signed_now():
     assert WebhookVerifier(SECRET).verify(*delivery(timestamp=time.time())).alias == "champion"
+
+
+# The watcher's receiver (train.release.watch) in-process: what it queues, ignores and refuses.
+
+
+@contextlib.contextmanager
+def serving(app):
+    """A FastAPI app served by uvicorn in a thread of this process (lifespan off) on a free port; yields its URL."""
+    import uvicorn
+
+    from serve.common import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def created(name: str, version: str, tags: dict | None = None) -> dict:
+    return {
+        "entity": "model_version",
+        "action": "created",
+        "data": {"name": name, "version": version, "tags": tags or {}},
+    }
+
+
+def test_the_watcher_queues_a_hand_registered_version_once_and_ignores_the_rest(tmp_path):
+    import requests
+
+    from train.release.watch import Watcher, build_app
+
+    watcher = Watcher("cells", tmp_path / "logs", ["--margin", "0.01"])
+    # Served without its lifespan, so the worker does not start: queued versions stay queued.
+    with serving(build_app(watcher, WebhookVerifier(SECRET))) as url:
+
+        def post(payload: dict, secret: str = SECRET):
+            headers, body = delivery(payload, secret=secret, timestamp=time.time())
+            return requests.post(f"{url}/webhooks/mlflow", data=body, headers=headers, timeout=10)
+
+        check_the_watchers_answers(watcher, post, lambda: requests.get(f"{url}/health", timeout=10).json())
+        # The same delivery again (a replay) is refused and queues nothing more.
+        headers, body = delivery(created("cells", "8"), timestamp=time.time())
+        first = requests.post(f"{url}/webhooks/mlflow", data=body, headers=headers, timeout=10)
+        again = requests.post(f"{url}/webhooks/mlflow", data=body, headers=headers, timeout=10)
+        assert (first.status_code, again.status_code, again.json()) == (200, 401, {"error": "replayed"})
+        assert [version["version"] for version in watcher.status()["versions"]] == ["7", "8"]
+
+
+def check_the_watchers_answers(watcher, post, health):
+    """Signed deliveries: the watched model's hand-registered version is queued once, everything else ignored."""
+    assert post(created("cells", "7"), secret="wrong").status_code == 401
+    assert watcher.status()["versions"] == []
+    answers = [
+        post(created("other-model", "3")),
+        post(created("cells", "5", {"medimg.registered_by": "pipeline"})),
+        post(
+            {
+                "entity": "model_version_alias",
+                "action": "created",
+                "data": {"name": "cells", "alias": "champion", "version": "7"},
+            }
+        ),
+        post(created("cells", "7")),
+        post(created("cells", "7")),
+    ]
+    assert [answer.status_code for answer in answers] == [200] * 5
+    assert [answer.json()["outcome"] for answer in answers] == ["ignored", "ignored", "ignored", "queued", "ignored"]
+    assert "registered by medimg's pipeline" in answers[1].json()["reason"]
+    status = health()
+    assert status["queued"] == 1 and [version["version"] for version in status["versions"]] == ["7"]
+    assert watcher.command("7")[2:] == [
+        "train",
+        "pipeline",
+        "--challenger",
+        "models:/cells/7",
+        "--registered-model",
+        "cells",
+        "--margin",
+        "0.01",
+    ]
+
+
+def test_register_needs_the_secret_and_a_tracking_server_each_in_one_line(monkeypatch, capsys, tmp_path):
+    from serve.webhooks import main
+
+    arguments = ["register", "--url", "http://127.0.0.1:9/webhooks/mlflow", "--model", "cells"]
+    monkeypatch.delenv(SECRET_ENVIRONMENT, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert main(arguments) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: {SECRET_ENVIRONMENT} is not set: export the shared secret (e.g. `openssl rand -hex 32`) first"
+    )
+    monkeypatch.setenv(SECRET_ENVIRONMENT, SECRET)
+    assert main(arguments) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "is not a tracking server" in line and SECRET not in line
+    assert main([*arguments, "--events", "model_version.renamed"]) == 2
+    assert "not an MLflow webhook event" in capsys.readouterr().err
 
 
 # A real Postgres-backed `mlflow server` started by `python -m mlflow_server up --webhooks-to-local`.

@@ -28,7 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serve.common import ConfigError, first_line, stop_process_group
-from serve.webhooks import MODEL_VERSION_CREATED, RECEIVER_PATH, WebhookRejected, WebhookVerifier
+from serve.webhooks import (
+    MODEL_VERSION_CREATED,
+    RECEIVER_PATH,
+    WebhookRejected,
+    WebhookVerifier,
+    secret_from_environment,
+)
 from train.tracking import names
 
 logger = logging.getLogger("medimg.watch")
@@ -197,8 +203,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = build_parser().parse_args(argv)
-    from serve.webhooks import secret_from_environment
-
     try:
         verifier = WebhookVerifier(secret_from_environment())
     except ConfigError as error:
