@@ -488,6 +488,37 @@ def champion(webhook_server) -> str:
     return "1"
 
 
+@pytest.mark.slow
+def test_a_failed_step_leaves_a_hand_registered_version_in_place_without_a_decision(
+    webhook_server, champion, monkeypatch, capsys
+):
+    """The champion's own model registered again by hand: identical answers, so the pipeline promotes it, and the
+    serving step then fails (its image requirements are missing). The version stays (the pipeline did not register
+    it), without decision tags, and no alias moves. The champion itself is refused as a challenger."""
+    import mlflow
+    from mlflow import MlflowClient
+    from serving_helpers import tracking_at
+
+    import serve.image
+    from train.__main__ import main
+
+    client = MlflowClient(webhook_server["tracking_uri"])
+    source = client.get_model_version(WATCHED, champion).source
+    with tracking_at(webhook_server["tracking_uri"]):
+        copy = mlflow.register_model(source, WATCHED)
+        assert main(["pipeline", "--challenger", f"models:/{WATCHED}@champion", "--registered-model", WATCHED]) == 2
+        assert "is the champion already" in capsys.readouterr().err
+        monkeypatch.setattr(serve.image, "IMAGE_REQUIREMENTS", serve.image.IMAGE_REQUIREMENTS.parent / "missing.txt")
+        code = main(["pipeline", "--challenger", f"models:/{WATCHED}/{copy.version}", "--registered-model", WATCHED])
+    assert code == 1
+    assert "decision tags removed from version" in capsys.readouterr().out
+    tags = client.get_model_version(WATCHED, copy.version).tags
+    assert not any(key.startswith(("medimg.decision", "medimg.p_value")) for key in tags)
+    assert {alias: str(number) for alias, number in client.get_registered_model(WATCHED).aliases.items()} == {
+        "champion": champion
+    }
+
+
 @pytest.fixture(scope="module")
 def watch(webhook_server, repo_root, tmp_path_factory, champion):
     """`python -m train.release.watch` for WATCHED, with its webhook registered by `python -m serve.webhooks`."""
@@ -537,25 +568,25 @@ def test_a_version_registered_by_hand_is_evaluated_in_place_and_the_decision_tag
     with tracking_at(webhook_server["tracking_uri"]):
         # As a notebook would: mlflow.register_model, no medimg creation tag.
         hand = mlflow.register_model(challenger.model_uri, WATCHED)
-    assert hand.version == "2"
     finished = wait_for_pipeline(watch["url"])
-    log = (watch["logs"] / f"{WATCHED}-2.log").read_text()
-    assert list(finished) == ["2"] and finished["2"]["exit_code"] == 0, log[-3000:]
+    log = (watch["logs"] / f"{WATCHED}-{hand.version}.log").read_text()
+    assert list(finished) == [hand.version] and finished[hand.version]["exit_code"] == 0, log[-3000:]
 
-    # Decided in place: no third version, the decision on version 2, the aliases moved as the pipeline moves them.
-    assert sorted(version.version for version in client.search_model_versions(f"name='{WATCHED}'")) == ["1", "2"]
-    tags = client.get_model_version(WATCHED, "2").tags
+    # Decided in place: no new version, the decision on this one, the aliases moved as the pipeline moves them.
+    versions = sorted(int(version.version) for version in client.search_model_versions(f"name='{WATCHED}'"))
+    assert versions[-1] == int(hand.version)
+    tags = client.get_model_version(WATCHED, hand.version).tags
     assert tags["medimg.decision"] in ("promoted", "not promoted") and tags["medimg.compared_champion_version"] == "1"
     assert tags["medimg.source_run_id"] == challenger.run_id and "medimg.registered_by" not in tags
     aliases = {alias: str(version) for alias, version in client.get_registered_model(WATCHED).aliases.items()}
     expected = (
-        {"champion": "2", "previous": "1"}
+        {"champion": hand.version, "previous": "1"}
         if tags["medimg.decision"] == "promoted"
-        else {"champion": "1", "challenger": "2"}
+        else {"champion": "1", "challenger": hand.version}
     )
     assert aliases == expected
     assert "model_card.md" in [item.path for item in client.list_artifacts(challenger.run_id)]
-    # Version 1 came from training (its creation tag says so): the watcher ignored it; one line names it.
+    # Version 1 came from training, and its creation tag says so: a watcher ignores such versions.
     assert client.get_model_version(WATCHED, "1").tags["medimg.registered_by"] == "train"
     watch_log = watch["log"].read_text()
     assert "queued for the pipeline" in watch_log and requests.get(f"{watch['url']}/health", timeout=10).ok

@@ -19,6 +19,7 @@ Steps, each a nested run under one parent run, with one progress line each:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -395,12 +396,25 @@ def pipeline(settings: PipelineSettings) -> Decision:
         try:
             release(client, settings, version, evaluation, decision, progress)
         except BaseException:
-            if created:
-                client.delete_model_version(settings.registered_model, version.version)
-                progress.say("undo", f"version {version.version} deleted again: a step after registering it failed")
+            undo(client, settings.registered_model, version, created, decision_tags(decision, evaluation), progress)
             raise
         record_decision(settings, version, decision)
     return decision
+
+
+def undo(client, name: str, version, created: bool, tags: dict[str, str], progress: Progress) -> None:
+    """After a failed step: delete the version this run registered; on a version that existed before (one registered
+    by hand, decided in place), remove the decision tags this run set, so that no decision shows without its aliases."""
+    from mlflow.exceptions import MlflowException
+
+    if created:
+        client.delete_model_version(name, version.version)
+        progress.say("undo", f"version {version.version} deleted again: a step after registering it failed")
+        return
+    for key in tags:
+        with contextlib.suppress(MlflowException):
+            client.delete_model_version_tag(name, version.version, key)
+    progress.say("undo", f"decision tags removed from version {version.version}: a step after deciding failed")
 
 
 def release(client, settings: PipelineSettings, version, evaluation, decision: Decision, progress: Progress) -> None:
