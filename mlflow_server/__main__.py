@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=DEFAULT_WORKERS, help=f"uvicorn worker processes (default: {DEFAULT_WORKERS})"
     )
     up_parser.add_argument(
+        "--webhooks-to-local",
+        action="store_true",
+        help="let registry webhooks reach http:// receivers on this machine or private networks (the app, "
+        "python -m train.release.watch), with a 5 s webhook cache",
+    )
+    up_parser.add_argument(
         "--timeout", type=float, default=STARTUP_TIMEOUT_S, help="seconds to wait for /health (default: %(default)s)"
     )
 
@@ -91,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 allowed_hosts=arguments.allowed_hosts,
                 pg_bin_dir=arguments.pg_bin_dir,
                 timeout_s=arguments.timeout,
+                webhooks_to_local=arguments.webhooks_to_local,
             )
             print("\n".join(info.export_lines()), flush=True)
             return 0
@@ -108,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"backend store: {report.info.backend_store_uri}")
                 print(f"artifacts: {report.info.artifacts_destination}")
                 print(f"auth: {'on' if report.info.auth else 'off'}")
+                print(f"webhooks to local receivers: {'on' if report.info.webhooks_to_local else 'off'}")
             return 0 if report.running else 3
         launcher.down(arguments.data_dir, pg_bin_dir=arguments.pg_bin_dir)
         return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import configparser
 import contextlib
 import fcntl
@@ -32,6 +33,9 @@ AUTH_DATABASE_NAME = "mlflow_auth"
 ADMIN_USERNAME = "admin"
 STARTUP_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
+# With --webhooks-to-local: how long the server caches each event's webhook list (MLflow's default is 60 s, so a
+# webhook registered right after an event of its kind would stay silent for up to a minute).
+LOCAL_WEBHOOK_CACHE_TTL_S = 5
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class ServerInfo:
     auth: bool
     admin_username: str | None = None
     admin_password_file: Path | None = None
+    webhooks_to_local: bool = False
 
     def export_lines(self) -> list[str]:
         """Shell lines that point MLflow clients at this server; the admin password is read from its file, not printed."""
@@ -123,6 +128,10 @@ class _Layout:
     def secret_key_file(self) -> Path:
         return self.auth_dir / "flask_secret_key"
 
+    @property
+    def webhook_key_file(self) -> Path:
+        return self.root / "webhook_encryption_key"
+
 
 # Small helpers: private files, ports, processes.
 
@@ -143,6 +152,23 @@ def _read_or_create_secret(path: Path) -> str:
             path.chmod(0o600)
             return value
     value = secrets.token_urlsafe(32)
+    _write_private(path, value + "\n")
+    return value
+
+
+def _read_or_create_fernet_key(path: Path) -> str:
+    """The key MLflow encrypts stored webhook secrets with (Fernet: URL-safe base64 of 32 bytes), kept 0600 in DIR.
+
+    Without it each server process draws its own key: a secret stored through one worker cannot be read by the
+    other, nor by the next server, and its deliveries fail.
+    """
+    if path.is_file():
+        value = path.read_text().strip()
+        with contextlib.suppress(ValueError):
+            if len(base64.urlsafe_b64decode(value.encode())) == 32:
+                path.chmod(0o600)
+                return value
+    value = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
     _write_private(path, value + "\n")
     return value
 
@@ -275,6 +301,7 @@ def _server_info(layout: _Layout, state: dict, cluster: PostgresCluster) -> Serv
         auth=auth,
         admin_username=ADMIN_USERNAME if auth else None,
         admin_password_file=layout.admin_password_file if auth else None,
+        webhooks_to_local=bool(state.get("webhooks_to_local")),
     )
 
 
@@ -328,7 +355,18 @@ def _write_auth_config(layout: _Layout, postgres_port: int) -> dict[str, str]:
     return {"MLFLOW_AUTH_CONFIG_PATH": str(layout.auth_config), "MLFLOW_FLASK_SERVER_SECRET_KEY": secret_key}
 
 
-def _server_environment(layout: _Layout, postgres_port: int, auth: bool) -> dict[str, str]:
+def _webhook_environment(layout: _Layout, to_local: bool) -> dict[str, str]:
+    """The webhook settings of the server: always a persistent secret key; with `to_local`, delivery to http:// and
+    private addresses (receivers on this machine or network) and a short cache of each event's webhook list."""
+    environment = {"MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": _read_or_create_fernet_key(layout.webhook_key_file)}
+    if to_local:
+        environment["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"] = "http,https"
+        environment["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] = "true"
+        environment["MLFLOW_WEBHOOK_CACHE_TTL"] = str(LOCAL_WEBHOOK_CACHE_TTL_S)
+    return environment
+
+
+def _server_environment(layout: _Layout, postgres_port: int, auth: bool, webhooks_to_local: bool) -> dict[str, str]:
     environment = dict(os.environ)
     # The backend URI travels in the environment (click reads MLFLOW_BACKEND_STORE_URI), not in argv.
     environment["MLFLOW_BACKEND_STORE_URI"] = _backend_uri(DATABASE_NAME, postgres_port)
@@ -346,8 +384,14 @@ def _server_environment(layout: _Layout, postgres_port: int, auth: bool) -> dict
         "MLFLOW_DEFAULT_ARTIFACT_ROOT",
         "MLFLOW_REGISTRY_STORE_URI",
         "MLFLOW_TRACKING_URI",
+        # Webhook settings come from the launcher alone, so `up` means the same whatever the shell exported.
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY",
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS",
+        "MLFLOW_WEBHOOK_CACHE_TTL",
     ):
         environment.pop(name, None)
+    environment.update(_webhook_environment(layout, webhooks_to_local))
     if auth:
         environment.update(_write_auth_config(layout, postgres_port))
     return environment
@@ -375,7 +419,7 @@ def _start_server(
         command += ["--allowed-hosts", allowed_hosts]
     if state["auth"]:
         command += ["--app-name", "basic-auth"]
-    environment = _server_environment(layout, postgres_port, state["auth"])
+    environment = _server_environment(layout, postgres_port, state["auth"], bool(state.get("webhooks_to_local")))
     log = open(layout.server_log, "ab")  # noqa: SIM115 - the child keeps writing after this function returns.
     try:
         return subprocess.Popen(
@@ -439,7 +483,9 @@ def _stop_process_group(group_id: int, timeout_s: float = STOP_TIMEOUT_S) -> Non
             time.sleep(0.1)
 
 
-def _reuse_running_server(layout, cluster, state, port, auth, wanted_destination, host) -> ServerInfo | None:
+def _reuse_running_server(
+    layout, cluster, state, port, auth, wanted_destination, host, webhooks_to_local=False
+) -> ServerInfo | None:
     """The running server of this data folder when it has the asked settings and answers; None to start one.
 
     Raises ValueError when it runs with other settings; stops a server that does not answer or left workers behind.
@@ -455,6 +501,8 @@ def _reuse_running_server(layout, cluster, state, port, auth, wanted_destination
             differences.append(f"artifacts at {state['artifacts_destination']}")
         if host != state["host"]:
             differences.append(f"host {state['host']}")
+        if bool(webhooks_to_local) != bool(state.get("webhooks_to_local")):
+            differences.append("webhooks to local receivers " + ("on" if state.get("webhooks_to_local") else "off"))
         if differences:
             raise ValueError(
                 f"A server from {layout.root} is already running with {', '.join(differences)}: "
@@ -500,11 +548,13 @@ def up(
     allowed_hosts: str | None = None,
     pg_bin_dir: str | os.PathLike | None = None,
     timeout_s: float = STARTUP_TIMEOUT_S,
+    webhooks_to_local: bool = False,
 ) -> ServerInfo:
     """Start (or reuse) PostgreSQL and `mlflow server` for `data_dir` and return how to reach them.
 
     Reuses the cluster, role, password, port and artifact destination remembered in the data folder.
-    Raises ValueError when a running server was started with different settings.
+    Raises ValueError when a running server was started with different settings. `webhooks_to_local` lets the
+    server deliver registry webhooks to http:// receivers on private addresses (see docs/TRACKING_SERVER.md).
     """
     if port is not None and not 0 < int(port) < 65536:
         raise ValueError(f"--port {port} is not a TCP port: choose 1-65535 or leave it out for a free one.")
@@ -519,7 +569,7 @@ def up(
             if artifacts_destination is not None
             else state.get("artifacts_destination") or _normalise_artifacts_destination(None, layout)
         )
-        running = _reuse_running_server(layout, cluster, state, port, auth, wanted_destination, host)
+        running = _reuse_running_server(layout, cluster, state, port, auth, wanted_destination, host, webhooks_to_local)
         if running is not None:
             return running
         if wanted_destination.startswith("/"):
@@ -534,6 +584,7 @@ def up(
             "postgres_port": postgres_port,
             "artifacts_destination": wanted_destination,
             "auth": bool(auth),
+            "webhooks_to_local": bool(webhooks_to_local),
             "server_pid": None,
         }
         _save_state(layout, state)

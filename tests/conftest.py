@@ -38,6 +38,7 @@ LONGEST_FIRST = (
     "test_following.py",
     "test_tune.py",
     "test_training.py",
+    "test_webhooks.py",
     "test_evaluate.py",
     "test_batch.py",
     "test_gpu_bench.py",

@@ -198,6 +198,7 @@ def test_first_run_with_an_empty_registry_makes_version_1_champion(store):
     assert version.tags["medimg.decision"] == "promoted" and version.tags["medimg.decision_reason"].startswith(
         "first champion"
     )
+    assert version.tags["medimg.registered_by"] == "pipeline"
     # Progress: one line per step with the elapsed time.
     for step in ("train", "evaluate challenger", "decide", "serve"):
         assert f"] {step}: " in result.stdout, step

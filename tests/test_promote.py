@@ -74,6 +74,8 @@ def test_best_finished_run_across_experiments_becomes_champion_once(client):
     assert version.source == client.get_run(winner).data.tags["medimg.model_uri"]
     assert version.tags["medimg.source_run_id"] == winner
     assert float(version.tags["medimg.metric.best_val_auroc"]) == 0.90
+    # A creation tag: MLflow's model_version.created webhook carries it, so receivers know medimg registered it.
+    assert version.tags["medimg.registered_by"] == "promote"
     assert aliases(client, "selector") == {"champion": str(version.version)}
 
     again = promote(PromoteSettings.from_dict({"experiment": "alpha,beta", "registered_model": "selector"}))

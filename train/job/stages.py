@@ -603,10 +603,14 @@ def log_model(model, data: LoadedDataset, settings: MainSettings, calibration: C
         concepts=spec.stored_concepts(list(data.class_names)),
     )
     example_image = next(iter(data.splits["val"].dataset.take(1)))[0].numpy()
-    model_info = log_classifier(
-        model, classifier_config, example_image, registered_model_name=settings.register_as or None
-    )
+    model_info = log_classifier(model, classifier_config, example_image)
     mlflow.set_tag(names.MODEL_URI_TAG, model_info.model_uri)
+    if settings.register_as:
+        # Registered here rather than by log_model, so that the creation tag lands on the version alone.
+        version = mlflow.register_model(
+            model_info.model_uri, settings.register_as, tags={names.REGISTERED_BY_TAG: names.REGISTERED_BY_TRAIN}
+        )
+        model_info.registered_model_version = version.version
     return model_info
 
 

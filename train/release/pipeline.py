@@ -10,13 +10,16 @@ Steps, each a nested run under one parent run, with one progress line each:
 5. decide: promote when the challenger is at most `margin` worse than the champion and not significantly
    worse at `alpha`; without a champion, when its AUROC interval lies above 0.5. On promotion the old
    champion becomes `previous` (`python -m train promote --rollback NAME` undoes it);
-6. record: the challenger's registered version carries the decision as tags, its run the model card;
+6. record: the challenger's registered version carries the decision as tags, its run the model card (a challenger
+   that is already a version of `registered_model`, e.g. registered by hand from a notebook, is decided in place:
+   no new version; versions the pipeline registers carry the creation tag medimg.registered_by=pipeline);
 7. serve: the serving image's Dockerfile and requirements for the champion (and, with build_image=true,
    the image itself, built by serve.image).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -90,6 +93,43 @@ def source_of(reference: str, client) -> tuple[str, str]:
         return model_uri, reference
     resolved = resolve_model(reference, client)
     return resolved.load_uri, resolved.run_id
+
+
+def registered_challenger(client, settings: PipelineSettings, champion):
+    """The version of `registered_model` the challenger URI names (a version registered by hand, e.g. from a notebook),
+    to be evaluated and decided in place; None when the challenger is a run or a model outside that registered model.
+
+    Refused in one line: a version with no source run, or whose source run carries no medimg data tags (no frozen
+    test split is known for it), and the champion itself.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from train.release.evaluate import resolve_model
+
+    if not settings.challenger.startswith("models:/"):
+        return None
+    resolved = resolve_model(settings.challenger, client)
+    if resolved.name != settings.registered_model:
+        return None
+    where = f"challenger {resolved.label}"
+    if champion is not None and str(champion.version) == resolved.version:
+        raise ConfigError(f"{where} is the champion already: name another version or a run as the challenger")
+    if not resolved.run_id:
+        raise ConfigError(
+            f"{where} has no source run, so its training data and frozen test split are unknown: register a model "
+            "that a medimg training run logged (python -m train main), then run the pipeline on it"
+        )
+    try:
+        tags = client.get_run(resolved.run_id).data.tags
+    except MlflowException:
+        raise ConfigError(f"{where}: its source run {resolved.run_id} is not in this tracking store") from None
+    missing = [tag for tag in (names.DATASET_TAG, names.TASK_TAG, names.DATASET_DIGEST_TAG) if not tags.get(tag)]
+    if missing:
+        raise ConfigError(
+            f"{where}: its source run {resolved.run_id} has no medimg data tags ({', '.join(missing)}), so no frozen "
+            "test split is known for it; train it with python -m train main (or mlflow run . -e main)"
+        )
+    return client.get_model_version(resolved.name, resolved.version)
 
 
 def data_of(client, run_id: str) -> DataIdentity:
@@ -181,10 +221,17 @@ def decide(settings: PipelineSettings, metric: str, challenger, comparison, cham
 
 
 def register(
-    client, settings: PipelineSettings, challenger_uri: str, challenger_run: str, decision: Decision, evaluation
+    client,
+    settings: PipelineSettings,
+    challenger_uri: str,
+    challenger_run: str,
+    decision: Decision,
+    evaluation,
+    existing=None,
 ):
     """Register the challenger (or find the version that holds it) and tag the decision on it; aliases move later.
 
+    `existing`: the version the challenger already is (registered by hand), decided in place, never registered again.
     Returns (version, created): created is True when this call made the version.
     """
     from mlflow.exceptions import MlflowException
@@ -192,11 +239,14 @@ def register(
     from train.release.promote import Candidate, find_or_register
 
     name = settings.registered_model
-    candidate = Candidate(challenger_run, challenger_uri, decision.challenger_value, 0)
-    try:
-        version, created = find_or_register(client, name, candidate)
-    except MlflowException as error:
-        raise CommandFailed(f"cannot register {challenger_uri} as {name!r}: {first_line(error.message)}") from None
+    if existing is not None:
+        version, created = existing, False
+    else:
+        candidate = Candidate(challenger_run, challenger_uri, decision.challenger_value, 0)
+        try:
+            version, created = find_or_register(client, name, candidate, names.REGISTERED_BY_PIPELINE)
+        except MlflowException as error:
+            raise CommandFailed(f"cannot register {challenger_uri} as {name!r}: {first_line(error.message)}") from None
     for key, value in decision_tags(decision, evaluation).items():
         client.set_model_version_tag(name, version.version, key, value)
     return version, created
@@ -326,6 +376,7 @@ def pipeline(settings: PipelineSettings) -> Decision:
     client = MlflowClient()
     champion = current_champion(client, settings.registered_model)
     champion_data = data_of(client, champion.run_id) if champion is not None else None
+    in_place = registered_challenger(client, settings, champion) if settings.challenger else None
     if settings.challenger and champion is not None:
         check_challenger_data(
             data_of(client, source_of(settings.challenger, client)[1]), champion_data, champion.version
@@ -338,17 +389,32 @@ def pipeline(settings: PipelineSettings) -> Decision:
         challenger_uri, challenger_run, evaluation, decision = challenge(
             client, settings, champion, champion_data, progress, parent.info.run_id
         )
-        version, created = register(client, settings, challenger_uri, challenger_run, decision, evaluation)
+        version, created = register(
+            client, settings, challenger_uri, challenger_run, decision, evaluation, existing=in_place
+        )
         progress.say("decide", decision.reason)
         try:
             release(client, settings, version, evaluation, decision, progress)
         except BaseException:
-            if created:
-                client.delete_model_version(settings.registered_model, version.version)
-                progress.say("undo", f"version {version.version} deleted again: a step after registering it failed")
+            undo(client, settings.registered_model, version, created, decision_tags(decision, evaluation), progress)
             raise
         record_decision(settings, version, decision)
     return decision
+
+
+def undo(client, name: str, version, created: bool, tags: dict[str, str], progress: Progress) -> None:
+    """After a failed step: delete the version this run registered; on a version that existed before (one registered
+    by hand, decided in place), remove the decision tags this run set, so that no decision shows without its aliases."""
+    from mlflow.exceptions import MlflowException
+
+    if created:
+        client.delete_model_version(name, version.version)
+        progress.say("undo", f"version {version.version} deleted again: a step after registering it failed")
+        return
+    for key in tags:
+        with contextlib.suppress(MlflowException):
+            client.delete_model_version_tag(name, version.version, key)
+    progress.say("undo", f"decision tags removed from version {version.version}: a step after deciding failed")
 
 
 def release(client, settings: PipelineSettings, version, evaluation, decision: Decision, progress: Progress) -> None:

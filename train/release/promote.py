@@ -143,8 +143,11 @@ def best_candidate(found: list[Candidate], mode: str) -> Candidate:
     return min(found, key=lambda candidate: (sign * candidate.value, candidate.start_time, candidate.run_id))
 
 
-def find_or_register(client, name: str, candidate: Candidate) -> tuple[Any, bool]:
-    """The version of `name` that holds the candidate's model, registering it when none does."""
+def find_or_register(
+    client, name: str, candidate: Candidate, registered_by: str = names.REGISTERED_BY_PROMOTE
+) -> tuple[Any, bool]:
+    """The version of `name` that holds the candidate's model, registering it (tagged with the registering
+    command, `registered_by`) when none does."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -157,7 +160,7 @@ def find_or_register(client, name: str, candidate: Candidate) -> tuple[Any, bool
             getattr(version, "model_id", None) and candidate.model_uri == f"models:/{version.model_id}"
         ):
             return version, False
-    version = mlflow.register_model(candidate.model_uri, name)
+    version = mlflow.register_model(candidate.model_uri, name, tags={names.REGISTERED_BY_TAG: registered_by})
     if str(version.status) != "READY":
         raise CommandFailed(f"model version {name}/{version.version} is {version.status}, not READY; try again later")
     return version, True

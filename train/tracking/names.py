@@ -64,6 +64,14 @@ PROMOTED_RUN_ID_TAG = "medimg.promoted_run_id"
 PROMOTED_VERSION_TAG = "medimg.promoted_version"
 PROMOTION_ACTION_TAG = "medimg.promotion_action"
 ROLLED_BACK_FROM_TAG = "medimg.rolled_back_from"
+# Set when medimg creates a model version (a creation tag, so MLflow's model_version.created webhook carries it):
+# which command registered it. A version without it reached the registry by hand (a notebook, mlflow.register_model)
+# and `python -m train.release.watch` puts it through the pipeline.
+REGISTERED_BY_TAG = "medimg.registered_by"
+REGISTERED_BY_PIPELINE = "pipeline"
+REGISTERED_BY_PROMOTE = "promote"
+REGISTERED_BY_TUNE = "tune"
+REGISTERED_BY_TRAIN = "train"
 
 # Tuning.
 TUNE_PREFIX = "medimg.tune."

@@ -137,7 +137,9 @@ def register_best(summary: dict[str, Any], name: str, study_name: str) -> str:
 
     if not summary["model_uri"]:
         raise TuningFailed(f"the best trial's run {summary['run_id']} has no medimg.model_uri tag; nothing registered")
-    version = mlflow.register_model(summary["model_uri"], name)
+    version = mlflow.register_model(
+        summary["model_uri"], name, tags={names.REGISTERED_BY_TAG: names.REGISTERED_BY_TUNE}
+    )
     client = mlflow.MlflowClient()
     client.set_model_version_tag(name, version.version, names.TUNE_STUDY_TAG, study_name)
     client.set_model_version_tag(name, version.version, names.TUNE_TRIAL_TAG, str(summary["trial"]))
