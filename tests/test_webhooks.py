@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import threading
 import time
 import uuid
@@ -613,3 +614,96 @@ def test_the_pipeline_refuses_a_version_without_a_medimg_source_run_in_one_line(
         (line,) = result.stderr.strip().splitlines()
         assert why in line and f"from-a-notebook version {version}" in line
         assert client.get_model_version("from-a-notebook", version).tags == {}
+
+
+# The clinician app as a receiver: a signed alias move swaps the served version long before its next poll.
+
+
+def app_version(url: str) -> str:
+    import requests
+
+    return requests.get(f"{url}/health", timeout=10).json()["model"]["version"]
+
+
+def alias_move(name: str, version: str) -> dict:
+    return {
+        "entity": "model_version_alias",
+        "action": "created",
+        "timestamp": "2027-01-15T08:00:00+00:00",
+        "data": {"name": name, "alias": "champion", "version": version},
+    }
+
+
+@pytest.mark.slow
+def test_a_signed_webhook_from_the_server_swaps_the_app_before_its_next_poll(webhook_server, repo_root, tmp_path):
+    """The app polls every 10 minutes; the server's delivery swaps it in seconds. Forged, stale, header-less and
+    replayed deliveries are 401 and change nothing, while a fresh signed one does."""
+    import requests
+    from mlflow import MlflowClient
+    from serving_helpers import running_server, tracking_at
+    from test_following import log_spot_version
+
+    from serve.common import free_port
+
+    name, uri = "webhook-followed", webhook_server["tracking_uri"]
+    with tracking_at(uri):
+        versions = [log_spot_version(name), log_spot_version(name, bias=-0.5), log_spot_version(name, bias=0.5)]
+    assert versions == ["1", "2", "3"]
+    client = MlflowClient(uri)
+    client.set_registered_model_alias(name, "champion", "1")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "serve.app", "--model", f"models:/{name}@champion"]
+    command += ["--port", str(port), "--follow-seconds", "600"]
+    env = {**python_env(uri), "PYTHONPATH": str(repo_root)}
+    with running_server(command, ready_url=f"{url}/health", log_path=tmp_path / "app.log", env=env, cwd=tmp_path):
+        receiver = f"{url}/webhooks/mlflow"
+        arguments = ("-m", "serve.webhooks", "register", "--url", receiver, "--model", name, "--name", "app-follower")
+        registered = run_python(repo_root, python_env(uri), *arguments)
+        assert registered.returncode == 0, registered.stderr[-2000:]
+        time.sleep(CACHE_TTL_S + 1)
+        moved = time.monotonic()
+        client.set_registered_model_alias(name, "champion", "2")
+        deadline = moved + 60
+        while app_version(url) != "2":
+            assert time.monotonic() < deadline, "no swap within 60 s of the alias move"
+            time.sleep(0.2)
+        swapped_after = time.monotonic() - moved
+        # Deliveries that must change nothing: the next move is not delivered (the webhook is gone), so only a
+        # delivery this test sends could make the app notice it.
+        assert (
+            run_python(
+                repo_root, python_env(uri), "-m", "serve.webhooks", "delete", "--name", "app-follower"
+            ).returncode
+            == 0
+        )
+        time.sleep(CACHE_TTL_S + 1)
+        client.set_registered_model_alias(name, "champion", "3")
+        now = time.time()
+        forged = delivery(alias_move(name, "3"), secret="not-the-secret", timestamp=now)
+        stale = delivery(alias_move(name, "3"), timestamp=now - 3600)
+        headers, body = delivery(alias_move(name, "3"), timestamp=now)
+        missing = ({key: value for key, value in headers.items() if key != "X-MLflow-Signature"}, body)
+        refused = [requests.post(receiver, data=b, headers=h, timeout=10) for h, b in (forged, stale, missing)]
+        time.sleep(3)
+        still = app_version(url)
+        accepted = requests.post(receiver, data=body, headers=headers, timeout=10)
+        deadline = time.monotonic() + 60
+        while app_version(url) != "3":
+            assert time.monotonic() < deadline, "a fresh signed delivery did not swap within 60 s"
+            time.sleep(0.2)
+        client.set_registered_model_alias(name, "champion", "2")
+        replayed = requests.post(receiver, data=body, headers=headers, timeout=10)
+        time.sleep(3)
+        after_replay = app_version(url)
+        exposition = requests.get(f"{url}/metrics", timeout=10).text
+    assert swapped_after < 30, f"the webhook swap took {swapped_after:.1f} s; the next poll was 600 s away"
+    assert [(answer.status_code, answer.json()["reason"]) for answer in refused] == [
+        (401, "bad_signature"),
+        (401, "stale"),
+        (401, "missing_header"),
+    ]
+    assert still == "2" and accepted.status_code == 202
+    assert (replayed.status_code, replayed.json()["reason"], after_replay) == (401, "replayed", "3")
+    assert 'medimg_model_alias_checks_total{outcome="swapped",trigger="webhook"} 2.0' in exposition
+    assert 'medimg_registry_webhooks_total{outcome="replayed"} 1.0' in exposition
