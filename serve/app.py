@@ -47,6 +47,7 @@ from serve.following import (
 from serve.loaded import LoadedModel, Rejected
 from serve.model_uri import ModelUriError, ResolvedModel
 from serve.monitoring import DEFAULT_WINDOW
+from serve.webhooks import RECEIVER_PATH, SECRET_ENVIRONMENT
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -62,14 +63,14 @@ PASSWORD_ENVIRONMENT = "MLFLOW_TRACKING_PASSWORD"
 PASSWORD_FILE_ENVIRONMENT = "MLFLOW_ADMIN_PASSWORD_FILE"
 DEFAULT_USERNAME = "admin"
 # The receiver of MLflow registry webhooks (serve.webhooks): a check of the followed alias at once.
-WEBHOOK_ROUTE = "/webhooks/mlflow"
+WEBHOOK_ROUTE = RECEIVER_PATH
 # Routes that answer without a password: container health checks cannot log in; webhooks carry their own signature.
 PUBLIC_ROUTES = ("/health", "/ping", WEBHOOK_ROUTE)
 # Bytes read and thrown away after an oversize upload, so the client sees the 413 instead of a reset.
 DRAIN_BYTES = 256 * 1024 * 1024
 UPLOAD_FIELD = "file"
-# The shared secret of the registry webhook (serve.webhooks.SECRET_ENVIRONMENT); set: POST /webhooks/mlflow is open.
-WEBHOOK_SECRET_ENVIRONMENT = "MEDIMG_WEBHOOK_SECRET"
+# The shared secret of the registry webhook; set: POST /webhooks/mlflow is open.
+WEBHOOK_SECRET_ENVIRONMENT = SECRET_ENVIRONMENT
 
 
 class Rejection(Exception):

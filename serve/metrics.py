@@ -27,10 +27,11 @@ from prometheus_client import (
 )
 
 from serve.contract import EXPLAIN_PARAM, PREDICTED_COLUMN
+from serve.webhooks import RECEIVER_PATH
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SCORE_BUCKETS = tuple(round(0.1 * step, 1) for step in range(1, 11))
-ROUTES = ("/", "/predict", "/info", "/health", "/metrics", "/invocations", "/ping", "/version", "/webhooks/mlflow")
+ROUTES = ("/", "/predict", "/info", "/health", "/metrics", "/invocations", "/ping", "/version", RECEIVER_PATH)
 
 
 class AppMetrics:
