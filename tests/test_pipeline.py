@@ -237,13 +237,24 @@ def better_challenger(store) -> str:
 
 
 @pytest.fixture
-def history(store, name, monkeypatch):
-    """The registry history of this test's model: history(run, ...) sends each challenger run through the pipeline
-    in turn, as earlier `mlflow run -e pipeline` runs would have (the first becomes version 1 and @champion)."""
+def history(store, name):
+    """The registry of this test's model as earlier pipeline runs leave it: history((run id, promoted), ...) registers
+    each challenger run in turn as the pipeline's record step does and moves the aliases as its last step does
+    (@champion, the old champion becoming @previous; or @challenger). The decisions themselves are the tests'."""
+    import mlflow
 
-    def send(*challengers: str) -> str:
-        for challenger in challengers:
-            assert pipeline_in_process(store, monkeypatch, name, f"challenger={challenger}") == 0
+    from train.release.pipeline import move_aliases
+    from train.release.promote import Candidate, find_or_register
+
+    def send(*steps: tuple[str, bool]) -> str:
+        mlflow.set_tracking_uri(store.uri)
+        try:
+            for run_id, promoted in steps:
+                model_uri = store.client.get_run(run_id).data.tags["medimg.model_uri"]
+                version, _ = find_or_register(store.client, name, Candidate(run_id, model_uri, 0.0, 0))
+                move_aliases(store.client, name, str(version.version), promoted)
+        finally:
+            mlflow.set_tracking_uri(None)
         return name
 
     return send
@@ -268,7 +279,7 @@ def test_first_run_with_an_empty_registry_makes_version_1_champion(store, name):
 def test_a_clearly_worse_challenger_is_not_promoted_and_the_reason_says_why(
     store, history, first_challenger, monkeypatch
 ):
-    name = history(first_challenger)
+    name = history((first_challenger, True))
     assert pipeline_in_process(store, monkeypatch, name, "epochs=1", "learning_rate=0.000001", "seed=42") == 0
     assert aliases(store.client, name) == {"champion": "1", "challenger": "2"}
     version = store.client.get_model_version(name, "2")
@@ -292,7 +303,7 @@ def test_a_step_that_fails_after_registering_moves_no_alias_and_leaves_no_versio
     import serve.image
     from train.__main__ import main
 
-    name = history(first_challenger)
+    name = history((first_challenger, True))
     before = aliases(store.client, name)
     versions = len(store.client.search_model_versions(f"name='{name}'"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
@@ -310,7 +321,7 @@ def test_a_step_that_fails_after_registering_moves_no_alias_and_leaves_no_versio
     assert len(store.client.search_model_versions(f"name='{name}'")) == versions
     tags = store.client.get_run(project_run.info.run_id).data.tags
     assert "differs from requirements.txt" in tags["medimg.failure"] and "medimg.config_error" not in tags
-    history(better_challenger)
+    assert pipeline_in_process(store, monkeypatch, name, f"challenger={better_challenger}") == 0
     assert aliases(store.client, name) == {"champion": "3", "previous": "1"}
 
 
@@ -320,7 +331,7 @@ def test_a_better_challenger_is_promoted_and_the_old_champion_becomes_previous(
 ):
     import mlflow
 
-    name = history(first_challenger, worse_challenger)
+    name = history((first_challenger, True), (worse_challenger, False))
     assert pipeline_in_process(store, monkeypatch, name, f"challenger={better_challenger}") == 0
     assert aliases(store.client, name) == {"champion": "3", "challenger": "2", "previous": "1"}
     version = store.client.get_model_version(name, "3")
@@ -338,13 +349,14 @@ def test_a_better_challenger_is_promoted_and_the_old_champion_becomes_previous(
 
 @pytest.mark.slow
 def test_the_promoted_version_carries_the_serving_images_dockerfile_and_requirements(
-    store, history, first_challenger, tmp_path
+    store, name, first_challenger, tmp_path, monkeypatch
 ):
     import mlflow
 
     from serve.image import DOCKERFILE, IMAGE_REQUIREMENTS
 
-    latest = latest_pipeline_run(store.client, history(first_challenger))
+    assert pipeline_in_process(store, monkeypatch, name, f"challenger={first_challenger}") == 0
+    latest = latest_pipeline_run(store.client, name)
     assert latest.data.tags["medimg.decision"] == "promoted"
     mlflow.set_tracking_uri(store.uri)
     try:
@@ -361,7 +373,7 @@ def test_the_promoted_version_carries_the_serving_images_dockerfile_and_requirem
 
 @pytest.mark.slow
 def test_rollback_restores_the_previous_champion(store, history, first_challenger, worse_challenger, better_challenger):
-    name = history(first_challenger, worse_challenger, better_challenger)
+    name = history((first_challenger, True), (worse_challenger, False), (better_challenger, True))
     assert aliases(store.client, name) == {"champion": "3", "challenger": "2", "previous": "1"}
     command = [sys.executable, "-m", "train", "promote", "--rollback", name]
     result = subprocess.run(
@@ -380,7 +392,7 @@ def test_a_challenger_trained_on_another_dataset_is_refused_in_seconds(store, hi
     from train.job.trainer import train
     from train.settings import MainSettings
 
-    name = history(first_challenger)
+    name = history((first_challenger, True))
     for folder in ("NORMAL", "PNEUMONIA"):
         (tmp_path / "xrays" / folder).mkdir(parents=True)
         for index in range(10):
