@@ -28,6 +28,30 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
+def keep_artifacts_beside_the_database() -> None:
+    """Every sqlite store this test process opens keeps its artifacts in `mlruns/` beside its database file.
+
+    MLflow gives a store opened without an artifact root `./mlruns` of the working folder, the repository root
+    here: every test that logged into a tmp_path store in-process wrote its artifacts into the repository. A store
+    opened by a subprocess gets the subprocess's working folder, which tests set to a tmp_path. A relative database
+    path, or an artifact root that a caller names, is left as MLflow has it.
+    """
+    from mlflow.tracking._tracking_service import utils
+
+    sqlite_store = utils._tracking_store_registry._registry["sqlite"]
+
+    def beside_the_database(store_uri, artifact_uri=None):
+        database = Path(store_uri.removeprefix("sqlite:///"))
+        if artifact_uri is None and store_uri.startswith("sqlite:///") and database.is_absolute():
+            artifact_uri = str(database.parent / "mlruns")
+        return sqlite_store(store_uri, artifact_uri)
+
+    utils._tracking_store_registry.register("sqlite", beside_the_database)
+
+
+keep_artifacts_beside_the_database()
+
+
 # make test runs the files on three pytest-xdist workers, a file per worker at a time (--dist loadfile).
 # The longest files start first, so that none of them is left alone at the end (ranked by `--durations`
 # of a whole run; make test passes --no-loadscope-reorder, else xdist would order files by test count).
@@ -110,6 +134,36 @@ def tracking_uri(tmp_path, monkeypatch) -> str:
     mlflow.set_tracking_uri(uri)
     yield uri
     mlflow.set_tracking_uri(None)
+
+
+def repository_mlruns() -> dict[Path, int]:
+    """The folders of ./mlruns in the repository (two levels: experiments and their runs or models) with their times."""
+    root = REPO_ROOT / "mlruns"
+    if not root.is_dir():
+        return {}
+    folders = [root, *(child for child in root.iterdir() if child.is_dir())]
+    folders += [grandchild for child in folders[1:] for grandchild in child.iterdir() if grandchild.is_dir()]
+    return {folder: folder.stat().st_mtime_ns for folder in folders}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_mlruns_seen() -> dict[Path, int]:
+    """./mlruns of the repository as the session found it (a developer's own may exist), before any other fixture."""
+    return repository_mlruns()
+
+
+@pytest.fixture(autouse=True)
+def writes_nothing_into_the_repository_mlruns(repository_mlruns_seen):
+    """A test, with the fixtures it set up, never writes MLflow artifacts into ./mlruns of the repository."""
+    yield
+    now = repository_mlruns()
+    changed = sorted(
+        str(path.relative_to(REPO_ROOT)) for path, time in now.items() if repository_mlruns_seen.get(path) != time
+    )
+    # Each write is reported once, by the test during which it happened.
+    repository_mlruns_seen.clear()
+    repository_mlruns_seen.update(now)
+    assert not changed, f"the test or a fixture it set up wrote into the repository's mlruns: {changed[:5]}"
 
 
 # mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID so that subprocesses inherit it; a test

@@ -51,6 +51,21 @@ def clone(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def demo(clone) -> subprocess.CompletedProcess:
+    """`make demo` in the fresh clone, once for the module, as a newcomer types it: its result."""
+    return subprocess.run(
+        ["make", "demo"], cwd=clone, env=plain_shell_environment(), capture_output=True, text=True, timeout=1500
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_clone(clone, demo) -> Path:
+    """The clone after `make demo` succeeded: its mlflow.db, the registered demo-classifier and samples/."""
+    assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-4000:]
+    return clone
+
+
 @contextlib.contextmanager
 def make_in_background(clone: Path, target: str, ready_url: str, **variables: str):
     """`make <target>` in its own process group until `ready_url` answers; stopped with everything it started."""
@@ -63,10 +78,8 @@ def make_in_background(clone: Path, target: str, ready_url: str, **variables: st
 
 
 @pytest.mark.slow
-def test_make_demo_in_a_fresh_clone_trains_registers_and_scores_the_samples(clone):
-    result = subprocess.run(
-        ["make", "demo"], cwd=clone, env=plain_shell_environment(), capture_output=True, text=True, timeout=1500
-    )
+def test_make_demo_in_a_fresh_clone_trains_registers_and_scores_the_samples(clone, demo):
+    result = demo
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     output = result.stdout
     # A newcomer's first run prints no TensorFlow retracing warnings (batches of changing size once did).
@@ -83,7 +96,8 @@ def test_make_demo_in_a_fresh_clone_trains_registers_and_scores_the_samples(clon
 
 
 @pytest.mark.slow
-def test_the_printed_commands_work_from_a_shell_without_the_venv(clone):
+def test_the_printed_commands_work_from_a_shell_without_the_venv(demo_clone):
+    clone = demo_clone
     port = free_port()
     with make_in_background(clone, "serve", f"http://127.0.0.1:{port}/ping", PORT=str(port)):
         client = subprocess.run(
@@ -113,7 +127,8 @@ DEMO_RUN_NAMES = ("pipeline demo-classifier", "train challenger", "evaluate chal
 
 
 @pytest.mark.slow
-def test_the_demo_runs_have_readable_names_and_the_experiment_is_model_training(clone):
+def test_the_demo_runs_have_readable_names_and_the_experiment_is_model_training(demo_clone):
+    clone = demo_clone
     from mlflow.tracking import MlflowClient
 
     from train.tracking.experiments import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, is_generated_name
@@ -127,8 +142,9 @@ def test_the_demo_runs_have_readable_names_and_the_experiment_is_model_training(
 
 
 @pytest.mark.slow
-def test_the_link_make_ui_prints_opens_the_demo_runs_table_not_the_genai_overview(clone, browser):
+def test_the_link_make_ui_prints_opens_the_demo_runs_table_not_the_genai_overview(demo_clone, browser):
     """`make ui` prints each experiment's runs link; headless Chromium shows the runs by name in model training."""
+    clone = demo_clone
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 

@@ -181,6 +181,17 @@ def server(postgres_bin):
         force_down(data_dir)
 
 
+@pytest.fixture
+def outage_server(postgres_bin):
+    """A Postgres-backed server of one test alone, for the tests that kill it: the module's server keeps its process
+    (test_up_status_... checks that it is the one `up` started), whatever order the tests run in."""
+    data_dir = make_data_dir("medimg-mlflow-outage-")
+    try:
+        yield launcher.up(data_dir, workers=2)
+    finally:
+        force_down(data_dir)
+
+
 @pytest.fixture(scope="module")
 def concurrent_runs(server, repo_root):
     """Four `mlflow run` trainings at once against the shared server; watches process arguments meanwhile."""
@@ -419,25 +430,25 @@ def wait_until_training_starts_fitting(server, experiment_id: str, process: subp
 
 @pytest.mark.slow
 @requires_postgres
-def test_training_survives_the_server_being_killed_and_restarted(server, repo_root):
+def test_training_survives_the_server_being_killed_and_restarted(outage_server, repo_root):
     from mlflow import MlflowClient
 
     epochs = 3
-    experiment_id = experiment(server, "outage")
-    log = server.data_dir / "training-outage.log"
-    process = start_training(repo_root, server, experiment_id, log, epochs=epochs)
+    experiment_id = experiment(outage_server, "outage")
+    log = outage_server.data_dir / "training-outage.log"
+    process = start_training(repo_root, outage_server, experiment_id, log, epochs=epochs)
     try:
-        run_id = wait_until_training_starts_fitting(server, experiment_id, process, log)
-        killed_pid = launcher.status(server.data_dir).server_pid
+        run_id = wait_until_training_starts_fitting(outage_server, experiment_id, process, log)
+        killed_pid = launcher.status(outage_server.data_dir).server_pid
         os.killpg(killed_pid, signal.SIGKILL)
         # The server stays down until the training loop reports that it is buffering epoch metrics.
         deadline = time.monotonic() + TRAINING_TIMEOUT_S / 2
         while time.monotonic() < deadline and process.poll() is None and BUFFERING_MESSAGE not in read(log):
             time.sleep(0.3)
         buffered = BUFFERING_MESSAGE in read(log)
-        assert launcher.status(server.data_dir).server_pid is None
-        restarted = launcher.up(server.data_dir)
-        assert restarted.port == server.port and restarted.server_pid != killed_pid
+        assert launcher.status(outage_server.data_dir).server_pid is None
+        restarted = launcher.up(outage_server.data_dir)
+        assert restarted.port == outage_server.port and restarted.server_pid != killed_pid
         output = wait_for_training(process, log)
     finally:
         if process.poll() is None:
@@ -446,7 +457,7 @@ def test_training_survives_the_server_being_killed_and_restarted(server, repo_ro
             process.wait()
     assert buffered, f"the training loop never buffered metrics while the server was down:\n{output[-4000:]}"
 
-    client = MlflowClient(server.tracking_uri)
+    client = MlflowClient(outage_server.tracking_uri)
     assert client.get_run(run_id).info.status == "FINISHED"
     for key in PER_EPOCH_KEYS:
         steps = sorted(metric.step for metric in client.get_metric_history(run_id, key))
@@ -456,30 +467,30 @@ def test_training_survives_the_server_being_killed_and_restarted(server, repo_ro
 
 @pytest.mark.slow
 @requires_postgres
-def test_logger_keeps_metrics_while_a_real_server_is_killed_and_restarted(server):
+def test_logger_keeps_metrics_while_a_real_server_is_killed_and_restarted(outage_server):
     """ResilientLogger alone (the training above uses it): metrics logged while the server is down arrive after."""
     from mlflow import MlflowClient
 
     from train.tracking.resilience import ResilientLogger, server_is_up, wait_for_server
 
-    client = MlflowClient(server.tracking_uri)
-    run_id = client.create_run(experiment(server, "resilient")).info.run_id
+    client = MlflowClient(outage_server.tracking_uri)
+    run_id = client.create_run(experiment(outage_server, "resilient")).info.run_id
     logger = ResilientLogger(run_id, client=client, initial_backoff_s=0.2, max_backoff_s=1.0)
     logger.log_metrics({"loss": 1.0, "val_auroc": 0.5}, step=0)
     assert logger.pending_count == 0
 
-    os.killpg(launcher.status(server.data_dir).server_pid, signal.SIGKILL)
+    os.killpg(launcher.status(outage_server.data_dir).server_pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while server_is_up(server.tracking_uri, timeout_s=1) and time.monotonic() < deadline:
+    while server_is_up(outage_server.tracking_uri, timeout_s=1) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert server_is_up(server.tracking_uri, timeout_s=1) is False
+    assert server_is_up(outage_server.tracking_uri, timeout_s=1) is False
     for step in (1, 2, 3):
         logger.log_metrics({"loss": 1.0 / (step + 1), "val_auroc": 0.5 + step / 10}, step=step)
     assert logger.pending_count == 6
 
-    restarted = launcher.up(server.data_dir)
-    assert restarted.tracking_uri == server.tracking_uri
-    wait_for_server(server.tracking_uri, timeout_s=60)
+    restarted = launcher.up(outage_server.data_dir)
+    assert restarted.tracking_uri == outage_server.tracking_uri
+    wait_for_server(outage_server.tracking_uri, timeout_s=60)
     logger.log_metrics({"loss": 0.2, "val_auroc": 0.9}, step=4)
     assert logger.flush(timeout_s=60) is True
 

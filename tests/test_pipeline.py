@@ -146,9 +146,9 @@ def mlflow_env(tracking_uri: str) -> dict[str, str]:
     return env
 
 
-def run_pipeline(store, *parameters: str) -> subprocess.CompletedProcess:
+def run_pipeline(store, name: str, *parameters: str) -> subprocess.CompletedProcess:
     command = ["mlflow", "run", str(store.repo_root), "-e", "pipeline", "--env-manager", "local"]
-    command += ["--experiment-name", "pipeline", "-P", "registered_model=chest"]
+    command += ["--experiment-name", "pipeline", "-P", f"registered_model={name}"]
     values = {**TINY, **dict(parameter.split("=", 1) for parameter in parameters)}
     for key, value in values.items():
         command += ["-P", f"{key}={value}"]
@@ -157,15 +157,15 @@ def run_pipeline(store, *parameters: str) -> subprocess.CompletedProcess:
     )
 
 
-def pipeline_in_process(store, monkeypatch, *parameters: str) -> int:
+def pipeline_in_process(store, monkeypatch, name: str, *parameters: str) -> int:
     """`python -m train pipeline` in this process, as `mlflow run -e pipeline` starts it (its own experiment, the
-    store in the environment): test_first_run_... runs the entry point itself, the later runs need only its code."""
+    store in the environment): test_first_run_... runs the entry point itself, the other tests need only its code."""
     import mlflow
 
     from train.__main__ import main
 
     values = {**TINY, **dict(parameter.split("=", 1) for parameter in parameters)}
-    argv = ["pipeline", "--registered-model", "chest"]
+    argv = ["pipeline", "--registered-model", name]
     for key, value in values.items():
         argv += [f"--{key.replace('_', '-')}", value]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
@@ -181,6 +181,15 @@ def aliases(client, name: str) -> dict[str, str]:
     return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
 
 
+def latest_pipeline_run(client, name: str):
+    """The last pipeline parent run for the registered model `name`."""
+    experiment = client.get_experiment_by_name("pipeline")
+    parents = client.search_runs(
+        [experiment.experiment_id], f"tags.`medimg.kind` = 'pipeline' and tags.`mlflow.runName` = 'pipeline {name}'"
+    )
+    return max(parents, key=lambda run: run.info.start_time)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, repo_root):
     directory = tmp_path_factory.mktemp("pipeline")
@@ -188,13 +197,76 @@ def store(tmp_path_factory, repo_root):
     return SimpleNamespace(uri=uri, cwd=directory, repo_root=repo_root, client=MlflowClient(uri))
 
 
+@pytest.fixture
+def name(request) -> str:
+    """A registered model name of this test alone: the version numbers it asserts are true whatever ran before."""
+    return "chest-" + request.node.name.removeprefix("test_").replace("_", "-")
+
+
+def trained(store, **settings: str) -> str:
+    """A challenger trained in-process on the tiny synthetic data into the pipeline experiment: the run id."""
+    import mlflow
+
+    from train.job.trainer import train
+    from train.settings import MainSettings
+
+    mlflow.set_tracking_uri(store.uri)
+    try:
+        mlflow.set_experiment("pipeline")
+        return train(MainSettings.from_dict({**TINY, **settings})).run_id
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def first_challenger(store) -> str:
+    """What test_first_run_... trains through `mlflow run`: 2 epochs; each test's version 1 and @champion."""
+    return trained(store, epochs="2")
+
+
+@pytest.fixture(scope="module")
+def worse_challenger(store) -> str:
+    """What the clearly worse challenger test trains through the pipeline: 1 epoch at a learning rate of 1e-6."""
+    return trained(store, epochs="1", learning_rate="0.000001", seed="42")
+
+
+@pytest.fixture(scope="module")
+def better_challenger(store) -> str:
+    """A challenger trained in-process with more capacity and epochs than version 1: the run id."""
+    return trained(store, epochs="3", learning_rate="0.003", convolutions="2")
+
+
+@pytest.fixture
+def history(store, name):
+    """The registry of this test's model as earlier pipeline runs leave it: history((run id, promoted), ...) registers
+    each challenger run in turn as the pipeline's record step does and moves the aliases as its last step does
+    (@champion, the old champion becoming @previous; or @challenger). The decisions themselves are the tests'."""
+    import mlflow
+
+    from train.release.pipeline import move_aliases
+    from train.release.promote import Candidate, find_or_register
+
+    def send(*steps: tuple[str, bool]) -> str:
+        mlflow.set_tracking_uri(store.uri)
+        try:
+            for run_id, promoted in steps:
+                model_uri = store.client.get_run(run_id).data.tags["medimg.model_uri"]
+                version, _ = find_or_register(store.client, name, Candidate(run_id, model_uri, 0.0, 0))
+                move_aliases(store.client, name, str(version.version), promoted)
+        finally:
+            mlflow.set_tracking_uri(None)
+        return name
+
+    return send
+
+
 @pytest.mark.slow
-def test_first_run_with_an_empty_registry_makes_version_1_champion(store):
-    result = run_pipeline(store, "epochs=2", "run_name=first")
+def test_first_run_with_an_empty_registry_makes_version_1_champion(store, name):
+    result = run_pipeline(store, name, "epochs=2", "run_name=first")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "triggered tf.function retracing" not in result.stdout + result.stderr
-    assert aliases(store.client, "chest") == {"champion": "1"}
-    version = store.client.get_model_version("chest", "1")
+    assert aliases(store.client, name) == {"champion": "1"}
+    version = store.client.get_model_version(name, "1")
     assert version.tags["medimg.decision"] == "promoted" and version.tags["medimg.decision_reason"].startswith(
         "first champion"
     )
@@ -205,95 +277,88 @@ def test_first_run_with_an_empty_registry_makes_version_1_champion(store):
 
 
 @pytest.mark.slow
-def test_a_clearly_worse_challenger_is_not_promoted_and_the_reason_says_why(store, monkeypatch):
-    assert pipeline_in_process(store, monkeypatch, "epochs=1", "learning_rate=0.000001", "seed=42") == 0
-    assert aliases(store.client, "chest") == {"champion": "1", "challenger": "2"}
-    version = store.client.get_model_version("chest", "2")
+def test_a_clearly_worse_challenger_is_not_promoted_and_the_reason_says_why(
+    store, history, first_challenger, monkeypatch
+):
+    name = history((first_challenger, True))
+    assert pipeline_in_process(store, monkeypatch, name, "epochs=1", "learning_rate=0.000001", "seed=42") == 0
+    assert aliases(store.client, name) == {"champion": "1", "challenger": "2"}
+    version = store.client.get_model_version(name, "2")
     assert version.tags["medimg.decision"] == "not promoted"
     assert version.tags["medimg.decision_reason"].startswith(("significantly worse", "worse by more than the margin"))
     assert version.tags["medimg.compared_champion_version"] == "1" and float(version.tags["medimg.p_value"]) <= 1
     assert "(95% CI" in version.tags["medimg.metric.test_auroc"] and version.tags["medimg.dataset_digest"]
-    parents = store.client.search_runs(
-        [store.client.get_experiment_by_name("pipeline").experiment_id], "tags.`medimg.kind` = 'pipeline'"
-    )
-    latest = max(parents, key=lambda run: run.info.start_time)
-    assert latest.data.tags["mlflow.note.content"].startswith("chest version 2 was not promoted:")
-
-
-@pytest.fixture(scope="module")
-def better_challenger(store) -> str:
-    """A challenger trained in-process with more capacity and epochs than version 1: the run id."""
-    import mlflow
-
-    from train.job.trainer import train
-    from train.settings import MainSettings
-
-    mlflow.set_tracking_uri(store.uri)
-    try:
-        mlflow.set_experiment("pipeline")
-        settings = MainSettings.from_dict({**TINY, "epochs": "3", "learning_rate": "0.003", "convolutions": "2"})
-        return train(settings).run_id
-    finally:
-        mlflow.set_tracking_uri(None)
+    note = latest_pipeline_run(store.client, name).data.tags["mlflow.note.content"]
+    assert note.startswith(f"{name} version 2 was not promoted:")
 
 
 @pytest.mark.slow
 def test_a_step_that_fails_after_registering_moves_no_alias_and_leaves_no_version(
-    store, better_challenger, monkeypatch
+    store, history, first_challenger, better_challenger, monkeypatch
 ):
-    """The serving step fails (its image requirements are stale): @champion stays, the new version (3) is deleted
-    again, exit 1 tagged as a failure. The registry keeps the number of a deleted version: the next one is 4."""
+    """The serving step fails (its image requirements are stale): @champion stays, the new version (2) is deleted
+    again, exit 1 tagged as a failure. The registry keeps the number of a deleted version: once the step works
+    again, the same challenger becomes version 3."""
     import mlflow
 
     import serve.image
     from train.__main__ import main
 
-    before = aliases(store.client, "chest")
-    versions = len(store.client.search_model_versions("name='chest'"))
+    name = history((first_challenger, True))
+    before = aliases(store.client, name)
+    versions = len(store.client.search_model_versions(f"name='{name}'"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
     project_run = store.client.create_run(store.client.get_experiment_by_name("pipeline").experiment_id)
-    monkeypatch.setattr(serve.image, "IMAGE_REQUIREMENTS", store.cwd / "missing" / "requirements.txt")
-    monkeypatch.setenv("MLFLOW_RUN_ID", project_run.info.run_id)
-    mlflow.set_tracking_uri(store.uri)
-    try:
-        code = main(["pipeline", "--registered-model", "chest", "--challenger", better_challenger, "--margin", "0.5"])
-    finally:
-        mlflow.set_tracking_uri(None)
+    with monkeypatch.context() as stale:
+        stale.setattr(serve.image, "IMAGE_REQUIREMENTS", store.cwd / "missing" / "requirements.txt")
+        stale.setenv("MLFLOW_RUN_ID", project_run.info.run_id)
+        mlflow.set_tracking_uri(store.uri)
+        try:
+            code = main(["pipeline", "--registered-model", name, "--challenger", better_challenger, "--margin", "0.5"])
+        finally:
+            mlflow.set_tracking_uri(None)
     assert code == 1
-    assert aliases(store.client, "chest") == before
-    assert len(store.client.search_model_versions("name='chest'")) == versions
+    assert aliases(store.client, name) == before
+    assert len(store.client.search_model_versions(f"name='{name}'")) == versions
     tags = store.client.get_run(project_run.info.run_id).data.tags
     assert "differs from requirements.txt" in tags["medimg.failure"] and "medimg.config_error" not in tags
+    assert pipeline_in_process(store, monkeypatch, name, f"challenger={better_challenger}") == 0
+    assert aliases(store.client, name) == {"champion": "3", "previous": "1"}
 
 
 @pytest.mark.slow
-def test_a_better_challenger_is_promoted_and_the_old_champion_becomes_previous(store, better_challenger, monkeypatch):
+def test_a_better_challenger_is_promoted_and_the_old_champion_becomes_previous(
+    store, history, first_challenger, worse_challenger, better_challenger, monkeypatch
+):
     import mlflow
 
-    assert pipeline_in_process(store, monkeypatch, f"challenger={better_challenger}") == 0
-    assert aliases(store.client, "chest") == {"champion": "4", "challenger": "2", "previous": "1"}
-    version = store.client.get_model_version("chest", "4")
+    name = history((first_challenger, True), (worse_challenger, False))
+    assert pipeline_in_process(store, monkeypatch, name, f"challenger={better_challenger}") == 0
+    assert aliases(store.client, name) == {"champion": "3", "challenger": "2", "previous": "1"}
+    version = store.client.get_model_version(name, "3")
     mlflow.set_tracking_uri(store.uri)
     card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
     mlflow.set_tracking_uri(None)
-    assert card.startswith("# Model card: chest version 4")
+    assert card.startswith(f"# Model card: {name} version 3")
     assert "test_auroc = " in card and "95% CI" in card
     assert "| finding | concept | positives / negatives | AUROC (95% CI)" in card
     # A synthetic model's class has no standard code: the card names its private code, as its SR does.
     assert "| parasitized | 99MEDIMG F1 parasitized |" in card
     assert "mlflow run . --env-manager local -P model=small_cnn -P dataset=synthetic" in card
-    assert "-e pipeline -P registered_model=chest" in card
+    assert f"-e pipeline -P registered_model={name}" in card
 
 
 @pytest.mark.slow
-def test_the_promoted_version_carries_the_serving_images_dockerfile_and_requirements(store, tmp_path):
+def test_the_promoted_version_carries_the_serving_images_dockerfile_and_requirements(
+    store, name, first_challenger, tmp_path, monkeypatch
+):
     import mlflow
 
     from serve.image import DOCKERFILE, IMAGE_REQUIREMENTS
 
-    experiment = store.client.get_experiment_by_name("pipeline")
-    parents = store.client.search_runs([experiment.experiment_id], "tags.`medimg.kind` = 'pipeline'")
-    latest = max(parents, key=lambda run: run.info.start_time)
+    assert pipeline_in_process(store, monkeypatch, name, f"challenger={first_challenger}") == 0
+    latest = latest_pipeline_run(store.client, name)
+    assert latest.data.tags["medimg.decision"] == "promoted"
     mlflow.set_tracking_uri(store.uri)
     try:
         local = Path(
@@ -308,29 +373,32 @@ def test_the_promoted_version_carries_the_serving_images_dockerfile_and_requirem
 
 
 @pytest.mark.slow
-def test_rollback_restores_the_previous_champion(store):
-    command = [sys.executable, "-m", "train", "promote", "--rollback", "chest"]
+def test_rollback_restores_the_previous_champion(store, history, first_challenger, worse_challenger, better_challenger):
+    name = history((first_challenger, True), (worse_challenger, False), (better_challenger, True))
+    assert aliases(store.client, name) == {"champion": "3", "challenger": "2", "previous": "1"}
+    command = [sys.executable, "-m", "train", "promote", "--rollback", name]
     result = subprocess.run(
         command, capture_output=True, text=True, env=mlflow_env(store.uri), cwd=store.repo_root, timeout=300
     )
     assert result.returncode == 0, result.stderr
-    assert aliases(store.client, "chest") == {"champion": "1", "challenger": "2", "previous": "4"}
+    assert aliases(store.client, name) == {"champion": "1", "challenger": "2", "previous": "3"}
     assert json.loads(result.stdout.strip().splitlines()[-1])["action"] == "rollback"
 
 
 @pytest.mark.slow
-def test_a_challenger_trained_on_another_dataset_is_refused_in_seconds(store, tmp_path):
+def test_a_challenger_trained_on_another_dataset_is_refused_in_seconds(store, history, first_challenger, tmp_path):
     import mlflow
     from PIL import Image
 
     from train.job.trainer import train
     from train.settings import MainSettings
 
-    for name in ("NORMAL", "PNEUMONIA"):
-        (tmp_path / "xrays" / name).mkdir(parents=True)
+    name = history((first_challenger, True))
+    for folder in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "xrays" / folder).mkdir(parents=True)
         for index in range(10):
-            Image.new("L", (40, 40), 20 * index + (100 if name == "PNEUMONIA" else 0)).save(
-                tmp_path / "xrays" / name / f"{index}.png"
+            Image.new("L", (40, 40), 20 * index + (100 if folder == "PNEUMONIA" else 0)).save(
+                tmp_path / "xrays" / folder / f"{index}.png"
             )
     mlflow.set_tracking_uri(store.uri)
     try:
@@ -347,7 +415,7 @@ def test_a_challenger_trained_on_another_dataset_is_refused_in_seconds(store, tm
         )
     finally:
         mlflow.set_tracking_uri(None)
-    command = [sys.executable, "-m", "train", "pipeline", "--registered-model", "chest", "--challenger", other.run_id]
+    command = [sys.executable, "-m", "train", "pipeline", "--registered-model", name, "--challenger", other.run_id]
     started = time.perf_counter()
     result = subprocess.run(
         command, capture_output=True, text=True, env=mlflow_env(store.uri), cwd=store.repo_root, timeout=300
@@ -359,4 +427,4 @@ def test_a_challenger_trained_on_another_dataset_is_refused_in_seconds(store, tm
     assert "the champion (version 1) on synthetic/binary" in error[0]
     # Refused from the runs' tags before TensorFlow is imported (a few seconds; printed, not asserted).
     print(f"refusal took {seconds:.1f} s")
-    assert len(store.client.search_model_versions("name='chest'")) == 3
+    assert len(store.client.search_model_versions(f"name='{name}'")) == 1

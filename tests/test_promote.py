@@ -175,13 +175,15 @@ def test_mode_min_prefers_the_lowest_value(client):
 @pytest.mark.parametrize(
     ("arguments", "expected"),
     [
-        (["--experiment", "alpha"], "registered_model is required"),
+        (["--experiment", "iota"], "registered_model is required"),
         (["--registered-model", "x", "--experiment", "no-such-experiment"], "unknown experiment 'no-such-experiment'"),
-        (["--registered-model", "x", "--experiment", "alpha", "--metric", "nothing_logged"], "no FINISHED run"),
+        (["--registered-model", "x", "--experiment", "iota", "--metric", "nothing_logged"], "no FINISHED run"),
         (["--registered-model", "x", "--mode", "best"], "unknown mode 'best'"),
     ],
 )
 def test_bad_promote_settings_exit_2_with_one_line(client, arguments, expected, capsys):
+    # An experiment of this test, with a finished run that logged another metric than the one asked for.
+    fake_run("iota", {"test_auroc": 0.9}, with_model=False)
     assert train_cli(["promote", *arguments]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith("error: ") and expected in error
