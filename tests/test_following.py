@@ -315,7 +315,7 @@ def test_the_pacs_scorer_follows_and_refuses_other_classes(followed_registry):
 # --- a promotion by the pipeline, under load -----------------------------------------------------------------------
 
 PIPELINE_MODEL = "chest-followed"
-TINY = {"image_size": "32", "batch_size": "16", "convolutions": "1", "augment": "false", "max_examples": "300"}
+TINY = {"image_size": "32", "batch_size": "16", "convolutions": "1", "augment": "false", "max_examples": "200"}
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +336,7 @@ def pipeline_store(tmp_path_factory) -> dict:
     try:
         mlflow.set_experiment(experiment_id=experiment)
         train(MainSettings.from_dict({**TINY, "epochs": "1", "register_as": PIPELINE_MODEL}))
-        better = {**TINY, "epochs": "3", "learning_rate": "0.003", "convolutions": "2"}
+        better = {**TINY, "epochs": "2", "learning_rate": "0.003", "convolutions": "2"}
         challenger = train(MainSettings.from_dict(better)).run_id
     finally:
         mlflow.set_tracking_uri(None)
