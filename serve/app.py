@@ -167,6 +167,8 @@ class ServedModel:
         # The medimg pyfunc's ClassifierConfig (its monitoring reference); None for other pyfuncs.
         self.config = model.config
         # Each output's coded concept, as the PACS worker's SR and the model card name it (none for other pyfuncs).
+        # Whether prepare() has warmed it up: a second app around the same model does not trace it again.
+        self.warmed = False
         self.concepts = (
             dict(zip(self.config.output_columns, concepts_of(self.config), strict=True)) if self.config else {}
         )
@@ -178,13 +180,15 @@ class ServedModel:
         return DriftMonitor(ModelReference.from_config(self.config), self.classes, window)
 
     def prepare(self, window: int) -> "ServedModel":
-        """Made ready to answer: its drift monitor over `window` answers and MLflow's scoring app on its pyfunc;
-        warmed up on its own input example (Rejection when it cannot answer it). Returns self."""
+        """Made ready to answer in one app: a fresh drift monitor over `window` answers and MLflow's scoring app on its
+        pyfunc; warmed up on its own input example once (Rejection when it cannot answer it). Returns self."""
         from mlflow.pyfunc.scoring_server import init as mlflow_scoring_app
 
         self.drift = self.monitor(window)
         self.scoring_app = mlflow_scoring_app(self.pyfunc)
-        warm_up(self)
+        if not self.warmed:
+            warm_up(self)
+            self.warmed = True
         return self
 
     @property
