@@ -19,6 +19,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from serving_helpers import MODEL_NAME, audited_runner, load_pyfunc, running_server, tracking_at  # noqa: E402
+from stores import seed_database, sqlite_store  # noqa: E402
 
 from serve.common import free_port  # noqa: E402
 
@@ -29,7 +30,8 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 
 
 def keep_artifacts_beside_the_database() -> None:
-    """Every sqlite store this test process opens keeps its artifacts in `mlruns/` beside its database file.
+    """Every sqlite store this test process opens keeps its artifacts in `mlruns/` beside its database file, and a
+    new one starts as a copy of the migrated template (tests/stores.py).
 
     MLflow gives a store opened without an artifact root `./mlruns` of the working folder, the repository root
     here: every test that logged into a tmp_path store in-process wrote its artifacts into the repository. A store
@@ -38,13 +40,15 @@ def keep_artifacts_beside_the_database() -> None:
     """
     from mlflow.tracking._tracking_service import utils
 
-    sqlite_store = utils._tracking_store_registry._registry["sqlite"]
+    open_sqlite_store = utils._tracking_store_registry._registry["sqlite"]
 
     def beside_the_database(store_uri, artifact_uri=None):
         database = Path(store_uri.removeprefix("sqlite:///"))
-        if artifact_uri is None and store_uri.startswith("sqlite:///") and database.is_absolute():
-            artifact_uri = str(database.parent / "mlruns")
-        return sqlite_store(store_uri, artifact_uri)
+        if store_uri.startswith("sqlite:///") and database.is_absolute():
+            seed_database(database)
+            if artifact_uri is None:
+                artifact_uri = str(database.parent / "mlruns")
+        return open_sqlite_store(store_uri, artifact_uri)
 
     utils._tracking_store_registry.register("sqlite", beside_the_database)
 
@@ -127,7 +131,7 @@ def promtool() -> str:
 @pytest.fixture
 def tracking_uri(tmp_path, monkeypatch) -> str:
     """A fresh embedded sqlite tracking store for one test, also exported to subprocesses."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = sqlite_store(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     import mlflow
 
@@ -227,7 +231,7 @@ def spot_model(tmp_path_factory) -> dict:
     from serve.pyfunc import ClassifierConfig, log_classifier
 
     directory = tmp_path_factory.mktemp("spot_tracking")
-    tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
+    tracking_uri = sqlite_store(directory / "mlflow.db")
     client = MlflowClient(tracking_uri)
     experiment = client.create_experiment("spot", artifact_location=(directory / "artifacts").as_uri())
     mlflow.set_tracking_uri(tracking_uri)
@@ -367,7 +371,7 @@ def registered_model(tmp_path_factory, worker_id):
     with shared_by_workers(tmp_path_factory, worker_id, "registered_model") as shared:
         trained = shared / "run_id"
         if not trained.exists():
-            trained.write_text(train_registered_model(f"sqlite:///{shared / 'mlflow.db'}"))
+            trained.write_text(train_registered_model(sqlite_store(shared / "mlflow.db")))
         run_id = trained.read_text()
         directory = tmp_path_factory.mktemp("tracking")
         shutil.copyfile(shared / "mlflow.db", directory / "mlflow.db")

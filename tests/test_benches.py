@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from stores import sqlite_store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TABLE_HEADER = "| path | px | augment | images | epoch 1, per core | later epochs, per core |"
@@ -17,7 +18,7 @@ def run_bench(tmp_path: Path, *arguments: str) -> str:
     environment = {
         **os.environ,
         "CUDA_VISIBLE_DEVICES": "",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": sqlite_store(tmp_path / "mlflow.db"),
     }
     result = subprocess.run(
         [sys.executable, *arguments], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=900

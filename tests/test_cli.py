@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from stores import sqlite_store
 
 from train.settings import ConfigError, MainSettings, coerce, parse_bool
 
@@ -104,7 +105,7 @@ def test_weights_choice():
 
 @pytest.mark.slow
 def test_mlflow_run_with_unknown_model_fails_with_one_line(repo_root, tmp_path):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": sqlite_store(tmp_path / "mlflow.db")}
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     result = subprocess.run(
         ["mlflow", "run", str(repo_root), "--env-manager", "local", "-P", "model=nope"],

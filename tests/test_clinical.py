@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
+from stores import sqlite_store
 
 from serve.calibration import apply_calibration
 from train.scoring.calibration import fit_calibration
@@ -199,7 +200,7 @@ def multilabel_run(tmp_path_factory):
     from train.job.trainer import train
 
     directory = tmp_path_factory.mktemp("clinical")
-    tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
+    tracking_uri = sqlite_store(directory / "mlflow.db")
     mlflow.set_tracking_uri(tracking_uri)
     # An experiment of this store: an earlier test's set_experiment may name one of another store.
     mlflow.set_experiment("clinical")
@@ -313,7 +314,7 @@ def test_a_mixed_precision_run_serves_float32(tmp_path):
     from train.data.synthetic import generate
     from train.job.trainer import train
 
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(sqlite_store(tmp_path / "mlflow.db"))
     mlflow.set_experiment("mixed-precision")
     try:
         settings = MainSettings.from_dict({**TINY, "epochs": "1", "max_examples": "120", "precision": "mixed_float16"})

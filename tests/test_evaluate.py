@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from stores import sqlite_store
 
 from train.__main__ import main as train_cli
 from train.release.evaluate import data_settings
@@ -131,7 +132,7 @@ def tracking(tmp_path_factory):
     from train.settings import MainSettings
 
     directory = tmp_path_factory.mktemp("evaluate")
-    tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
+    tracking_uri = sqlite_store(directory / "mlflow.db")
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from scipy.stats import norm
+from stores import sqlite_store
 
 from train.release.pipeline import decide
 from train.scoring.comparison import delong_components, delong_test, paired_bootstrap
@@ -193,7 +194,7 @@ def latest_pipeline_run(client, name: str):
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, repo_root):
     directory = tmp_path_factory.mktemp("pipeline")
-    uri = f"sqlite:///{directory / 'mlflow.db'}"
+    uri = sqlite_store(directory / "mlflow.db")
     return SimpleNamespace(uri=uri, cwd=directory, repo_root=repo_root, client=MlflowClient(uri))
 
 

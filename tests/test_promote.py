@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from stores import sqlite_store
 
 from train.__main__ import main as train_cli
 from train.release.promote import promote
@@ -24,7 +25,7 @@ def client(tmp_path_factory):
     import mlflow
 
     directory = tmp_path_factory.mktemp("promote")
-    tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
+    tracking_uri = sqlite_store(directory / "mlflow.db")
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
+from stores import sqlite_store
 
 from train.settings import MainSettings
 
@@ -40,7 +41,7 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str | None = None) -
 
 @pytest.mark.slow
 def test_mlflow_run_trains_logs_and_registers(repo_root, tmp_path):
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking_uri = sqlite_store(tmp_path / "mlflow.db")
     command = ["mlflow", "run", str(repo_root), "--env-manager", "local", "--experiment-name", "smoke"]
     for key, value in {**TINY, "register_as": "smoke-classifier", "run_name": "smoke-run"}.items():
         command += ["-P", f"{key}={value}"]
@@ -109,7 +110,7 @@ def trained_run(tmp_path_factory):
     from train.job.trainer import train
 
     directory = tmp_path_factory.mktemp("inprocess")
-    tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
+    tracking_uri = sqlite_store(directory / "mlflow.db")
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     mlflow.set_tracking_uri(tracking_uri)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from stores import sqlite_store
 
 from serve.common import free_port
 from train.settings import ConfigError, MainSettings, TuneSettings, TuneWorkerSettings
@@ -458,7 +459,7 @@ def test_mlflow_run_with_two_workers_shares_one_postgres_study(repo_root, tmp_pa
     import optuna
     from mlflow.tracking import MlflowClient
 
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking_uri = sqlite_store(tmp_path / "mlflow.db")
     parameters = {
         "space": "configs/search_spaces/synthetic.yaml",
         "n_trials": "4",
@@ -531,7 +532,7 @@ def test_hopeless_trial_is_pruned_and_its_run_says_so(tmp_path, repo_root):
             "pruner_settings": {"median": {"n_startup_trials": 1, "n_warmup_steps": 0}},
         },
     )
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking_uri = sqlite_store(tmp_path / "mlflow.db")
     result = run_cli(
         "tune",
         "--space",
@@ -578,7 +579,7 @@ def test_a_second_command_joins_a_running_study_and_adds_child_runs_to_its_lead(
 
     from train.tuning.study import EXPERIMENT_ATTR, LEAD_HEARTBEAT_ATTR, PARENT_RUN_ATTR
 
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking_uri = sqlite_store(tmp_path / "mlflow.db")
     client = MlflowClient(tracking_uri)
     experiment_id = client.create_experiment("tuning", artifact_location=str(tmp_path / "artifacts"))
     # The lead's parent run stays RUNNING while its own workers train.

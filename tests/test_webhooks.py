@@ -11,6 +11,7 @@ import time
 import uuid
 
 import pytest
+from stores import sqlite_store
 
 from serve.webhooks import (
     DEFAULT_EVENTS,
@@ -280,7 +281,7 @@ def test_register_needs_the_secret_and_a_tracking_server_each_in_one_line(monkey
 
     arguments = ["register", "--url", "http://127.0.0.1:9/webhooks/mlflow", "--model", "cells"]
     monkeypatch.delenv(SECRET_ENVIRONMENT, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_store(tmp_path / "mlflow.db"))
     assert main(arguments) == 2
     assert (
         capsys.readouterr().err.strip()
