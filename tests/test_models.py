@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import weakref
 
 import keras
 import numpy as np
@@ -25,23 +26,43 @@ def images() -> np.ndarray:
     return np.random.default_rng(0).uniform(0.0, 255.0, size=(2, *INPUT_SHAPE)).astype("float32")
 
 
+# The models the cached tests share, by role: each heavy backbone is built once per role, and one build serves
+# several assertions (the binary model is the head-only one, the biased multi-label one trains its last 4 layers).
+LAST_N = 4
+ROLES = {
+    "multiclass": ("multiclass", {}),
+    "binary": ("binary", {"trainable_layers": 0}),
+    "multilabel": ("multilabel", {}),
+    "biased": ("multilabel", {"output_bias": tuple(OUTPUT_BIAS), "trainable_layers": LAST_N}),
+}
+
+
 @pytest.fixture(scope="module")
 def model_cache():
-    """Builds each (family, arguments) combination once per module; the heavy backbones take seconds each."""
+    """Builds each (family, role) once per module; the heavy backbones take seconds each."""
     cache: dict[tuple, keras.Model] = {}
 
-    def get(name: str, task: str = "multiclass", **kwargs) -> keras.Model:
-        key = (name, task, tuple(sorted(kwargs.items())))
-        if key not in cache:
+    def get(name: str, role: str = "multiclass") -> keras.Model:
+        if (name, role) not in cache:
+            task, kwargs = ROLES[role]
             keras.utils.set_random_seed(0)
-            cache[key] = build_model(name, INPUT_SHAPE, TASK_OUTPUTS[task], task=task, **kwargs)
-        return cache[key]
+            cache[name, role] = build_model(name, INPUT_SHAPE, TASK_OUTPUTS[task], task=task, **kwargs)
+        return cache[name, role]
 
     return get
 
 
+_PREDICTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def predict(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    return keras.ops.convert_to_numpy(model(images, training=False))
+    """The model's probabilities, computed once per model and images array: the shared models answer the module's
+    images in several tests, and an eager DenseNet121 call costs seconds."""
+    cached = _PREDICTIONS.get(model)
+    if cached is None or cached[0] is not images:
+        cached = (images, keras.ops.convert_to_numpy(model(images, training=False)))
+        _PREDICTIONS[model] = cached
+    return cached[1].copy()
 
 
 def backbone_slice(model: keras.Model) -> list[keras.layers.Layer]:
@@ -135,7 +156,7 @@ def test_model_is_flat(model_cache, name):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_output_bias_initialises_predictions_bias(model_cache, images, name):
-    model = model_cache(name, "multilabel", output_bias=tuple(OUTPUT_BIAS))
+    model = model_cache(name, "biased")
     bias = keras.ops.convert_to_numpy(model.get_layer("predictions").bias)
     np.testing.assert_allclose(bias, OUTPUT_BIAS, rtol=1e-6)
     # Without the bias the same seed gives different outputs, so the bias reaches the predictions.
@@ -153,7 +174,7 @@ def test_trainable_layers_all(model_cache, name):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_trainable_layers_zero_trains_only_head(model_cache, name):
-    model = model_cache(name, trainable_layers=0)
+    model = model_cache(name, "binary")
     predictions = model.get_layer("predictions")
     assert {id(weight) for weight in model.trainable_weights} == {id(predictions.kernel), id(predictions.bias)}
     assert not any(layer.trainable for layer in backbone_slice(model))
@@ -161,8 +182,8 @@ def test_trainable_layers_zero_trains_only_head(model_cache, name):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_trainable_layers_last_n(model_cache, name):
-    count = 4
-    model = model_cache(name, trainable_layers=count)
+    count = LAST_N
+    model = model_cache(name, "biased")
     backbone = backbone_slice(model)
     assert not any(layer.trainable for layer in backbone[:-count])
     assert all(layer.trainable for layer in backbone[-count:])
@@ -175,7 +196,7 @@ def test_trainable_layers_last_n(model_cache, name):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_save_and_load_round_trip(model_cache, images, tmp_path, name):
-    model = model_cache(name, "multilabel", output_bias=tuple(OUTPUT_BIAS))
+    model = model_cache(name, "biased")
     path = tmp_path / f"{name}.keras"
     model.save(path)
     reloaded = keras.models.load_model(path)
@@ -332,7 +353,7 @@ def test_last_conv_layer_name(model_cache, name):
 def test_gradcam_heatmap_shape_and_range(model_cache, images, name):
     from models.gradcam import gradcam_heatmap
 
-    model = model_cache(name, "multilabel", output_bias=tuple(OUTPUT_BIAS))
+    model = model_cache(name, "biased")
     batch_heatmaps = gradcam_heatmap(model, images, class_index=2)
     assert batch_heatmaps.shape == (len(images), *INPUT_SHAPE[:2])
     single_heatmap = gradcam_heatmap(model, images[0], class_index=2)
