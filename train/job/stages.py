@@ -280,6 +280,9 @@ def build(settings: MainSettings, data: LoadedDataset, runtime: Runtime, run_id:
         loss, metrics = loss_and_metrics(data, positive_weight)
         optimizer = make_optimizer(settings.optimizer, settings.learning_rate)
         model.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=runtime.setup.jit_compile)
+        # Without a distribution strategy Keras's TensorFlow trainer builds the optimizer inside the first traced
+        # training step, and TensorFlow then traces that step a second time; built here, it is traced once.
+        model.optimizer.build(model.trainable_variables)
     summary_lines: list[str] = []
     model.summary(print_fn=lambda line, *args, **kwargs: summary_lines.append(line))
     mlflow.log_text("\n".join(summary_lines) + "\n", names.MODEL_SUMMARY_ARTIFACT)
