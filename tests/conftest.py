@@ -57,35 +57,38 @@ keep_artifacts_beside_the_database()
 
 
 # make test runs the files on three pytest-xdist workers, a file per worker at a time (--dist loadfile).
-# The longest files start first, so that none of them is left alone at the end (ranked by `--durations`
-# of a whole run; make test passes --no-loadscope-reorder, else xdist would order files by test count).
+# The longest files start first, so that none of them is left alone at the end (ranked by the per-file sums of
+# `--durations=0` over a whole run on a quiet machine, 2026-12-07; make test passes --no-loadscope-reorder, else
+# xdist would order files by test count).
 LONGEST_FIRST = (
     "test_first_run.py",
-    "test_pipeline.py",
     "test_mlflow_server.py",
-    "test_following.py",
-    "test_tune.py",
-    "test_training.py",
     "test_webhooks.py",
-    "test_evaluate.py",
-    "test_batch.py",
-    "test_gpu_bench.py",
+    "test_pipeline.py",
     "test_benches.py",
-    "test_clinical.py",
-    "test_dicom.py",
-    "test_s3_artifacts.py",
-    "test_feed.py",
-    "test_chestxray14.py",
+    "test_tune.py",
+    "test_following.py",
+    "test_training.py",
+    "test_batch.py",
     "test_pacs.py",
-    "test_explain.py",
-    "test_tracking.py",
-    "test_serving.py",
-    "test_promote.py",
     "test_models.py",
-    "test_prepare.py",
+    "test_gpu_bench.py",
     "test_app.py",
+    "test_prepare.py",
+    "test_feed.py",
+    "test_aws.py",
+    "test_dicom.py",
+    "test_evaluate.py",
+    "test_clinical.py",
     "test_cli.py",
+    "test_explain.py",
+    "test_promote.py",
+    "test_s3_artifacts.py",
+    "test_serving.py",
+    "test_contract.py",
     "test_monitoring.py",
+    "test_data.py",
+    "test_chestxray14.py",
 )
 
 
