@@ -9,6 +9,7 @@ none. Reads and writes tmp files only.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import logging
@@ -20,10 +21,12 @@ from pathlib import Path
 
 @functools.cache
 def empty_store_template() -> Path:
-    """One migrated sqlite tracking database without experiments, made once per process in a folder of its own."""
+    """One migrated sqlite tracking database without experiments, made once per process in a folder of its own
+    that goes when the process ends."""
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     folder = Path(tempfile.mkdtemp(prefix="medimg-store-template-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     database = folder / "template.db"
     with _quiet_migrations():
         store = SqlAlchemyStore(f"sqlite:///{database}", str(folder / "mlruns"))
