@@ -41,7 +41,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=224, help="training image_size both readers produce")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=25, help="images per shard (small, so every core gets one)")
-    parser.add_argument("--workers", type=int, default=0, help="prepare worker processes, 0 = all cores")
+    parser.add_argument("--workers", type=int, default=0, help="prepare worker processes, 0 = as prepare chooses")
     parser.add_argument("--workdir", default="", help="folder for the PNGs and records (default: a temporary folder)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         result = prepare(config)
         if not result.written_shards:
             print("note: the prepared folder already existed; prepare timings below are of a no-op run")
-        workers = min(config.worker_count, len(result.written_shards) or 1)
+        workers = result.processes
         from_records = load_dataset(CHESTXRAY14, data_dir=str(prepared), image_size=arguments.image_size, **common)
         prepared_rate, prepared_count = read_rate(from_records.splits, arguments.batch_size)
         same_size = load_dataset(CHESTXRAY14, data_dir=str(prepared), image_size=arguments.prepared_size, **common)

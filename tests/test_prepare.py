@@ -13,7 +13,7 @@ import pytest
 from test_chestxray14 import CLASS_NAMES, IMAGE_SIZE, write_nih_folder
 
 from train.data import load_dataset, validate_dataset_args
-from train.data.prepare import prepare
+from train.data.prepare import IMAGES_PER_WORKER, PreparedSource, ShardPlan, prepare, process_count
 from train.data.prepared import MANIFEST_NAME, STATE_NAME, count_records, read_manifest, split_records
 from train.settings import ConfigError, PrepareSettings
 
@@ -119,13 +119,33 @@ def test_prepare_twice_does_the_work_once(nih_raw, tmp_path):
     output = tmp_path / "twice"
     # Two worker processes: the pool path.
     first = prepare(nih_config(root, output, workers=2))
-    assert len(first.written_shards) == 5 and first.reused_shards == []
+    assert len(first.written_shards) == 5 and first.reused_shards == [] and first.processes == 2
     mtimes = shard_mtimes(output)
     manifest = (output / MANIFEST_NAME).read_text()
     second = prepare(nih_config(root, output, workers=2))
     assert second.written_shards == [] and sorted(second.reused_shards) == sorted(mtimes)
     assert shard_mtimes(output) == mtimes
     assert (output / MANIFEST_NAME).read_text() == manifest
+
+
+def test_workers_0_starts_a_worker_per_images_per_worker_images_up_to_the_cores_and_shards():
+    """A worker process costs a TensorFlow import: with workers 0 a small folder is written in this process."""
+    cores = PrepareSettings.from_dict({"dataset": "synthetic", "output_dir": "unused", "workers": "0"}).worker_count
+
+    def count(workers: int, images: int, shards: int, loaded=None) -> int:
+        config = PrepareSettings.from_dict({"dataset": "synthetic", "output_dir": "unused", "workers": str(workers)})
+        plans = [ShardPlan("train", f"train-{index}", 0, images // shards) for index in range(shards)]
+        source = PreparedSource("binary", ["a", "b"], "folder", "digest", plans, loaded=loaded)
+        return process_count(config, source, plans)
+
+    assert count(0, IMAGES_PER_WORKER - 4, 4) == 1
+    assert count(0, 2 * IMAGES_PER_WORKER, 4) == min(2, cores)
+    assert count(0, 100 * IMAGES_PER_WORKER, 100) == cores
+    assert count(0, 100 * IMAGES_PER_WORKER, 1) == 1
+    # An explicit number is taken as given, up to one process per shard.
+    assert (count(3, 12, 4), count(3, 12, 2)) == (3, 2)
+    # A dataset loaded in memory (synthetic, TFDS) is written by this process.
+    assert count(4, 100 * IMAGES_PER_WORKER, 100, loaded=object()) == 1
 
 
 def test_a_removed_shard_is_the_only_one_rewritten(nih_raw, tmp_path):

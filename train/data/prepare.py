@@ -61,6 +61,7 @@ class PrepareConfig(Protocol):
     image_size: int
     shard_size: int
     image_encoding: str
+    workers: int
     seed: int
     validation_fraction: float
     view: str
@@ -117,6 +118,8 @@ class PrepareResult:
     seconds: float
     # Time the writers spent on the written shards, summed over processes (start-up not included).
     writer_seconds: float = 0.0
+    # Processes that wrote the shards: 1 is this one, more are a pool of workers.
+    processes: int = 1
 
     @property
     def images_written(self) -> int:
@@ -254,6 +257,22 @@ def fingerprint(config: PrepareConfig, source: PreparedSource) -> str:
 
 
 # --- workers ----------------------------------------------------------------------------------------
+
+# A pool worker costs a process start and a TensorFlow import, about 5 s of CPU. With workers 0 (all cores) one
+# is started per this many images, so a small folder is written in this process, sooner and with less CPU.
+IMAGES_PER_WORKER = 500
+
+
+def process_count(config: PrepareConfig, source: PreparedSource, pending: list[ShardPlan]) -> int:
+    """Processes that write `pending`: 1 (this one) for a loaded dataset; else `workers` when set, or one per
+    IMAGES_PER_WORKER images up to the cores; never more than there are shards."""
+    if source.loaded is not None:
+        return 1
+    wanted = config.worker_count
+    if not config.workers:
+        wanted = min(wanted, sum(plan.count for plan in pending) // IMAGES_PER_WORKER)
+    return max(1, min(wanted, len(pending)))
+
 
 # One compiled encoder per image size and encoding, per process (each worker process builds its own).
 _ENCODERS: dict[tuple[int, str], Any] = {}
@@ -556,8 +575,9 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     _write_json(output_dir / STATE_NAME, state)
     progress = Progress(sum(plan.count for plan in pending), f"preparing {config.dataset}")
     writer_seconds = 0.0
+    processes = process_count(config, source, pending)
     try:
-        for result in _write_pending(config, source, pending, output_dir):
+        for result in _write_pending(config, source, pending, output_dir, processes):
             writer_seconds += result.pop("seconds", 0.0)
             state["shards"][result["file"]] = result
             _write_json(output_dir / STATE_NAME, state)
@@ -568,7 +588,8 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     manifest = build_manifest(config, source, key, state["shards"], seconds)
     _write_json(output_dir / MANIFEST_NAME, manifest)
     (output_dir / STATE_NAME).unlink(missing_ok=True)
-    result = PrepareResult(output_dir, manifest, [plan.file for plan in pending], list(reused), seconds, writer_seconds)
+    written = [plan.file for plan in pending]
+    result = PrepareResult(output_dir, manifest, written, list(reused), seconds, writer_seconds, processes)
     written = result.images_written
     print(
         f"prepared {config.dataset} into {output_dir}: {manifest['counts']}, {len(pending)} shard(s) written, "
@@ -580,9 +601,9 @@ def prepare(config: PrepareConfig) -> PrepareResult:
 
 
 def _write_pending(
-    config: PrepareConfig, source: PreparedSource, pending: list[ShardPlan], output_dir: Path
+    config: PrepareConfig, source: PreparedSource, pending: list[ShardPlan], output_dir: Path, processes: int
 ) -> Iterator[dict[str, Any]]:
-    """Write the pending shards, yielding each shard's summary as it completes."""
+    """Write the pending shards with `processes` processes, yielding each shard's summary as it completes."""
     if source.loaded is not None:
         names = {plan.file for plan in pending}
         for split in SPLIT_NAMES:
@@ -601,7 +622,6 @@ def _write_pending(
         }
         for plan in pending
     ]
-    processes = min(config.worker_count, len(tasks))
     if processes <= 1:
         for task in tasks:
             yield write_file_shard(task)

@@ -28,6 +28,7 @@ from train.data import (
     labelled_datasets,
 )
 from train.data.groups import GROUP_PRESETS
+from train.data.prepare import IMAGES_PER_WORKER
 from train.data.prepared import DEFAULT_ENCODING, ENCODINGS
 from train.scoring.operating_point import REPORTED_SPECIFICITY, parse_operating_point
 from train.settings.fields import (
@@ -263,7 +264,11 @@ class PrepareSettings(Settings):
             "about 2x png on disk), jpeg (quality 95: lossy, smallest, several times faster to read than png)"
         ),
     )
-    workers: Whole = Field(0, ge=0, description="worker processes, 0 = all cores")
+    workers: Whole = Field(
+        0,
+        ge=0,
+        description=f"worker processes; 0 = up to all cores, one per {IMAGES_PER_WORKER} images (fewer: this process)",
+    )
     seed: Whole = Field(42, ge=0, description="seed of the split assignment and shard order")
     validation_fraction: Number = Field(
         0.1,
