@@ -34,6 +34,7 @@ TRAINING_PARAMETERS = {
     "max_examples": 64,
 }
 TRAINING_TIMEOUT_S = 600
+OUTAGE_WORKERS = 1
 
 
 def make_data_dir(prefix: str) -> Path:
@@ -184,10 +185,11 @@ def server(postgres_bin):
 @pytest.fixture
 def outage_server(postgres_bin):
     """A Postgres-backed server of one test alone, for the tests that kill it: the module's server keeps its process
-    (test_up_status_... checks that it is the one `up` started), whatever order the tests run in."""
+    (test_up_status_... checks that it is the one `up` started), whatever order the tests run in. One uvicorn worker
+    (OUTAGE_WORKERS), as it is started twice per test: these tests are about the client riding out the outage."""
     data_dir = make_data_dir("medimg-mlflow-outage-")
     try:
-        yield launcher.up(data_dir, workers=2)
+        yield launcher.up(data_dir, workers=OUTAGE_WORKERS)
     finally:
         force_down(data_dir)
 
@@ -447,7 +449,7 @@ def test_training_survives_the_server_being_killed_and_restarted(outage_server, 
             time.sleep(0.3)
         buffered = BUFFERING_MESSAGE in read(log)
         assert launcher.status(outage_server.data_dir).server_pid is None
-        restarted = launcher.up(outage_server.data_dir)
+        restarted = launcher.up(outage_server.data_dir, workers=OUTAGE_WORKERS)
         assert restarted.port == outage_server.port and restarted.server_pid != killed_pid
         output = wait_for_training(process, log)
     finally:
@@ -488,7 +490,7 @@ def test_logger_keeps_metrics_while_a_real_server_is_killed_and_restarted(outage
         logger.log_metrics({"loss": 1.0 / (step + 1), "val_auroc": 0.5 + step / 10}, step=step)
     assert logger.pending_count == 6
 
-    restarted = launcher.up(outage_server.data_dir)
+    restarted = launcher.up(outage_server.data_dir, workers=OUTAGE_WORKERS)
     assert restarted.tracking_uri == outage_server.tracking_uri
     wait_for_server(outage_server.tracking_uri, timeout_s=60)
     logger.log_metrics({"loss": 0.2, "val_auroc": 0.9}, step=4)
