@@ -391,6 +391,52 @@ def test_runs_logging_one_dataset_at_once_all_link_its_single_row(server, monkey
 
 @pytest.mark.slow
 @requires_postgres
+def test_runs_starting_at_once_in_a_new_experiment_all_mark_it_as_model_training(server):
+    """Each medimg run marks its experiment as model training; the server's store looks for the tag row, then inserts
+    it, so runs starting together in a new experiment can collide on its key (four `mlflow run`s at once once did).
+    Here a SHARE lock on experiment_tags lets every request look, finding no row, and holds each insert until all
+    of them wait: the collision happens every time, and every run still starts."""
+    import threading
+
+    import psycopg2
+    from mlflow import MlflowClient
+
+    from train.tracking.experiments import EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND, mark_model_training
+
+    experiment_id = experiment(server, "kind-race")
+    racers = 2
+    errors: list[BaseException] = []
+    marked: list[bool] = []
+
+    def mark() -> None:
+        try:
+            marked.append(mark_model_training(experiment_id, MlflowClient(server.tracking_uri)))
+        except BaseException as error:
+            errors.append(error)
+
+    lock = psycopg2.connect(
+        host="127.0.0.1", port=server.postgres_port, user="mlflow", dbname="mlflow", passfile=str(server.pgpass_file)
+    )
+    threads = [threading.Thread(target=mark) for _ in range(racers)]
+    with contextlib.closing(lock), lock.cursor() as cursor:
+        cursor.execute("LOCK TABLE experiment_tags IN SHARE MODE")
+        for thread in threads:
+            thread.start()
+        waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'experiment_tags'::regclass"
+        deadline = time.monotonic() + 60
+        while query(server, waiting)[0][0] < racers:
+            assert time.monotonic() < deadline, "the runs' inserts never queued behind the lock"
+            time.sleep(0.1)
+        lock.commit()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == [] and sorted(marked) == [False, True]
+    tags = MlflowClient(server.tracking_uri).get_experiment(experiment_id).tags
+    assert tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING_KIND
+
+
+@pytest.mark.slow
+@requires_postgres
 def test_database_password_is_in_no_process_arguments_params_or_tags(server, concurrent_runs):
     password = launcher.stored_password(server.data_dir)
     assert concurrent_runs["leaks"] == []

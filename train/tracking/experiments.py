@@ -25,16 +25,26 @@ RUNS_ROUTE = "#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def mark_model_training(experiment_id: str, client=None) -> bool:
-    """Tag the experiment as model training unless it has a kind already; True when this call set it."""
+    """Tag the experiment as model training unless it has a kind already; True when this call set it.
+
+    Runs that start together in a new experiment race to insert the tag (MLflow's store looks for the row, then
+    inserts it); a loser's insert violates the tag's key, and its retry finds the winner's kind and keeps it.
+    """
+    from train.tracking.resilience import retry_conflicts
+
     if client is None:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient()
-    experiment = client.get_experiment(experiment_id)
-    if experiment is None or (experiment.tags or {}).get(EXPERIMENT_KIND_TAG):
-        return False
-    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
-    return True
+
+    def mark() -> bool:
+        experiment = client.get_experiment(experiment_id)
+        if experiment is None or (experiment.tags or {}).get(EXPERIMENT_KIND_TAG):
+            return False
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+        return True
+
+    return retry_conflicts(mark, "mark the experiment as model training")
 
 
 def runs_link(ui_url: str, experiment_id: str) -> str:
