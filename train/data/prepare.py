@@ -588,8 +588,8 @@ def prepare(config: PrepareConfig) -> PrepareResult:
     manifest = build_manifest(config, source, key, state["shards"], seconds)
     _write_json(output_dir / MANIFEST_NAME, manifest)
     (output_dir / STATE_NAME).unlink(missing_ok=True)
-    written = [plan.file for plan in pending]
-    result = PrepareResult(output_dir, manifest, written, list(reused), seconds, writer_seconds, processes)
+    shards = [plan.file for plan in pending]
+    result = PrepareResult(output_dir, manifest, shards, list(reused), seconds, writer_seconds, processes)
     written = result.images_written
     print(
         f"prepared {config.dataset} into {output_dir}: {manifest['counts']}, {len(pending)} shard(s) written, "
