@@ -98,6 +98,27 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+# Files whose tests share a session fixture that starts a server go to the same worker, after the file named, so the
+# server starts once (a `mlflow models serve` costs about 10 s of CPU): `server` (test_dicom, test_serving) and
+# `spot_scoring_server` (test_app, test_explain).
+SCHEDULED_WITH = {"test_serving.py": "test_dicom.py", "test_explain.py": "test_app.py"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile with SCHEDULED_WITH: a file named there is part of its partner file's work unit."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedServerScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            directory, slash, name = super()._split_scope(nodeid).rpartition("/")
+            return directory + slash + SCHEDULED_WITH.get(name, name)
+
+    return SharedServerScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
@@ -284,8 +305,9 @@ def serving_environment(tracking_uri: str, **extra: str) -> dict:
     return env
 
 
-# The two servers live as long as the module that uses them, so they do not hold memory through the rest of the suite.
-@pytest.fixture(scope="module")
+# The scoring server is shared by test_app and test_explain (scheduled together, see SCHEDULED_WITH); the app lives as
+# long as the module that uses it.
+@pytest.fixture(scope="session")
 def spot_scoring_server(spot_model, tmp_path_factory) -> str:
     """`mlflow models serve` of the spot model on a free port; yields its URL."""
     port = free_port()
