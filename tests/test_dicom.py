@@ -156,7 +156,7 @@ def test_serving_requirements_pin_the_pixel_data_plugins_and_no_gpl_decoder():
     assert all("==" in line for line in serving_requirements())
 
 
-def test_every_lossless_transfer_syntax_decodes_the_same_without_the_gpl_decoder(variants):
+def test_every_lossless_transfer_syntax_decodes_the_same_without_the_gpl_decoder(variants, repo_root):
     """What a served model and the images ship without libjpeg (GPLv3): GDCM and CharLS take its syntaxes."""
     reference = decode_array(variants[ExplicitVRLittleEndian].read_bytes())
     paths = {name: str(path) for name, path in variants.items()}
@@ -178,7 +178,11 @@ np.savez(sys.argv[2], **{name: decode_array(Path(path).read_bytes()) for name, p
 """
     output = Path(variants[ExplicitVRLittleEndian]).parent / "without_libjpeg.npz"
     result = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(paths), str(output)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script, json.dumps(paths), str(output)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     decoded = np.load(output)
