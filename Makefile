@@ -23,10 +23,11 @@ SAMPLES := samples/cell.png samples/cell.jpg samples/cell.dcm
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-jax.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/jax -r requirements-jax.txt
 	touch $@
 
 # Train a small_cnn on synthetic cells through the eval-and-deploy pipeline (first run: version 1 becomes

@@ -44,9 +44,15 @@ print("families built:", "tensorflow" in sys.modules)
 QUICK_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
+# make setup installs JAX here, outside the venv's site-packages (requirements-jax.txt says why).
+JAX_PACKAGES = Path(sys.prefix) / "jax"
+
+
 def run_bench(backend: str, tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "KERAS_BACKEND": backend, "CUDA_VISIBLE_DEVICES": ""}
     if backend == "jax":
+        assert (JAX_PACKAGES / "jax").is_dir(), f"JAX is not installed in {JAX_PACKAGES}: run make setup"
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(JAX_PACKAGES), os.environ.get("PYTHONPATH")]))
         environment.setdefault("XLA_FLAGS", QUICK_XLA_FLAGS)
     return subprocess.run(
         [sys.executable, *arguments], cwd=REPO_ROOT, env=environment, capture_output=True, text=True, timeout=600
